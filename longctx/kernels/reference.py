@@ -1,0 +1,53 @@
+"""Torch reference attention with log-sum-exp: the CPU production path and the test oracle."""
+
+import math
+
+import torch
+
+
+def _visibility(q_len, k_len, causal, anchor_len, prefix_len, device):
+    """Boolean [q_len, k_len] mask of which keys each query may see (True = visible)."""
+    rows = torch.arange(q_len, device=device)[:, None]
+    cols = torch.arange(k_len, device=device)[None, :]
+    visible = torch.ones(q_len, k_len, dtype=torch.bool, device=device)
+    if causal:
+        visible &= cols <= rows + (k_len - q_len)
+    if anchor_len > 0 and prefix_len > 0:
+        visible &= ~((rows < anchor_len) & (cols < prefix_len))
+    return visible
+
+
+def reference_attention(q, k, v, *, causal, anchor_len=0, prefix_len=0, scale=None):
+    """Attention of `q` over `k`/`v` returning `(out, lse)`.
+
+    Shapes: q [B, Hq, Sq, D], k and v [B, Hkv, Sk, D] with Hq a multiple of Hkv (GQA: query
+    head h reads KV head h // (Hq // Hkv)). out is [B, Hq, Sq, D] in q's dtype; lse is
+    [B, Hq, Sq] float32 (natural log). Rows that see no key get out = 0 and lse = -inf.
+    Mask rules: `causal` is bottom-right aligned (query i sees key j iff j <= i + Sk - Sq);
+    queries with index < `anchor_len` additionally skip the first `prefix_len` keys (APB).
+    Computes in float32 chunked over query rows so memory stays O(chunk * Sk).
+    """
+    batch, q_heads, q_len, head_dim = q.shape
+    kv_heads, k_len = k.shape[1], k.shape[2]
+    if q_heads % kv_heads:
+        raise ValueError(f"query heads ({q_heads}) must be a multiple of key/value heads ({kv_heads})")
+    scale = 1.0 / math.sqrt(head_dim) if scale is None else scale
+    group = q_heads // kv_heads
+    out = torch.zeros(batch, q_heads, q_len, v.shape[-1], dtype=torch.float32, device=q.device)
+    lse = torch.full((batch, q_heads, q_len), float("-inf"), dtype=torch.float32, device=q.device)
+    if q_len == 0 or k_len == 0:
+        return out.to(q.dtype), lse
+    qf = q.float().view(batch, kv_heads, group, q_len, head_dim)
+    kf, vf = k.float(), v.float()
+    rows_per_chunk = max(1, (1 << 24) // max(1, k_len * q_heads * batch))
+    for start in range(0, q_len, rows_per_chunk):
+        stop = min(q_len, start + rows_per_chunk)
+        scores = torch.einsum("bhgqd,bhkd->bhgqk", qf[:, :, :, start:stop], kf) * scale
+        visible = _visibility(q_len, k_len, causal, anchor_len, prefix_len, q.device)[start:stop]
+        scores = scores.masked_fill(~visible, float("-inf"))
+        chunk_lse = torch.logsumexp(scores, dim=-1)
+        probs = torch.exp(scores - chunk_lse.nan_to_num(neginf=0.0)[..., None])
+        chunk_out = torch.einsum("bhgqk,bhkd->bhgqd", probs, vf)
+        out[:, :, start:stop] = chunk_out.reshape(batch, q_heads, stop - start, -1)
+        lse[:, :, start:stop] = chunk_lse.reshape(batch, q_heads, stop - start)
+    return out.to(q.dtype), lse
