@@ -1,0 +1,1 @@
+"""APB: anchor block + compressed passing blocks, and StarAttention as its special case."""

@@ -1,0 +1,1 @@
+"""Exact sequence-parallel attention: dense reference, ring / BurstAttention, all-gather, Ulysses."""

@@ -1,0 +1,27 @@
+"""Dense: one worker, ordinary causal attention. The reference every exact method must match."""
+
+from longctx.errors import LongCtxError
+from longctx.kernels import attention
+from longctx.method import Method
+from longctx.plan import simple_plan
+
+
+class DenseAttention(Method):
+    """Single-worker causal attention over the whole document."""
+
+    name = "dense"
+
+    def check(self, model_config, world):
+        """Dense runs on exactly one worker."""
+        if world != 1:
+            raise LongCtxError(f"method 'dense' runs on one worker (got --nproc {world})")
+
+    def plan(self, doc_len, query_len, world):
+        """All tokens on host 0."""
+        return simple_plan(self.name, doc_len, query_len, world, "contiguous")
+
+    def prefill_attention(self, ctx, layer, q, k, v, scale):
+        """Keep all K/V; causal attention over the local block."""
+        ctx.cache.store(layer, k, v)
+        out, _ = attention(q, k, v, causal=True, scale=scale, backend=ctx.kernel_backend)
+        return out

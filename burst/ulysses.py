@@ -1,0 +1,101 @@
+"""Ulysses (DeepSpeed) sequence parallelism: all-to-all from sequence shards to head shards.
+
+Each worker holds a contiguous shard of the sequence. Before attention an all-to-all gives
+worker g the full sequence for query heads [g*Hq/P, (g+1)*Hq/P) and the KV heads they read
+(KV heads are sent to every worker that needs them, so P may exceed the KV head count);
+attention runs causally on the full sequence; a second all-to-all returns the outputs.
+"""
+
+import torch
+
+from longctx.errors import LongCtxError
+from longctx.kernels import attention
+from longctx.method import Method
+from longctx.plan import simple_plan
+
+
+def head_ranges(q_heads, kv_heads, world):
+    """Per worker: (q_lo, q_hi, kv_lo, kv_hi) head ranges it attends for."""
+    per_rank = q_heads // world
+    group = q_heads // kv_heads
+    ranges = []
+    for rank in range(world):
+        q_lo, q_hi = rank * per_rank, (rank + 1) * per_rank
+        ranges.append((q_lo, q_hi, q_lo // group, (q_hi - 1) // group + 1))
+    return ranges
+
+
+class UlyssesAttention(Method):
+    """Exact attention by head-parallel all-to-all."""
+
+    name = "ulysses"
+
+    def check(self, model_config, world):
+        """P must divide the query heads, and each worker's heads must map evenly to KV heads."""
+        q_heads = model_config.num_attention_heads
+        kv_heads = getattr(model_config, "num_key_value_heads", None) or q_heads
+        if q_heads % world:
+            raise LongCtxError(
+                f"ulysses needs the worker count ({world}) to divide the attention heads ({q_heads})"
+            )
+        per_rank, group = q_heads // world, q_heads // kv_heads
+        if per_rank % group and group % per_rank:
+            raise LongCtxError(
+                f"ulysses cannot split {q_heads} query heads over {kv_heads} KV heads on {world} workers evenly"
+            )
+        if self.config.layout not in (None, "contiguous"):
+            raise LongCtxError("ulysses uses the contiguous layout only")
+
+    def plan(self, doc_len, query_len, world):
+        """Contiguous shards."""
+        return simple_plan(self.name, doc_len, query_len, world, "contiguous")
+
+    def prefill_attention(self, ctx, layer, q, k, v, scale):
+        """Sequence shards -> head shards, causal attention, and back."""
+        ctx.cache.store(layer, k, v)
+        comm, hosts = ctx.comm, ctx.plan.hosts
+        lengths = [host.num_tokens for host in hosts]
+        ranges = head_ranges(q.shape[1], k.shape[1], comm.world)
+        q_lo, q_hi, kv_lo, kv_hi = ranges[comm.rank]
+        full_q = _to_heads(comm, q, [(lo, hi) for lo, hi, _, _ in ranges], lengths)
+        full_kv = _to_heads(comm, torch.stack([k, v]), [(lo, hi) for _, _, lo, hi in ranges], lengths, head_dim=2)
+        out, _ = attention(full_q, full_kv[0], full_kv[1], causal=True, scale=scale, backend=ctx.kernel_backend)
+        return _to_sequence(comm, out, lengths, q.shape[1])
+
+
+def _to_heads(comm, tensor, head_ranges_per_rank, lengths, head_dim=1):
+    """[.., H, S_r, D] shard -> [.., h_g, S, D] with this rank's heads over the full sequence."""
+    seq_dim = head_dim + 1
+    sends = [tensor.narrow(head_dim, lo, hi - lo).contiguous().reshape(-1) for lo, hi in head_ranges_per_rank]
+    lo, hi = head_ranges_per_rank[comm.rank]
+    own_shape = list(tensor.shape)
+    own_shape[head_dim] = hi - lo
+    recv_sizes = []
+    for length in lengths:
+        own_shape[seq_dim] = length
+        recv_sizes.append(_numel(own_shape))
+    received = comm.all_to_all(torch.cat(sends), [part.numel() for part in sends], recv_sizes)
+    pieces = []
+    for part, length in zip(received.split(recv_sizes), lengths):
+        own_shape[seq_dim] = length
+        pieces.append(part.view(own_shape))
+    return torch.cat(pieces, dim=seq_dim)
+
+
+def _to_sequence(comm, out, lengths, total_heads):
+    """[B, h_g, S, D] (this rank's heads, full sequence) -> [B, Hq, S_r, D] (all heads, own shard)."""
+    batch, heads, _, dim = out.shape
+    sends = [part.contiguous().reshape(-1) for part in out.split(lengths, dim=2)]
+    per_rank = total_heads // comm.world
+    my_len = lengths[comm.rank]
+    received = comm.all_to_all(torch.cat(sends), [part.numel() for part in sends],
+                               [batch * per_rank * my_len * dim] * comm.world)
+    return received.view(comm.world, batch, per_rank, my_len, dim).permute(1, 0, 2, 3, 4).reshape(
+        batch, total_heads, my_len, dim)
+
+
+def _numel(shape):
+    count = 1
+    for size in shape:
+        count *= size
+    return count

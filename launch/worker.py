@@ -1,0 +1,64 @@
+"""What every worker does to start, whoever started it: join the process group, load the model."""
+
+import os
+from datetime import timedelta
+
+import torch
+import torch.distributed as dist
+
+from longctx.comm import Comm
+from longctx.engine import Engine
+from longctx.models import load_model, resolve_device, resolve_dtype
+
+
+def quiet_libraries():
+    """Silence Hugging Face progress bars and info logs in worker processes."""
+    import transformers
+
+    transformers.utils.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
+
+
+def pick_dist_backend(config, device, world):
+    """'nccl' when every worker has its own GPU, else 'gloo' (CPU, or ranks sharing one GPU)."""
+    if config.dist_backend != "auto":
+        return config.dist_backend
+    if device.type == "cuda" and world <= torch.cuda.device_count():
+        return "nccl"
+    return "gloo"
+
+
+def init_worker(config, rank, world, local_rank=None, init_method="env://"):
+    """Join the job's process group (when world > 1) and return (Comm, device) for this worker.
+
+    Sets the CPU thread count (config.threads, or the cores split evenly over the local workers)
+    and the CUDA device. Called by the local launcher, the torchrun entry and Ray actors.
+    """
+    local_rank = rank if local_rank is None else local_rank
+    device = resolve_device(config.device, local_rank)
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    local_workers = int(os.environ.get("LOCAL_WORLD_SIZE", world))
+    torch.set_num_threads(config.threads or max(1, (os.cpu_count() or 1) // max(1, local_workers)))
+    if world > 1:
+        dist.init_process_group(
+            pick_dist_backend(config, device, world),
+            init_method=init_method,
+            rank=rank,
+            world_size=world,
+            timeout=timedelta(seconds=config.timeout_s),
+            device_id=device if device.type == "cuda" and config.dist_backend != "gloo" else None,
+        )
+    return Comm(rank=rank, world=world, timeout_s=config.timeout_s), device
+
+
+def build_engine(config, comm, device):
+    """Load the model for this worker and wrap it in an Engine."""
+    model = load_model(config.model, device, resolve_dtype(config.dtype, device))
+    return Engine(model, comm, config, device)
+
+
+def shutdown_worker():
+    """Leave the process group if one was joined."""
+    if dist.is_initialized():
+        dist.destroy_process_group()

@@ -1,0 +1,127 @@
+"""Process-group helpers every method uses: ring exchange, all-gather, all-to-all, broadcast.
+
+A `Comm` wraps one process group (never a global) with the worker's rank, the world size and
+a timeout applied to every blocking wait. With `world == 1` and no group every operation is a
+local no-op, so single-process runs (the dense reference) need no torch.distributed at all.
+Works with gloo (CPU tensors) and nccl (CUDA tensors).
+"""
+
+from dataclasses import dataclass
+from datetime import timedelta
+
+import torch
+import torch.distributed as dist
+
+
+@dataclass
+class Comm:
+    """Communication handle for one worker: `group` (None when world == 1), `rank`, `world`, `timeout_s`."""
+
+    rank: int = 0
+    world: int = 1
+    group: object = None
+    timeout_s: float = 300.0
+
+    def __post_init__(self):
+        if self.world > 1 and self.group is None and not dist.is_initialized():
+            raise RuntimeError(f"Comm for {self.world} workers needs an initialised process group")
+
+    @property
+    def timeout(self):
+        """The timeout as a timedelta, as torch.distributed wants it."""
+        return timedelta(seconds=self.timeout_s)
+
+    def _wait(self, work):
+        work.wait(self.timeout)
+
+    def global_rank(self, group_rank):
+        """Global rank of `group_rank` in this Comm's group (identity for the default group)."""
+        if self.group is None:
+            return group_rank
+        return dist.get_global_rank(self.group, group_rank)
+
+    def exchange(self, send, recv_shape, send_to, recv_from):
+        """Post a send of `send` to `send_to` and a receive of a `recv_shape` tensor from `recv_from`.
+
+        Ranks are group ranks. Returns a `Pending` whose `wait()` (bounded by the timeout)
+        returns the received tensor (same dtype/device as `send`). Posting before computing on
+        the current block is how callers double-buffer a ring.
+        """
+        recv = torch.empty(recv_shape, dtype=send.dtype, device=send.device)
+        if send_to == self.rank and recv_from == self.rank:
+            recv.copy_(send)
+            return Pending(recv, [], self)
+        ops = [
+            dist.P2POp(dist.isend, send.contiguous(), self.global_rank(send_to), group=self.group),
+            dist.P2POp(dist.irecv, recv, self.global_rank(recv_from), group=self.group),
+        ]
+        return Pending(recv, dist.batch_isend_irecv(ops), self)
+
+    def all_gather(self, tensor, sizes=None, dim=0):
+        """All-gather `tensor` from every rank; returns the list of tensors in rank order.
+
+        `sizes[r]` is rank r's length along `dim` when lengths differ (tensors are padded to
+        the longest for the collective and trimmed after); None means all equal.
+        """
+        if self.world == 1:
+            return [tensor]
+        tensor = tensor.contiguous()
+        longest = max(sizes) if sizes is not None else tensor.shape[dim]
+        if tensor.shape[dim] < longest:
+            pad_shape = list(tensor.shape)
+            pad_shape[dim] = longest - tensor.shape[dim]
+            tensor = torch.cat([tensor, tensor.new_zeros(pad_shape)], dim=dim)
+        gathered = [torch.empty_like(tensor) for _ in range(self.world)]
+        self._wait(dist.all_gather(gathered, tensor, group=self.group, async_op=True))
+        if sizes is not None:
+            gathered = [part.narrow(dim, 0, size) for part, size in zip(gathered, sizes)]
+        return gathered
+
+    def all_gather_async(self, tensor):
+        """Start an all-gather of equally shaped tensors; returns a `Pending` yielding the list."""
+        if self.world == 1:
+            return Pending([tensor], [], self)
+        tensor = tensor.contiguous()
+        gathered = [torch.empty_like(tensor) for _ in range(self.world)]
+        work = dist.all_gather(gathered, tensor, group=self.group, async_op=True)
+        return Pending(gathered, [work], self)
+
+    def all_to_all(self, send, send_splits, recv_splits):
+        """all_to_all_single along dim 0 with per-rank split sizes; returns the received tensor."""
+        if self.world == 1:
+            return send
+        recv = send.new_empty((sum(recv_splits),) + tuple(send.shape[1:]))
+        work = dist.all_to_all_single(
+            recv, send.contiguous(), recv_splits, send_splits, group=self.group, async_op=True
+        )
+        self._wait(work)
+        return recv
+
+    def broadcast_object(self, obj, src=0):
+        """Broadcast a picklable Python object from group rank `src`; every rank returns it."""
+        if self.world == 1:
+            return obj
+        holder = [obj]
+        dist.broadcast_object_list(holder, src=self.global_rank(src), group=self.group)
+        return holder[0]
+
+    def barrier(self):
+        """Block until every rank arrives (bounded by the timeout)."""
+        if self.world > 1:
+            self._wait(dist.barrier(group=self.group, async_op=True))
+
+
+@dataclass
+class Pending:
+    """A posted communication: `wait()` blocks (with the Comm's timeout) and returns the result."""
+
+    result: object
+    works: list
+    comm: Comm
+
+    def wait(self):
+        """Wait for every posted operation and return the received tensor(s)."""
+        for work in self.works:
+            self.comm._wait(work)
+        self.works = []
+        return self.result

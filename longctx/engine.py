@@ -1,0 +1,161 @@
+"""Per-worker prefill and greedy decoding over a distributed KV cache.
+
+The engine knows nothing about how processes started: it gets a model, a `Comm` and a
+`RunConfig`, and for each request runs the method's plan, the prefill forward with the
+method's attention, the query pass and lock-step decoding (every worker runs the same new
+tokens; attention merges the workers' partial results exactly; rank 0 picks the token and
+broadcasts it).
+"""
+
+import time
+from dataclasses import dataclass, field
+
+import torch
+
+from longctx.cache import KVCache
+from longctx.errors import LongCtxError
+from longctx.registry import get_method
+
+
+@dataclass
+class WorkerContext:
+    """What a method's attention sees on one worker during one request.
+
+    `phase` is "prefill" or "decode"; `state` is scratch space the method may fill during a
+    request (cleared with the context); `stats` collects counters for reporting.
+    """
+
+    method: object
+    plan: object
+    rank: int
+    comm: object
+    cache: KVCache
+    kernel_backend: str
+    total_len: int
+    query_ids: list
+    phase: str = "prefill"
+    state: dict = field(default_factory=dict)
+    stats: dict = field(default_factory=dict)
+
+    def attend(self, layer, q, k, v, scale):
+        """Dispatch one layer's attention to the method for the current phase."""
+        if self.phase == "prefill":
+            return self.method.prefill_attention(self, layer, q, k, v, scale)
+        return self.method.decode_attention(self, layer, q, k, v, scale)
+
+
+@dataclass
+class Request:
+    """One generation request: token ids of the document and the question (>= 1 token)."""
+
+    doc_ids: list
+    query_ids: list
+    max_new_tokens: int = 32
+    method: str = None
+    return_hidden: bool = False
+    stop_ids: tuple = ()
+
+
+class Engine:
+    """Runs requests on one worker. Every worker of a job calls `run` with the same request."""
+
+    def __init__(self, model, comm, config, device):
+        self.model = model
+        self.comm = comm
+        self.config = config
+        self.device = device
+
+    def run(self, request):
+        """Prefill, query pass and greedy decoding; returns a result dict (complete on rank 0).
+
+        Keys: tokens (generated ids), prefill_s, query_s, decode_s, plan (summary), method,
+        nproc, first_logits (fp32 list of the first generated position's logits) and, when
+        `return_hidden`, doc_hidden / query_hidden (fp32 tensors, global order, rank 0 only).
+        """
+        if not request.doc_ids:
+            raise LongCtxError("the document is empty")
+        if not request.query_ids:
+            raise LongCtxError("the question is empty")
+        method = get_method(request.method or self.config.method, self.config)
+        world = self.comm.world
+        method.check(self.model.config, world)
+        plan = method.plan(len(request.doc_ids), len(request.query_ids), world)
+        total_len = len(request.doc_ids) + len(request.query_ids) + request.max_new_tokens
+        ctx = WorkerContext(method, plan, self.comm.rank, self.comm, KVCache(),
+                            self.config.kernel_backend, total_len, list(request.query_ids))
+        result = {"method": method.name, "nproc": world, "plan": plan.summary()}
+        with torch.inference_mode():
+            doc_hidden, result["prefill_s"] = self._timed(lambda: self._prefill(ctx, request))
+            ctx.phase = "decode"
+            query_out, result["query_s"] = self._timed(lambda: self._step(ctx, request.query_ids, len(request.doc_ids),
+                                                                         request.return_hidden))
+            tokens, result["decode_s"] = self._timed(lambda: self._decode(ctx, request, query_out[0]))
+        result["tokens"] = tokens
+        result["first_logits"] = query_out[0].float().cpu()
+        result["stats"] = ctx.stats
+        if request.return_hidden:
+            result["doc_hidden"] = doc_hidden
+            result["query_hidden"] = query_out[1].float().cpu()
+        return result
+
+    def _timed(self, fn):
+        self.comm.barrier()
+        self._sync()
+        start = time.perf_counter()
+        value = fn()
+        self._sync()
+        self.comm.barrier()
+        return value, time.perf_counter() - start
+
+    def _sync(self):
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+
+    def _prefill(self, ctx, request):
+        input_ids, positions = ctx.method.local_inputs(ctx.plan, ctx.rank, request.doc_ids, request.query_ids)
+        hidden = self.model.base_model(
+            input_ids=torch.tensor([input_ids], device=self.device),
+            position_ids=torch.tensor([positions], device=self.device),
+            use_cache=False,
+            longctx=ctx,
+        ).last_hidden_state
+        if not request.return_hidden:
+            return None
+        owned = hidden[0, ctx.method.owned_rows(ctx.plan, ctx.rank)].float()
+        sizes = [host.num_tokens for host in ctx.plan.hosts]
+        parts = self.comm.all_gather(owned, sizes=sizes, dim=0)
+        if ctx.rank != 0:
+            return None
+        full = torch.empty(ctx.plan.doc_len, owned.shape[-1])
+        for host, part in zip(ctx.plan.hosts, parts):
+            full[torch.tensor(host.positions())] = part.cpu()
+        return full
+
+    def _step(self, ctx, ids, first_position, want_hidden=False):
+        """Run new tokens `ids` at positions first_position.. on every worker.
+
+        Returns (last-position logits [vocab], final hidden states [n, d] or None).
+        """
+        positions = list(range(first_position, first_position + len(ids)))
+        output = self.model(
+            input_ids=torch.tensor([ids], device=self.device),
+            position_ids=torch.tensor([positions], device=self.device),
+            use_cache=False,
+            logits_to_keep=1,
+            output_hidden_states=want_hidden,
+            longctx=ctx,
+        )
+        hidden = output.hidden_states[-1][0] if want_hidden else None
+        return output.logits[0, -1], hidden
+
+    def _decode(self, ctx, request, logits):
+        tokens = []
+        position = len(request.doc_ids) + len(request.query_ids)
+        while len(tokens) < request.max_new_tokens:
+            token = self.comm.broadcast_object(int(torch.argmax(logits)), src=0)
+            tokens.append(token)
+            if token in request.stop_ids or len(tokens) == request.max_new_tokens:
+                break
+            logits, _ = self._step(ctx, [token], position)
+            position += 1
+        return tokens

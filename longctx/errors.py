@@ -1,0 +1,9 @@
+"""User-facing error types: one clear line naming the problem."""
+
+
+class LongCtxError(Exception):
+    """Bad input or configuration; the CLI prints it as one line and exits non-zero."""
+
+
+class WorkerError(LongCtxError):
+    """A worker failed or died; every other worker has been stopped."""

@@ -1,0 +1,320 @@
+"""RULER-style synthetic long-context tasks, deterministic and seeded.
+
+Five tasks (names as in RULER):
+
+``niah_single``
+    One needle "The special magic number for <key> is <value>." hidden in filler text.
+``niah_multikey``
+    The needle plus ``num_distractors`` (default 3) needles with other keys.
+``niah_multivalue``
+    ``num_values`` (default 4) needles with the same key and different values; the
+    answer is all of them.
+``niah_multiquery``
+    ``num_queries`` (default 4) needles with different keys, all asked in one question;
+    the answer is all their values.
+``kv_retrieval``
+    The whole document is a list of ``<key1>-<key2>: <value>,`` pairs; one key is asked.
+
+A sample's ``length`` is the token count of its prompt (``sample.prompt``: document, a
+newline, question), counted with the given tokenizer including its special tokens, or, with
+no tokenizer, as words + 1 (the BOS), which is exactly what the word-level tokenizer of
+:mod:`longctx.eval.tokenizer` produces. With the word-level count the generators hit the
+requested length exactly (kv_retrieval within a few tokens); with another tokenizer they land
+close to it. ``depth`` (0..1, or 0..100 read as a percentage) places the needle that
+answers the question (the first one in document order for the multi-answer tasks) at that
+fraction of the haystack; the other needles are spread at random. Values are numbers
+100..999, distinct within a sample. The question ends with an answer prefix, so a model's
+continuation of ``sample.prompt`` is the answer: one number, or for the multi-answer tasks
+the numbers in document order separated by commas.
+"""
+
+from __future__ import annotations
+
+import random
+import re
+from dataclasses import dataclass, field
+
+from longctx.eval import vocab
+
+TASKS = ["niah_single", "niah_multikey", "niah_multivalue", "niah_multiquery", "kv_retrieval"]
+
+
+@dataclass
+class Sample:
+    task: str
+    document: str
+    question: str          # the question, ending with the answer prefix
+    answer: str            # the exact expected answer string ("472" or "472, 318, 905, 127")
+    length: int            # tokens of ``prompt`` (see module docstring)
+    depth: float | None    # depth of the answering needle (fraction 0..1), None for kv
+    answers: list[str] = field(default_factory=list)  # the individual answer values
+    seed: int = 0
+    index: int = 0
+
+    @property
+    def prompt(self) -> str:
+        return join_prompt(self.document, self.question)
+
+
+def join_prompt(document: str, question: str) -> str:
+    return f"{document}\n{question}"
+
+
+# --------------------------------------------------------------------------- token counting
+
+class _Counter:
+    """Token counts of text pieces: the given tokenizer, or words + BOS."""
+
+    def __init__(self, tokenizer=None):
+        self.tok = tokenizer
+        if tokenizer is None:
+            self.special = 1
+        else:
+            self.special = len(tokenizer("x")["input_ids"]) - len(
+                tokenizer("x", add_special_tokens=False)["input_ids"])
+
+    def piece(self, text: str) -> int:
+        """Tokens ``text`` adds in the middle of a longer text."""
+        if self.tok is None:
+            return len(vocab.words_of(text))
+        return len(self.tok(" " + text, add_special_tokens=False)["input_ids"])
+
+    def pieces(self, texts: list[str]) -> list[int]:
+        if self.tok is None:
+            return [len(vocab.words_of(t)) for t in texts]
+        enc = self.tok([" " + t for t in texts], add_special_tokens=False)["input_ids"]
+        return [len(e) for e in enc]
+
+    def full(self, text: str) -> int:
+        if self.tok is None:
+            return len(vocab.words_of(text)) + 1
+        return len(self.tok(text)["input_ids"])
+
+
+def count_tokens(text: str, tokenizer=None) -> int:
+    """Prompt length as the generators measure it (see module docstring)."""
+    return _Counter(tokenizer).full(text)
+
+
+# --------------------------------------------------------------------------- haystack
+
+_SLOT = re.compile(r"\{(\w+)\}")
+_TEMPLATE_LEN = [len(vocab.words_of(_SLOT.sub("x", t))) for t in vocab.TEMPLATES]
+_MIN_T, _MAX_T = min(_TEMPLATE_LEN), max(_TEMPLATE_LEN)
+
+
+def _sentence(rng: random.Random, template: str) -> str:
+    s = _SLOT.sub(lambda m: rng.choice(vocab.FILLER[m.group(1)]), template)
+    s = s[0].upper() + s[1:]
+    return s[:-2] + "."  # "... ." -> "...."
+
+
+def _filler(rng: random.Random, budget: int, counter: _Counter) -> list[str]:
+    """Filler sentences whose token count is ``budget`` (exactly for the word count)."""
+    out: list[str] = []
+    if counter.tok is None:
+        remaining = budget
+        while remaining > 0:
+            if remaining <= _MAX_T:
+                fits = [i for i, n in enumerate(_TEMPLATE_LEN) if n == remaining]
+            else:
+                fits = []
+            if not fits:
+                fits = [i for i, n in enumerate(_TEMPLATE_LEN) if n <= remaining - _MIN_T]
+            if not fits:  # remaining < 2 * _MIN_T and no exact template: best effort
+                fits = [min(range(len(_TEMPLATE_LEN)), key=lambda i: _TEMPLATE_LEN[i])]
+                if _TEMPLATE_LEN[fits[0]] > remaining:
+                    break
+            i = rng.choice(fits)
+            out.append(_sentence(rng, vocab.TEMPLATES[i]))
+            remaining -= _TEMPLATE_LEN[i]
+        return out
+    # any other tokenizer: draw sentences in batches and count them with the tokenizer
+    remaining, misses = budget, 0
+    while remaining > 0 and misses < 64:
+        batch = [_sentence(rng, rng.choice(vocab.TEMPLATES)) for _ in range(64)]
+        for s, n in zip(batch, counter.pieces(batch)):
+            if n > remaining:
+                misses += 1
+                continue
+            out.append(s)
+            remaining -= n
+    return out
+
+
+def _place(sentences: list[str], counts: list[int], needles: list[tuple[float, str]]) -> str:
+    """Insert needles between sentences at the given depths (fraction of filler tokens)."""
+    total = sum(counts)
+    cum = [0]
+    for n in counts:
+        cum.append(cum[-1] + n)
+    inserts: dict[int, list[str]] = {}
+    for depth, text in needles:
+        target = depth * total
+        idx = min(range(len(cum)), key=lambda i: abs(cum[i] - target))
+        inserts.setdefault(idx, []).append(text)
+    parts: list[str] = []
+    for i in range(len(sentences) + 1):
+        parts.extend(inserts.get(i, []))
+        if i < len(sentences):
+            parts.append(sentences[i])
+    return " ".join(parts)
+
+
+def _norm_depth(depth: float | None) -> float | None:
+    if depth is None:
+        return None
+    depth = float(depth)
+    if depth > 1.0:
+        depth /= 100.0
+    if not 0.0 <= depth <= 1.0:
+        raise ValueError(f"depth must be in 0..1 (or 0..100 percent), got {depth}")
+    return depth
+
+
+def _values(rng: random.Random, n: int) -> list[str]:
+    return [str(v) for v in rng.sample(range(vocab.VALUE_MIN, vocab.VALUE_MAX + 1), n)]
+
+
+def _key_list(keys: list[str]) -> str:
+    return keys[0] if len(keys) == 1 else ", ".join(keys[:-1]) + " and " + keys[-1]
+
+
+# --------------------------------------------------------------------------- tasks
+
+def _niah(task: str, rng: random.Random, length: int, counter: _Counter, depth: float | None,
+          num_distractors: int, num_values: int, num_queries: int) -> Sample:
+    if task == "niah_single":
+        n_keys, n_vals = 1, 1
+    elif task == "niah_multikey":
+        n_keys, n_vals = 1 + num_distractors, 1
+    elif task == "niah_multivalue":
+        n_keys, n_vals = 1, num_values
+    else:  # niah_multiquery
+        n_keys, n_vals = num_queries, 1
+    keys = rng.sample(vocab.KEYS, n_keys)
+    values = _values(rng, n_keys * n_vals)
+    # needles in document order: (key, value, answers the question?)
+    if task == "niah_multivalue":
+        needles = [(keys[0], v, True) for v in values]
+    elif task == "niah_multikey":
+        needles = [(k, v, i == 0) for i, (k, v) in enumerate(zip(keys, values))]
+    else:
+        needles = [(k, v, True) for k, v in zip(keys, values)]
+    depths = sorted(rng.random() for _ in needles)
+    if depth is None:
+        order = list(range(len(needles)))
+        rng.shuffle(order)
+        placed = [(depths[j], needles[i]) for j, i in enumerate(order)]
+    else:
+        # the answering needle (the first in document order if several) sits at `depth`;
+        # the others go at random depths (answering ones after it).
+        first = next(i for i, n in enumerate(needles) if n[2])
+        rest = [n for i, n in enumerate(needles) if i != first]
+        placed = [(depth, needles[first])]
+        for n in rest:
+            d = rng.uniform(depth, 1.0) if n[2] else rng.random()
+            placed.append((d, n))
+    placed.sort(key=lambda p: p[0])
+    texts = [(d, vocab.NEEDLE.format(key=k, value=v)) for d, (k, v, _) in placed]
+    answering = [(k, v) for _, (k, v, a) in placed if a]
+    answers = [v for _, v in answering]
+
+    if task in ("niah_single", "niah_multikey"):
+        question = vocab.Q_SINGLE.format(key=keys[0])
+    elif task == "niah_multivalue":
+        question = vocab.Q_MULTIVALUE.format(key=keys[0])
+    else:
+        question = vocab.Q_MULTIQUERY.format(keys=_key_list([k for k, _ in answering]))
+
+    fixed = counter.full(join_prompt(vocab.NIAH_INTRO, question)) + sum(
+        counter.pieces([t for _, t in texts]))
+    budget = length - fixed
+    if budget < 0:
+        raise ValueError(f"{task}: length {length} is shorter than the needles and question "
+                         f"({fixed} tokens)")
+    sentences = _filler(rng, budget, counter)
+    counts = counter.pieces(sentences) if counter.tok is not None else [
+        len(vocab.words_of(s)) for s in sentences]
+    haystack = _place(sentences, counts, texts)
+    document = f"{vocab.NIAH_INTRO} {haystack}"
+    first_depth = next(d for d, n in placed if n[2])
+    return Sample(task=task, document=document, question=question, answer=", ".join(answers),
+                  answers=answers, length=0, depth=first_depth)
+
+
+def _kv(rng: random.Random, length: int, counter: _Counter) -> Sample:
+    question_key_words = rng.sample(vocab.KEYS, 2)
+    qkey = "-".join(question_key_words)
+    question = vocab.Q_KV.format(key=qkey)
+    fixed = counter.full(join_prompt(vocab.KV_INTRO, question))
+    per_pair = counter.piece(vocab.KV_PAIR.format(key="a-b", value="123"))
+    n_pairs = max(1, (length - fixed) // per_pair)
+    keys = {qkey}
+    pairs = []
+    while len(pairs) < n_pairs - 1:
+        k = "-".join(rng.sample(vocab.KEYS, 2))
+        if k in keys:
+            continue
+        keys.add(k)
+        pairs.append(k)
+    values = [str(rng.randint(vocab.VALUE_MIN, vocab.VALUE_MAX)) for _ in pairs]
+    answer = _values(rng, 1)[0]
+    pos = rng.randint(0, len(pairs))
+    pairs.insert(pos, qkey)
+    values.insert(pos, answer)
+    body = " ".join(vocab.KV_PAIR.format(key=k, value=v) for k, v in zip(pairs, values))
+    document = f"{vocab.KV_INTRO} {body}"
+    depth = pos / max(1, len(pairs) - 1)
+    return Sample(task="kv_retrieval", document=document, question=question, answer=answer,
+                  answers=[answer], length=0, depth=depth)
+
+
+def make_sample(task: str, length_tokens: int, seed: int, index: int = 0, tokenizer=None,
+                depth: float | None = None, num_distractors: int = 3, num_values: int = 4,
+                num_queries: int = 4) -> Sample:
+    """One sample; the same (task, length, seed, index, depth, tokenizer) gives the same one."""
+    if task not in TASKS:
+        raise ValueError(f"unknown task {task!r}; choose from {', '.join(TASKS)}")
+    rng = random.Random(f"{task}/{length_tokens}/{seed}/{index}/{depth}")
+    counter = _Counter(tokenizer)
+    depth = _norm_depth(depth)
+    if task == "kv_retrieval":
+        s = _kv(rng, length_tokens, counter)
+    else:
+        s = _niah(task, rng, length_tokens, counter, depth, num_distractors, num_values,
+                  num_queries)
+    s.length = counter.full(s.prompt)
+    s.seed, s.index = seed, index
+    return s
+
+
+def make_samples(task: str, length_tokens: int, count: int, seed: int = 0, tokenizer=None,
+                 depth: float | None = None, **kwargs) -> list[Sample]:
+    """``count`` samples of ``task`` at about ``length_tokens`` prompt tokens (see module doc).
+
+    ``depth`` (0..1 or 0..100 %) fixes the answering needle's depth; None draws it at random.
+    Extra keyword arguments: ``num_distractors``, ``num_values``, ``num_queries``.
+    """
+    return [make_sample(task, length_tokens, seed, i, tokenizer, depth, **kwargs)
+            for i in range(count)]
+
+
+# --------------------------------------------------------------------------- scoring
+
+def _norm_words(text: str) -> list[str]:
+    return re.findall(r"\w+", text.lower())
+
+
+def is_correct(prediction: str, sample: Sample) -> bool:
+    """Normalised exact match for one-answer tasks; all answers present for the others.
+
+    The prediction is the model's continuation of ``sample.prompt``. It is cut at the first
+    newline, lower-cased and split into words (punctuation dropped). A one-answer task is
+    right when those words are exactly the answer's words; a multi-answer task when every
+    answer value is among them (any order).
+    """
+    words = _norm_words(prediction.split("\n", 1)[0]) if prediction.strip() else []
+    if len(sample.answers) <= 1:
+        return words == _norm_words(sample.answer)
+    return all(a.lower() in words for a in sample.answers)

@@ -1,0 +1,75 @@
+"""Load a local Hugging Face causal LM and its tokenizer for longctx workers."""
+
+import os
+
+import torch
+
+from longctx.errors import LongCtxError
+from longctx.models.attention import register_attention
+
+DTYPE_NAMES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def check_model_dir(path):
+    """Raise LongCtxError unless `path` is a local Hugging Face causal-LM directory; returns its config."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    if not path:
+        raise LongCtxError("no model given (--model DIR)")
+    if not os.path.isdir(path):
+        raise LongCtxError(f"model directory {path!r} does not exist")
+    if not os.path.isfile(os.path.join(path, "config.json")):
+        raise LongCtxError(f"{path!r} has no config.json: not a Hugging Face model directory")
+    try:
+        config = AutoConfig.from_pretrained(path, local_files_only=True)
+    except (ValueError, OSError, KeyError) as exc:
+        raise LongCtxError(f"cannot read the model config in {path!r}: {_first_line(exc)}") from None
+    if type(config) not in AutoModelForCausalLM._model_mapping:
+        raise LongCtxError(f"{path!r} holds a {config.model_type!r} model, which is not a causal LM")
+    return config
+
+
+def resolve_device(device, rank=0):
+    """torch.device for worker `rank`: 'auto' picks CUDA (round-robin over GPUs) when available."""
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cuda":
+        if not torch.cuda.is_available():
+            raise LongCtxError("--device cuda was asked for but no CUDA device is available")
+        return torch.device("cuda", rank % torch.cuda.device_count())
+    return torch.device("cpu")
+
+
+def resolve_dtype(dtype, device):
+    """torch dtype: 'auto' is bfloat16 on CUDA and float32 on CPU."""
+    if dtype == "auto":
+        return torch.bfloat16 if device.type == "cuda" else torch.float32
+    return DTYPE_NAMES[dtype]
+
+
+def load_model(path, device, dtype):
+    """Load the causal LM at `path` on `device` in `dtype`, in eval mode, using longctx attention."""
+    from transformers import AutoModelForCausalLM
+
+    check_model_dir(path)
+    try:
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, local_files_only=True)
+    except (ValueError, OSError, KeyError, RuntimeError) as exc:
+        raise LongCtxError(f"cannot load the model in {path!r}: {_first_line(exc)}") from None
+    model.set_attn_implementation(register_attention())
+    return model.to(device).eval()
+
+
+def load_tokenizer(path):
+    """The tokenizer saved with the model at `path`."""
+    from transformers import AutoTokenizer
+
+    try:
+        return AutoTokenizer.from_pretrained(path, local_files_only=True)
+    except (ValueError, OSError, KeyError) as exc:
+        raise LongCtxError(f"cannot load a tokenizer from {path!r}: {_first_line(exc)}") from None
+
+
+def _first_line(exc):
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__

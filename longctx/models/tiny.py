@@ -1,0 +1,77 @@
+"""Write small random-weight causal LMs with a working byte-level tokenizer (tests, cluster smoke tests)."""
+
+import json
+import os
+
+import torch
+
+from longctx.errors import LongCtxError
+
+FAMILIES = ("llama", "qwen2", "mistral")
+SPECIAL_TOKENS = ("<s>", "</s>", "<pad>")
+
+
+def _byte_tokenizer():
+    """A byte-level `tokenizers` tokenizer: 256 byte symbols plus SPECIAL_TOKENS, no merges."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    from tokenizers.pre_tokenizers import ByteLevel
+
+    alphabet = ByteLevel.alphabet()
+    vocab = {token: index for index, token in enumerate(SPECIAL_TOKENS)}
+    for symbol in sorted(alphabet):
+        vocab[symbol] = len(vocab)
+    tokenizer = Tokenizer(models.BPE(vocab=vocab, merges=[]))
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
+    tokenizer.decoder = decoders.ByteLevel()
+    return tokenizer
+
+
+def _config(family, vocab_size, hidden, layers, heads, kv_heads, max_positions):
+    from transformers import LlamaConfig, MistralConfig, Qwen2Config
+
+    common = dict(
+        vocab_size=vocab_size,
+        hidden_size=hidden,
+        intermediate_size=2 * hidden,
+        num_hidden_layers=layers,
+        num_attention_heads=heads,
+        num_key_value_heads=kv_heads,
+        max_position_embeddings=max_positions,
+        bos_token_id=0,
+        eos_token_id=1,
+        pad_token_id=2,
+        tie_word_embeddings=False,
+    )
+    if family == "llama":
+        return LlamaConfig(**common)
+    if family == "qwen2":
+        return Qwen2Config(**common, use_sliding_window=False)
+    return MistralConfig(**common, sliding_window=None)
+
+
+def make_tiny_model(out_dir, family="llama", hidden=64, layers=2, heads=4, kv_heads=2, seed=0,
+                    max_positions=32768):
+    """Write a random-weight `family` model and its byte-level tokenizer to `out_dir`.
+
+    The result loads with AutoModelForCausalLM / AutoTokenizer.from_pretrained; weights are
+    scaled so activations stay well-conditioned in fp32. Returns `out_dir`.
+    """
+    from transformers import AutoModelForCausalLM, PreTrainedTokenizerFast
+
+    if family not in FAMILIES:
+        raise LongCtxError(f"unknown model family {family!r}; choose one of {', '.join(FAMILIES)}")
+    if heads % kv_heads or hidden % heads:
+        raise LongCtxError("heads must divide hidden size and kv_heads must divide heads")
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=_byte_tokenizer(), bos_token="<s>", eos_token="</s>", pad_token="<pad>"
+    )
+    tokenizer.add_bos_token = True
+    config = _config(family, len(tokenizer), hidden, layers, heads, kv_heads, max_positions)
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    os.makedirs(out_dir, exist_ok=True)
+    model.save_pretrained(out_dir)
+    tokenizer.save_pretrained(out_dir)
+    with open(os.path.join(out_dir, "longctx_tiny.json"), "w") as handle:
+        json.dump({"family": family, "seed": seed, "note": "random weights, for tests only"}, handle)
+    return out_dir
