@@ -24,9 +24,8 @@ def _free_port():
 def _serve(rank, world, port, config, conn):
     """Worker process body: start up, then answer ("run", request) messages until ("stop",)."""
     try:
-        from launch.worker import build_engine, init_worker, quiet_libraries, shutdown_worker
+        from launch.worker import build_engine, init_worker, shutdown_worker
 
-        quiet_libraries()
         comm, device = init_worker(config, rank, world, init_method=f"tcp://127.0.0.1:{port}")
         engine = build_engine(config, comm, device)
         conn.send(("ready", None))

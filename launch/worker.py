@@ -11,14 +11,6 @@ from longctx.engine import Engine
 from longctx.models import load_model, resolve_device, resolve_dtype
 
 
-def quiet_libraries():
-    """Silence Hugging Face progress bars and info logs in worker processes."""
-    import transformers
-
-    transformers.utils.logging.set_verbosity_error()
-    transformers.utils.logging.disable_progress_bar()
-
-
 def pick_dist_backend(config, device, world):
     """'nccl' when every worker has its own GPU, else 'gloo' (CPU, or ranks sharing one GPU)."""
     if config.dist_backend != "auto":

@@ -20,7 +20,7 @@ from longctx.errors import LongCtxError
 from longctx.models import check_model_dir, load_tokenizer
 from longctx.registry import get_method
 
-LAUNCHERS = ("local", "ray")
+LAUNCHERS = ("local",)
 
 
 @dataclass
@@ -141,10 +141,6 @@ def _start_launcher(name, config):
         from launch.local import LocalLauncher
 
         return LocalLauncher(config)
-    if name == "ray":
-        from launch.ray_launcher import RayLauncher
-
-        return RayLauncher(config)
     raise LongCtxError(f"unknown launcher {name!r}; choose one of {', '.join(LAUNCHERS)}")
 
 
@@ -156,14 +152,13 @@ class SPMDLongContextLM:
     """
 
     def __init__(self, model, method="burst", **options):
-        from launch.worker import build_engine, init_worker, quiet_libraries
+        from launch.worker import build_engine, init_worker
 
         rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
         local_rank = int(os.environ.get("LOCAL_RANK", rank))
         self.config = RunConfig(model=model, method=method, nproc=world, **options).validate()
         self.model_config = check_model_dir(model)
         self.tokenizer = load_tokenizer(model)
-        quiet_libraries()
         comm, device = init_worker(self.config, rank, world, local_rank=local_rank)
         self.rank = rank
         self.engine = build_engine(self.config, comm, device)

@@ -19,8 +19,17 @@ def method_names():
 
 
 def get_method(name, config):
-    """Instantiate method `name` with `config` (a RunConfig); LongCtxError if unknown."""
-    if name not in METHODS:
+    """Instantiate method `name` with `config` (a RunConfig).
+
+    `name` is a registered name, or "package.module:ClassName" naming a Method subclass
+    outside longctx (a plug-in; workers import it by that path). LongCtxError if unknown.
+    """
+    target = METHODS.get(name) or (name if ":" in name else None)
+    if target is None:
         raise LongCtxError(f"unknown method {name!r}; choose one of {', '.join(METHODS)}")
-    module_name, class_name = METHODS[name].split(":")
-    return getattr(importlib.import_module(module_name), class_name)(config)
+    module_name, class_name = target.split(":", 1)
+    try:
+        cls = getattr(importlib.import_module(module_name), class_name)
+    except (ImportError, AttributeError):
+        raise LongCtxError(f"cannot import method {target!r}") from None
+    return cls(config)

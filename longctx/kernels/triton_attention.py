@@ -57,11 +57,13 @@ def _attend_key_range(
     offs_n = tl.arange(0, BLOCK_N)
     offs_d = tl.arange(0, BLOCK_D)
     offs_dv = tl.arange(0, BLOCK_DV)
+    # K is read transposed, [BLOCK_D, BLOCK_N], so q @ k is a plain dot. The sequence offset
+    # of the first block is added in int64 so long sequences with large strides cannot wrap.
+    start_64 = start.to(tl.int64)
+    k_ptrs = k_base + start_64 * stride_kn + offs_n[None, :] * stride_kn + offs_d[:, None] * stride_kd
+    v_ptrs = v_base + start_64 * stride_vn + offs_n[:, None] * stride_vn + offs_dv[None, :] * stride_vd
     for block_start in range(start, stop, BLOCK_N):
         cols = block_start + offs_n
-        # K is loaded transposed, [BLOCK_D, BLOCK_N], so q @ k is a plain dot.
-        k_ptrs = k_base + cols[None, :] * stride_kn + offs_d[:, None] * stride_kd
-        v_ptrs = v_base + cols[:, None] * stride_vn + offs_dv[None, :] * stride_vd
         if MASKED:
             in_range = cols < k_len
             k = tl.load(k_ptrs, mask=in_range[None, :], other=0.0)
@@ -92,6 +94,8 @@ def _attend_key_range(
             p_v, v = p_v.to(tl.float32), v.to(tl.float32)
         acc = acc * alpha[:, None] + tl.dot(p_v, v, input_precision=DOT_PRECISION)
         m_i = m_new
+        k_ptrs += BLOCK_N * stride_kn
+        v_ptrs += BLOCK_N * stride_vn
     return acc, m_i, l_i
 
 
@@ -119,10 +123,12 @@ def _attention_fwd_kernel(
 
     # --- 1. the query block -------------------------------------------------------------
     first_row = block_m * BLOCK_M
-    rows = first_row + tl.arange(0, BLOCK_M)
+    offs_m = tl.arange(0, BLOCK_M)
+    rows = first_row + offs_m
     row_ok = rows < q_len
     offs_d = tl.arange(0, BLOCK_D)
-    q_ptrs = Q + batch * stride_qb + head * stride_qh + rows[:, None] * stride_qm + offs_d[None, :] * stride_qd
+    q_rows = Q + batch * stride_qb + head * stride_qh + first_row.to(tl.int64) * stride_qm
+    q_ptrs = q_rows + offs_m[:, None] * stride_qm + offs_d[None, :] * stride_qd
     q = tl.load(q_ptrs, mask=row_ok[:, None], other=0.0)
     if DOT_UPCAST:
         q = q.to(tl.float32)
@@ -170,9 +176,10 @@ def _attention_fwd_kernel(
     out = acc / tl.where(saw_key, l_i, 1.0)[:, None]
     lse = tl.where(saw_key, (m_i + tl.math.log2(tl.where(saw_key, l_i, 1.0))) * 0.6931471805599453, float("-inf"))
     offs_dv = tl.arange(0, BLOCK_DV)
-    o_ptrs = Out + batch * stride_ob + head * stride_oh + rows[:, None] * stride_om + offs_dv[None, :] * stride_od
+    o_rows = Out + batch * stride_ob + head * stride_oh + first_row.to(tl.int64) * stride_om
+    o_ptrs = o_rows + offs_m[:, None] * stride_om + offs_dv[None, :] * stride_od
     tl.store(o_ptrs, out.to(Out.dtype.element_ty), mask=row_ok[:, None])
-    l_ptrs = Lse + batch * stride_lb + head * stride_lh + rows * stride_lm
+    l_ptrs = Lse + batch * stride_lb + head * stride_lh + rows.to(tl.int64) * stride_lm
     tl.store(l_ptrs, lse, mask=row_ok)
 
 

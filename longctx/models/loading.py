@@ -47,11 +47,20 @@ def resolve_dtype(dtype, device):
     return DTYPE_NAMES[dtype]
 
 
+def quiet_libraries():
+    """Silence Hugging Face progress bars and info logs (workers and CLI print their own output)."""
+    import transformers
+
+    transformers.utils.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
+
+
 def load_model(path, device, dtype):
     """Load the causal LM at `path` on `device` in `dtype`, in eval mode, using longctx attention."""
     from transformers import AutoModelForCausalLM
 
     check_model_dir(path)
+    quiet_libraries()
     try:
         model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, local_files_only=True)
     except (ValueError, OSError, KeyError, RuntimeError) as exc:

@@ -1,0 +1,60 @@
+"""torchrun entry (SPMD): every rank runs this module with the same arguments.
+
+    torchrun --nproc_per_node N -m launch.torchrun --model DIR --method burst --doc FILE --question Q
+
+Rank 0 prints the answer (or one JSON object with --json). The world size comes from torchrun;
+a failing rank makes torchrun stop the others, and collective timeouts bound every wait.
+"""
+
+import argparse
+import json
+import os
+import sys
+
+from longctx.api import SPMDLongContextLM
+from longctx.config import add_run_arguments
+from longctx.errors import LongCtxError
+
+
+def build_parser():
+    """Arguments: the shared run options plus the document, question and output format."""
+    parser = argparse.ArgumentParser(prog="python -m launch.torchrun", description=__doc__.splitlines()[0])
+    add_run_arguments(parser)
+    parser.add_argument("--doc", required=True, help="document file")
+    parser.add_argument("--question", default="")
+    parser.add_argument("--max-new-tokens", type=int, default=32)
+    parser.add_argument("--json", action="store_true")
+    return parser
+
+
+def main(argv=None):
+    """Run one request on this rank; rank 0 prints the result. Returns the exit status."""
+    args = build_parser().parse_args(argv)
+    rank = int(os.environ.get("RANK", 0))
+    options = {key: value for key, value in vars(args).items()
+               if key not in ("model", "method", "nproc", "doc", "question", "max_new_tokens", "json")}
+    try:
+        with open(args.doc, encoding="utf-8") as handle:
+            document = handle.read()
+        lm = SPMDLongContextLM(args.model, method=args.method, **options)
+        try:
+            result = lm.generate(document, args.question, max_new_tokens=args.max_new_tokens)
+        finally:
+            lm.close()
+    except (LongCtxError, OSError) as exc:
+        print(f"longctx: error (rank {rank}): {exc}", file=sys.stderr)
+        return 2
+    if rank == 0:
+        if args.json:
+            payload = result.to_dict()
+            payload["answer"] = payload.pop("text")
+            print(json.dumps(payload))
+        else:
+            print(f"answer: {result.text}")
+            print(f"method {result.method} on {result.nproc} workers: prefill {result.prefill_s:.3f} s, "
+                  f"decode {result.decode_s:.3f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

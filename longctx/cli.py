@@ -1,0 +1,158 @@
+"""The `longctx` command: a thin layer over longctx.api.
+
+Human-readable text by default; `--json` prints one JSON object. Bad input prints one line
+`longctx: error: ...` to stderr and exits with status 2.
+"""
+
+import argparse
+import json
+import sys
+
+from longctx.config import add_run_arguments, config_from_args
+from longctx.errors import LongCtxError
+
+
+def _add_generate(sub):
+    parser = sub.add_parser("generate", help="answer a question about a long document")
+    add_run_arguments(parser)
+    parser.add_argument("--doc", required=True, help="document file ('-' reads standard input)")
+    parser.add_argument("--question", default="", help="question text appended after the document")
+    parser.add_argument("--max-new-tokens", type=int, default=32)
+    parser.add_argument("--launcher", default="local", choices=("local",))
+    parser.add_argument("--json", action="store_true", help="print one JSON object")
+    parser.set_defaults(func=cmd_generate)
+
+
+def _add_compare(sub):
+    parser = sub.add_parser("compare", help="compare methods with dense on the same random input")
+    add_run_arguments(parser, with_method=False)
+    parser.add_argument("--methods", default="burst,ring,ulysses,allgather")
+    parser.add_argument("--length", type=int, default=1000, help="document tokens")
+    parser.add_argument("--query-len", type=int, default=8, help="question tokens")
+    parser.add_argument("--max-new-tokens", type=int, default=8)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--json", action="store_true")
+    parser.set_defaults(func=cmd_compare)
+
+
+def _add_tiny_model(sub):
+    parser = sub.add_parser("tiny-model", help="write a small random-weight model with a byte-level tokenizer")
+    parser.add_argument("out_dir")
+    parser.add_argument("--family", default="llama", choices=("llama", "qwen2", "mistral"))
+    parser.add_argument("--hidden", type=int, default=64)
+    parser.add_argument("--layers", type=int, default=2)
+    parser.add_argument("--heads", type=int, default=4)
+    parser.add_argument("--kv-heads", type=int, default=2)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.set_defaults(func=cmd_tiny_model)
+
+
+def _add_demo(sub):
+    parser = sub.add_parser("demo", help="run the shipped example end to end on local workers")
+    parser.add_argument("--nproc", type=int, default=2)
+    parser.add_argument("--json", action="store_true")
+    parser.set_defaults(func=cmd_demo)
+
+
+def _add_methods(sub):
+    parser = sub.add_parser("methods", help="list the registered methods")
+    parser.set_defaults(func=cmd_methods)
+
+
+def build_parser():
+    """The full `longctx` argument parser."""
+    parser = argparse.ArgumentParser(prog="longctx", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    for add in (_add_generate, _add_compare, _add_tiny_model, _add_demo, _add_methods):
+        add(sub)
+    return parser
+
+
+def _read_document(path):
+    if path == "-":
+        return sys.stdin.read()
+    try:
+        with open(path, encoding="utf-8") as handle:
+            return handle.read()
+    except OSError as exc:
+        raise LongCtxError(f"cannot read document {path!r}: {exc.strerror}") from None
+
+
+def cmd_generate(args):
+    """`longctx generate`: one answer with timings."""
+    from longctx.api import LongContextLM
+
+    config = config_from_args(args)
+    document = _read_document(args.doc)
+    options = {k: v for k, v in vars(config).items() if k not in ("model", "method", "nproc")}
+    with LongContextLM(config.model, method=config.method, nproc=config.nproc, launcher=args.launcher,
+                       **options) as lm:
+        result = lm.generate(document, args.question, max_new_tokens=args.max_new_tokens)
+    if args.json:
+        payload = result.to_dict()
+        payload["answer"] = payload.pop("text")
+        print(json.dumps(payload))
+        return
+    print(f"answer: {result.text}")
+    print(f"method {result.method} on {result.nproc} workers: document {result.doc_tokens} tokens, "
+          f"question {result.question_tokens} tokens")
+    print(f"prefill {result.prefill_s:.3f} s ({result.doc_tokens / max(result.prefill_s, 1e-9):,.0f} tok/s), "
+          f"query {result.query_s:.3f} s, decode {result.decode_s:.3f} s for {len(result.tokens)} tokens")
+
+
+def cmd_compare(args):
+    """`longctx compare`: each method against dense."""
+    from longctx.compare import compare_methods
+
+    config = config_from_args(args)
+    methods = [name.strip() for name in args.methods.split(",") if name.strip()]
+    if not methods:
+        raise LongCtxError("--methods is empty")
+    report = compare_methods(config, methods, args.length, args.query_len, args.max_new_tokens, args.seed)
+    if args.json:
+        print(json.dumps(report))
+        return
+    print(f"{args.length} document tokens + {args.query_len} question tokens on {config.nproc} workers; "
+          f"dense tokens {report['reference']['tokens']}")
+    print(f"{'method':<10} {'hidden rel err':>14} {'logits max err':>14} {'tokens':>7} {'prefill s':>9}")
+    for row in report["results"]:
+        print(f"{row['method']:<10} {row['hidden_rel_err']:>14.2e} {row['logits_max_abs_err']:>14.2e} "
+              f"{'same' if row['tokens_match'] else 'DIFF':>7} {row['prefill_s']:>9.3f}")
+
+
+def cmd_tiny_model(args):
+    """`longctx tiny-model`: write a random-weight model directory."""
+    from longctx.models.tiny import make_tiny_model
+
+    out = make_tiny_model(args.out_dir, args.family, args.hidden, args.layers, args.heads, args.kv_heads, args.seed)
+    print(f"wrote a tiny random-weight {args.family} model to {out}")
+
+
+def cmd_demo(args):
+    """`longctx demo`: the shipped example."""
+    from longctx.demo import run_demo
+
+    report = run_demo(nproc=args.nproc)
+    print(json.dumps(report) if args.json else report["text"])
+
+
+def cmd_methods(args):
+    """`longctx methods`: list the registered names."""
+    from longctx.registry import method_names
+
+    print("\n".join(method_names()))
+
+
+def main(argv=None):
+    """Entry point of the `longctx` console script; returns the exit status."""
+    args = build_parser().parse_args(argv)
+    try:
+        args.func(args)
+    except LongCtxError as exc:
+        print(f"longctx: error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

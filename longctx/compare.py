@@ -1,0 +1,85 @@
+"""Compare methods with the single-process dense reference on the same random input.
+
+Used by `longctx compare` and by the tests: final hidden states of every document and
+question token, the logits of the first generated position, and the greedy continuation.
+"""
+
+import torch
+
+from longctx.api import LongContextLM
+from longctx.comm import Comm
+from longctx.engine import Engine, Request
+from longctx.models import load_model, resolve_device, resolve_dtype
+
+
+def random_prompt(vocab_size, length, query_len, seed):
+    """Seeded random (doc_ids, query_ids) avoiding the first 3 ids (usually special tokens)."""
+    generator = torch.Generator().manual_seed(seed)
+    low = 3 if vocab_size > 8 else 0
+    ids = torch.randint(low, vocab_size, (length + query_len,), generator=generator).tolist()
+    return ids[:length], ids[length:]
+
+
+def dense_reference(config, doc_ids, query_ids, max_new_tokens):
+    """Run `dense` in this process (no process group); returns the engine result with hidden states."""
+    device = resolve_device(config.device)
+    model = load_model(config.model, device, resolve_dtype(config.dtype, device))
+    engine = Engine(model, Comm(), config.replace(method="dense", nproc=1), device)
+    return engine.run(Request(doc_ids, query_ids, max_new_tokens, "dense", True))
+
+
+def relative_error(value, reference):
+    """||value - reference|| / ||reference|| in fp32."""
+    return float((value.float() - reference.float()).norm() / reference.float().norm().clamp_min(1e-30))
+
+
+def compare_methods(config, methods, length, query_len=8, max_new_tokens=8, seed=0, lm=None):
+    """Run each method in `methods` on `config.nproc` workers and measure it against dense.
+
+    Returns {"reference": {...}, "results": [{method, hidden_rel_err, logits_max_abs_err,
+    tokens, tokens_match, prefill_s, ...}]}. `lm` reuses a running LongContextLM.
+    """
+    vocab = model_vocab_size(config)
+    doc_ids, query_ids = random_prompt(vocab, length, query_len, seed)
+    reference = dense_reference(config, doc_ids, query_ids, max_new_tokens)
+    ref_hidden = torch.cat([reference["doc_hidden"], reference["query_hidden"]])
+    owns_lm = lm is None
+    lm = lm or LongContextLM(config.model, method=methods[0], nproc=config.nproc, **_options(config))
+    rows = []
+    try:
+        for method in methods:
+            raw = lm.run_ids(doc_ids, query_ids, max_new_tokens=max_new_tokens, method=method, return_hidden=True)
+            hidden = torch.cat([raw["doc_hidden"], raw["query_hidden"]])
+            rows.append({
+                "method": method,
+                "hidden_rel_err": relative_error(hidden, ref_hidden),
+                "logits_max_abs_err": float((raw["first_logits"] - reference["first_logits"]).abs().max()),
+                "tokens": raw["tokens"],
+                "tokens_match": raw["tokens"] == reference["tokens"],
+                "prefill_s": raw["prefill_s"],
+                "query_s": raw["query_s"],
+                "decode_s": raw["decode_s"],
+                "plan": raw["plan"],
+            })
+    finally:
+        if owns_lm:
+            lm.close()
+    return {
+        "length": length,
+        "query_len": query_len,
+        "nproc": config.nproc,
+        "reference": {"method": "dense", "tokens": reference["tokens"], "prefill_s": reference["prefill_s"]},
+        "results": rows,
+    }
+
+
+def model_vocab_size(config):
+    """The model's vocabulary size from its config."""
+    from longctx.models import check_model_dir
+
+    return check_model_dir(config.model).vocab_size
+
+
+def _options(config):
+    skip = {"model", "method", "nproc"}
+    return {key: value for key, value in vars(config).items() if key not in skip}
