@@ -17,6 +17,13 @@ class RunConfig:
     `layout` None means the method's default; `intra_size` > 0 turns on BurstAttention's
     double ring with that many ranks per inner ring; `threads` None splits the CPU cores
     evenly over the local workers.
+
+    APB / StarAttention: `anchor_len` / `passing_len` are token counts (None = the published
+    rule, l_a = l_b/4 and l_p = l_b/8 of the block l_b; Star's anchor is the first block);
+    `anchor_ratio` / `passing_ratio` give them as fractions of the block instead;
+    `anchor_head_tokens` leading document tokens precede the question in APB's anchor;
+    `compressor` picks how passing blocks are chosen (query, retaining-heads, random) and
+    `retaining_heads` is the safetensors file of trained retaining heads.
     """
 
     model: str = ""
@@ -30,6 +37,13 @@ class RunConfig:
     layout: str = None
     intra_size: int = 0
     threads: int = None
+    anchor_len: int = None
+    passing_len: int = None
+    anchor_ratio: float = None
+    passing_ratio: float = None
+    anchor_head_tokens: int = 16
+    compressor: str = "query"
+    retaining_heads: str = None
 
     def validate(self):
         """Raise LongCtxError naming the first bad setting; returns self."""
@@ -42,6 +56,14 @@ class RunConfig:
             raise LongCtxError(f"--timeout must be positive (got {self.timeout_s})")
         if self.intra_size < 0:
             raise LongCtxError(f"--intra-size must be >= 0 (got {self.intra_size})")
+        for name in ("anchor_len", "passing_len", "anchor_head_tokens"):
+            value = getattr(self, name)
+            if value is not None and value < 0:
+                raise LongCtxError(f"--{name.replace('_', '-')} must be >= 0 (got {value})")
+        for name in ("anchor_ratio", "passing_ratio"):
+            value = getattr(self, name)
+            if value is not None and not 0 <= value <= 1:
+                raise LongCtxError(f"--{name.replace('_', '-')} must be between 0 and 1 (got {value})")
         return self
 
     def replace(self, **changes):
@@ -67,6 +89,18 @@ def add_run_arguments(parser, *, with_method=True):
     parser.add_argument("--intra-size", type=int, default=0,
                         help="burst: ranks per inner ring of the double ring (0 = single ring)")
     parser.add_argument("--threads", type=int, default=None, help="CPU threads per worker")
+    parser.add_argument("--anchor-len", type=int, default=None,
+                        help="apb/star: anchor tokens (default: apb l_b/4, star the first block)")
+    parser.add_argument("--passing-len", type=int, default=None,
+                        help="apb: passing tokens each host sends per KV head (default l_b/8)")
+    parser.add_argument("--anchor-ratio", type=float, default=None, help="apb/star: anchor as a fraction of the block")
+    parser.add_argument("--passing-ratio", type=float, default=None, help="apb: passing as a fraction of the block")
+    parser.add_argument("--anchor-head-tokens", type=int, default=16,
+                        help="apb: leading document tokens placed before the question in the anchor")
+    parser.add_argument("--compressor", default="query",
+                        help="apb: how passing blocks are chosen: query, retaining-heads or random")
+    parser.add_argument("--retaining-heads", default=None, metavar="FILE",
+                        help="apb: safetensors file of retaining heads (python -m apb.train_heads)")
     return parser
 
 

@@ -113,12 +113,13 @@ class Engine:
 
     def _prefill(self, ctx, request):
         input_ids, positions = ctx.method.local_inputs(ctx.plan, ctx.rank, request.doc_ids, request.query_ids)
-        hidden = self.model.base_model(
-            input_ids=torch.tensor([input_ids], device=self.device),
-            position_ids=torch.tensor([positions], device=self.device),
-            use_cache=False,
-            longctx=ctx,
-        ).last_hidden_state
+        with ctx.method.prefill_hooks(ctx, self.model):
+            hidden = self.model.base_model(
+                input_ids=torch.tensor([input_ids], device=self.device),
+                position_ids=torch.tensor([positions], device=self.device),
+                use_cache=False,
+                longctx=ctx,
+            ).last_hidden_state
         if not request.return_hidden:
             return None
         owned = hidden[0, ctx.method.owned_rows(ctx.plan, ctx.rank)].float()

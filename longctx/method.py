@@ -1,6 +1,7 @@
 """The surface every method implements, and the exact distributed query/decode attention they share."""
 
 from abc import ABC, abstractmethod
+from contextlib import nullcontext
 
 import torch
 
@@ -36,6 +37,15 @@ class Method(ABC):
         """
         positions = plan.hosts[rank].positions()
         return [doc_ids[pos] for pos in positions], positions
+
+    def prefill_hooks(self, ctx, model):
+        """Context manager the engine enters around the prefill forward (default: does nothing).
+
+        A method that needs more than the post-RoPE q/k/v its attention receives (APB's
+        retaining heads read the pre-RoPE projections) registers forward hooks on `model`
+        here and removes them on exit.
+        """
+        return nullcontext()
 
     def owned_rows(self, plan, rank):
         """Slice of the prefill rows that are owned document tokens (APB drops anchor rows)."""

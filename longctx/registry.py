@@ -10,6 +10,8 @@ METHODS = {
     "burst": "burst.ring:BurstAttention",
     "ulysses": "burst.ulysses:UlyssesAttention",
     "allgather": "burst.allgather:AllGatherAttention",
+    "apb": "apb.method:APBAttention",
+    "star": "apb.star:StarAttention",
 }
 
 

@@ -1,0 +1,173 @@
+"""APB / StarAttention planning: block, anchor and passing sizes, and each host's lead rows.
+
+Pure Python (no torch.distributed), so the driver can validate a request before any worker
+is involved. The document is split contiguously into one block per host (`split_sizes`, so
+any length works); l_b is the largest block (host 0's). In front of its block a host may run
+*lead* rows at positions 0..lead_len-1, whose rows are dropped after prefill:
+
+* the **anchor** (hosts > 0, when l_a > 0): `head_len` leading document tokens, then the
+  question (APB only), then more leading document tokens, l_a tokens in all. The local block
+  attends to it.
+* a **probe** (APB hosts without an anchor whose passing block must be chosen knowing the
+  question): the leading document tokens and the question only; the local block does *not*
+  attend to it, it exists so the query-aware compressor has question queries at every layer.
+"""
+
+from dataclasses import dataclass
+
+from longctx.errors import LongCtxError
+from longctx.plan import HostPlan, Plan, Span, split_sizes
+
+
+@dataclass
+class APBHostPlan(HostPlan):
+    """HostPlan plus APB's lead rows and passing facts.
+
+    `anchor_len` (HostPlan) is the visible anchor; `probe_len` the invisible question probe
+    (at most one of them is non-zero). Lead rows [head_len, head_len + question_len) hold the
+    question. `sends` is how many keys per KV head this host passes each layer (0: it passes
+    nothing); `protected` leading local rows are never passed (host 0's first l_a tokens).
+    `passing_len` (HostPlan) is the length of the passing block this host receives.
+    """
+
+    probe_len: int = 0
+    head_len: int = 0
+    question_len: int = 0
+    sends: int = 0
+    protected: int = 0
+
+    @property
+    def lead_len(self):
+        """Rows in front of the local block (anchor or probe)."""
+        return self.anchor_len + self.probe_len
+
+    @property
+    def candidates(self):
+        """How many local keys may be passed."""
+        return max(0, self.num_tokens - self.protected)
+
+    @property
+    def selects(self):
+        """True when the host must score its keys (it passes some but not all candidates)."""
+        return 0 < self.sends < self.candidates
+
+
+@dataclass(frozen=True)
+class Sizes:
+    """Resolved per-run sizes: `block` = l_b, `anchor` = l_a, `passing` = l_p; `note` says what was adjusted."""
+
+    block: int
+    anchor: int
+    passing: int
+    note: str = ""
+
+
+def rule_length(block, divisor, tile=64):
+    """The published size rule: block // divisor, rounded down to a multiple of `tile` once it reaches one tile.
+
+    Blocks too small for a whole tile keep the exact quotient, so any document length works.
+    """
+    length = block // divisor
+    return length - length % tile if length >= tile else length
+
+
+def _explicit(value, ratio, block):
+    """Token count from an explicit length or a ratio of the block; None when neither is given."""
+    if value is not None:
+        return value
+    if ratio is not None:
+        return round(ratio * block)
+    return None
+
+
+def resolve_sizes(config, doc_len, query_len, world, *, star):
+    """l_b, l_a, l_p for a run; LongCtxError (one line) on a bad combination.
+
+    `config` is a RunConfig (anchor_len / passing_len / their ratios, anchor_head_tokens).
+    APB defaults: l_a = l_b/4, l_p = l_b/8 (`rule_length`); Star: l_a = l_b, no passing. When
+    the default APB anchor is too short for the question it grows to hold the question plus up
+    to `anchor_head_tokens` document tokens (said in `note`); an explicit one is an error.
+    """
+    block = split_sizes(doc_len, world)[0]
+    anchor = _explicit(config.anchor_len, config.anchor_ratio, block)
+    passing = _explicit(config.passing_len, config.passing_ratio, block)
+    if star and passing:
+        raise LongCtxError("method 'star' passes no blocks; drop --passing-len / --passing-ratio (or use --method apb)")
+    anchor_given = anchor is not None
+    if anchor is None:
+        anchor = block if star else rule_length(block, 4)
+    passing = 0 if star else (rule_length(block, 8) if passing is None else passing)
+    for name, value in (("anchor", anchor), ("passing", passing)):
+        if not 0 <= value <= block:
+            raise LongCtxError(
+                f"the {name} length must be between 0 and the block size {block} "
+                f"({doc_len} tokens over {world} workers); got {value}"
+            )
+    note = ""
+    if not star and world > 1 and 0 < anchor < query_len:
+        if anchor_given:
+            raise LongCtxError(
+                f"the question ({query_len} tokens) is longer than the anchor ({anchor} tokens); "
+                f"use --anchor-len of at least {query_len}"
+            )
+        if query_len > block:
+            raise LongCtxError(
+                f"the question ({query_len} tokens) does not fit in an anchor of at most one block "
+                f"({block} tokens); use fewer workers or a longer document"
+            )
+        grown = min(block, query_len + config.anchor_head_tokens)
+        note = f"anchor grown from {anchor} to {grown} tokens to hold the {query_len}-token question"
+        anchor = grown
+    return Sizes(block, anchor, passing, note)
+
+
+def build_plan(name, sizes, doc_len, query_len, world, *, question_in_anchor, needs_question, head_tokens):
+    """The validated contiguous Plan with APBHostPlan hosts; append_rank is the last host.
+
+    `question_in_anchor`: APB's anchor holds the question (Star's does not).
+    `needs_question`: the compressor scores keys with the question's queries, so hosts that
+    select keys but have no anchor get a probe.
+    """
+    if doc_len < world:
+        raise LongCtxError(f"a document of {doc_len} tokens is too short for {world} workers (needs at least {world})")
+    hosts, start = [], 0
+    question = query_len if question_in_anchor else 0
+    for rank, size in enumerate(split_sizes(doc_len, world)):
+        host = APBHostPlan(rank, (Span(start, start + size),))
+        start += size
+        if rank > 0 and sizes.anchor > 0:
+            host.anchor_len, host.question_len = sizes.anchor, question
+        if rank < world - 1:
+            host.protected = min(size, sizes.anchor) if rank == 0 else 0
+            host.sends = min(sizes.passing, host.candidates)
+        if needs_question and host.selects and host.anchor_len == 0:
+            host.question_len = query_len
+            host.probe_len = min(head_tokens, doc_len) + query_len
+        host.head_len = min(head_tokens, host.lead_len - host.question_len)
+        hosts.append(host)
+    for host in hosts:
+        host.passing_len = sum(other.sends for other in hosts[: host.rank])
+    details = {
+        "anchor_len": sizes.anchor if world > 1 else 0,
+        "passing_len": sizes.passing if world > 1 else 0,
+        "block_sizes": [host.num_tokens for host in hosts],
+        "passing_tokens": [host.sends for host in hosts],
+        "question_in_anchor": bool(question and world > 1 and sizes.anchor),
+    }
+    if sizes.note:
+        details["note"] = sizes.note
+    return Plan(name, doc_len, query_len, world, hosts, layout="contiguous", append_rank=world - 1,
+                details=details).validate()
+
+
+def lead_inputs(host, doc_ids, query_ids):
+    """(input_ids, position_ids) of `host`'s lead rows: head tokens, question, more document tokens.
+
+    Positions are 0..lead_len-1. Who calls it: `APBAttention.local_inputs`.
+    """
+    tail = host.lead_len - host.head_len - host.question_len
+    ids = list(doc_ids[: host.head_len])
+    if host.question_len:
+        ids += list(query_ids)
+    ids += list(doc_ids[host.head_len : host.head_len + tail])
+    return ids, list(range(host.lead_len))

@@ -1,0 +1,36 @@
+"""Passing blocks: pick this host's compressed block and all-gather everyone's, once per layer."""
+
+import torch
+
+from apb.compress import select
+
+
+def compressed_block(compressor, ctx, layer, host, q, k, v):
+    """This host's compressed (post-RoPE) block: (keys, values) [B, Hkv, host.sends, D].
+
+    Rows are local rows (after the host's lead rows). When the host passes all of its
+    candidates (or none) no scoring happens; otherwise `compressor` scores the keys and
+    `select` keeps the top `host.sends` per KV head, in position order.
+    """
+    local_k, local_v = k[:, :, host.lead_len :], v[:, :, host.lead_len :]
+    if not host.selects:
+        rows = slice(host.protected, host.protected + host.sends)
+        return local_k[:, :, rows], local_v[:, :, rows]
+    index = select(compressor.scores(ctx, layer, host, q, k, v), host, compressor.pool)
+    index = index[..., None].expand(-1, -1, -1, local_k.shape[-1])
+    return local_k.gather(2, index), local_v.gather(2, index)
+
+
+def all_gather_blocks(ctx, keys, values):
+    """Every host's compressed block, in rank order: a list of (keys, values) [B, Hkv, sends_r, D].
+
+    One all-gather per layer (sizes differ per host; the collective pads to the longest).
+    Records the payload in `ctx.stats["passing_bytes_per_layer"]` (bytes of K and V all hosts
+    contribute to one layer) and `ctx.stats["passing_tokens_per_host"]`.
+    """
+    sizes = [host.sends for host in ctx.plan.hosts]
+    parts = ctx.comm.all_gather(torch.stack([keys, values]), sizes=sizes, dim=3)
+    per_token = 2 * keys.shape[0] * keys.shape[1] * keys.shape[3] * keys.element_size()
+    ctx.stats["passing_bytes_per_layer"] = per_token * sum(sizes)
+    ctx.stats["passing_tokens_per_host"] = sizes
+    return [(part[0], part[1]) for part in parts]

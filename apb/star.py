@@ -1,0 +1,22 @@
+"""StarAttention: APB's special case with an anchor of leading document tokens and no passing.
+
+Hosts > 0 prepend the anchor (the first l_a document tokens at positions 0..l_a-1, default
+the whole first block, `--anchor-len` to change) and run local causal attention over
+[anchor ; block]; there is no communication in prefill and no question in the anchor. The
+query and generated tokens attend to every host's cache exactly, as in APB.
+"""
+
+from apb.method import APBAttention
+from longctx.errors import LongCtxError
+
+
+class StarAttention(APBAttention):
+    """StarAttention (Acharya et al.) on APB's machinery: anchor = first block, no passing blocks."""
+
+    name = "star"
+    star = True
+
+    def check(self, model_config, world):
+        """Contiguous layout only; compressor settings do not apply."""
+        if self.config.layout not in (None, "contiguous"):
+            raise LongCtxError(f"method 'star' uses the contiguous layout (got --layout {self.config.layout})")
