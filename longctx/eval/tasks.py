@@ -23,7 +23,7 @@ requested length exactly (kv_retrieval within a few tokens); with another tokeni
 close to it. ``depth`` (0..1, or 0..100 read as a percentage) places the needle that
 answers the question (the first one in document order for the multi-answer tasks) at that
 fraction of the haystack; the other needles are spread at random. Values are numbers
-100..999, distinct within a sample. The question ends with an answer prefix, so a model's
+10..99, distinct within a sample. The question ends with an answer prefix, so a model's
 continuation of ``sample.prompt`` is the answer: one number, or for the multi-answer tasks
 the numbers in document order separated by commas.
 """
@@ -44,7 +44,7 @@ class Sample:
     task: str
     document: str
     question: str          # the question, ending with the answer prefix
-    answer: str            # the exact expected answer string ("472" or "472, 318, 905, 127")
+    answer: str            # the exact expected answer string ("47" or "47, 31, 90, 12")
     length: int            # tokens of ``prompt`` (see module docstring)
     depth: float | None    # depth of the answering needle (fraction 0..1), None for kv
     answers: list[str] = field(default_factory=list)  # the individual answer values

@@ -3,7 +3,7 @@
 Everything a generator writes is built from these lists, so a word-level tokenizer built from
 :func:`all_words` covers every generated text (no ``<unk>``). Three groups are kept disjoint on
 purpose: filler words never contain a key, keys never appear in filler, and values are the
-numbers ``100..999`` (one word each), which appear nowhere else.
+numbers ``10..99`` (one word each), which appear nowhere else.
 """
 
 from __future__ import annotations
@@ -82,7 +82,7 @@ KV_INTRO = ("Below is a list of keys and their values. Make sure to memorize it.
 KV_PAIR = "{key}: {value},"
 Q_KV = "What is the value of the key {key} in the list? Answer: The value of the key {key} is"
 
-VALUE_MIN, VALUE_MAX = 100, 999  # values are the numbers 100..999, one word each
+VALUE_MIN, VALUE_MAX = 10, 99  # values are the numbers 10..99, one word each
 
 _WORD = re.compile(r"\w+|[^\w\s]+")
 

@@ -1,0 +1,291 @@
+"""Train the tiny needle-retrieval Llama shipped in examples/models/needle-llama/.
+
+The model is a real Hugging Face ``LlamaForCausalLM`` (GQA, RoPE) with a word-level tokenizer
+(:mod:`longctx.eval.tokenizer`), trained from scratch on the five RULER-style tasks of
+:mod:`longctx.eval.tasks` so that the distributed prefill methods of longctx have a model whose
+long-context answers are right or wrong for a reason.
+
+Recipe (the defaults; the shipped model was trained with exactly these):
+
+* model: 2 layers, hidden 128, 4 query heads / 2 KV heads (head_dim 32), SwiGLU 384,
+  tied embeddings, init std 0.05, rope_theta 100000, max_position_embeddings 32768
+  (~0.46M parameters);
+* data: fresh samples every step, tasks mixed (multikey 35 %, single 20 %, multivalue 15 %,
+  multiquery 15 %, kv_retrieval 15 %), multikey with 1..6 distractors, needle depth uniform,
+  each sample's length uniform in [L/2, L] for the current stage length L (multi-needle
+  tasks at least 224 tokens);
+* loss: cross-entropy on the answer tokens and the final ``</s>`` only;
+* AdamW (lr 3e-3, betas 0.9/0.98, weight decay 0.01), 100 warm-up steps, cosine decay to
+  10 % over the whole run, gradient clip 1.0, batch = ``--tokens-per-step`` (4096) / L;
+* length curriculum 128 -> 256 -> 512 -> 1024 -> 2048 -> 4096 with 300, 300, 150, 150, 150,
+  150 steps. The answer loss sits on a plateau (~2.3, "some number") for ~230 steps, then
+  falls; niah_single is 100 % at 128-256 tokens by step 300.
+
+The run is seeded (``--seed``; torch and data), checkpoints every ``--ckpt-every`` steps
+(``--resume`` continues one) and ``--init`` starts from a saved model directory (to train more
+at 2-4K after the fact). At the end it saves the model (safetensors) and tokenizer with
+``save_pretrained`` into ``--out`` and writes ``TRAINING.md`` there. Time of the shipped model
+and its accuracies: see examples/models/needle-llama/TRAINING.md.
+
+    python examples/train_needle_model.py --out examples/models/needle-llama --threads 2
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import random
+import re
+import sys
+import time
+
+import torch
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+
+from longctx.eval import TASKS, is_correct, make_sample, vocab  # noqa: E402
+from longctx.eval.tokenizer import build_tokenizer  # noqa: E402
+
+NEEDLE_RE = re.compile(r"The special magic number for (\w+) is (\d+)\.")
+MIX = {"niah_single": 0.20, "niah_multikey": 0.35, "niah_multivalue": 0.15,
+       "niah_multiquery": 0.15, "kv_retrieval": 0.15}
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--out", default="examples/models/needle-llama")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--lengths", type=int, nargs="+", default=[128, 256, 512, 1024, 2048, 4096])
+    p.add_argument("--steps", type=int, nargs="+", default=[300, 300, 150, 150, 150, 150],
+                   help="steps per stage (one number = the same for every stage)")
+    p.add_argument("--tokens-per-step", type=int, default=4096)
+    p.add_argument("--lr", type=float, default=3e-3)
+    p.add_argument("--warmup", type=int, default=100)
+    p.add_argument("--layers", type=int, default=2)
+    p.add_argument("--hidden", type=int, default=128)
+    p.add_argument("--heads", type=int, default=4)
+    p.add_argument("--kv-heads", type=int, default=2)
+    p.add_argument("--intermediate", type=int, default=384)
+    p.add_argument("--rope-theta", type=float, default=100000.0)
+    p.add_argument("--init-std", type=float, default=0.05)
+    p.add_argument("--group-init", type=int, default=0,
+                   help="1: values share one embedding direction, keys another, at init")
+    p.add_argument("--extra-questions", type=int, default=0,
+                   help="1: multikey samples also ask about every distractor needle")
+    p.add_argument("--eval-every", type=int, default=100)
+    p.add_argument("--eval-samples", type=int, default=6)
+    p.add_argument("--ckpt", default="/tmp/needle_ckpt.pt")
+    p.add_argument("--ckpt-every", type=int, default=50)
+    p.add_argument("--resume", action="store_true", help="continue from --ckpt")
+    p.add_argument("--init", default=None, help="start from this saved model directory")
+    p.add_argument("--final-eval-samples", type=int, default=50)
+    p.add_argument("--final-eval-lengths", type=int, nargs="*", default=[2048, 4096])
+    return p.parse_args(argv)
+
+
+def build_model(args, tok):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    cfg = LlamaConfig(
+        vocab_size=len(tok), hidden_size=args.hidden, intermediate_size=args.intermediate,
+        num_hidden_layers=args.layers, num_attention_heads=args.heads,
+        num_key_value_heads=args.kv_heads, head_dim=args.hidden // args.heads,
+        max_position_embeddings=32768, rope_parameters={"rope_type": "default",
+                                                        "rope_theta": args.rope_theta},
+        tie_word_embeddings=True, bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
+        pad_token_id=tok.pad_token_id, initializer_range=args.init_std, rms_norm_eps=1e-5,
+        attn_implementation="sdpa")
+    model = LlamaForCausalLM(cfg)
+    if args.group_init:
+        # structured embedding init: every value number shares one random direction, every
+        # key another, so "this is a number / a key" is visible to attention from step 0
+        # (otherwise each of the rare value tokens must learn it alone, a long plateau).
+        emb = model.model.embed_tokens.weight
+        with torch.no_grad():
+            for words in ([str(v) for v in range(vocab.VALUE_MIN, vocab.VALUE_MAX + 1)],
+                          vocab.KEYS):
+                ids = tok.convert_tokens_to_ids(words)
+                emb[ids] = 0.5 * emb[ids] + torch.randn(emb.shape[1]) * args.init_std
+    return model
+
+
+def training_batch(tok, rng: random.Random, length: int, batch: int, seed: int, step: int,
+                   extra_questions: bool = False):
+    """input_ids and labels (-100 except answer tokens + </s>), right-padded."""
+    seqs, labs = [], []
+    tasks, weights = zip(*MIX.items())
+    for b in range(batch):
+        task = rng.choices(tasks, weights)[0]
+        lo = length // 2 if task == "niah_single" else max(length // 2, 224)
+        L = rng.randint(lo, max(lo, length))
+        kw = {"num_distractors": rng.randint(1, 6)} if task == "niah_multikey" else {}
+        s = make_sample(task, L, seed=seed * 1_000_003 + step, index=b, **kw)
+        prompt = tok(s.prompt)["input_ids"]
+        ans = tok(" " + s.answer, add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
+        seq, lab = prompt + ans, [-100] * len(prompt) + ans
+        if extra_questions and task == "niah_multikey":
+            # more supervision from the same forward pass: after the first answer, ask about
+            # the other needles too (each answer followed by </s>)
+            others = [(k, v) for k, v in NEEDLE_RE.findall(s.document) if v != s.answer]
+            rng.shuffle(others)
+            for k, v in others:
+                q = tok("\n" + vocab.Q_SINGLE.format(key=k), add_special_tokens=False)["input_ids"]
+                a = tok(" " + v, add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
+                seq, lab = seq + q + a, lab + [-100] * len(q) + a
+        seqs.append(seq)
+        labs.append(lab)
+    n = max(len(x) for x in seqs)
+    ids = torch.full((batch, n), tok.pad_token_id, dtype=torch.long)
+    labels = torch.full((batch, n), -100, dtype=torch.long)
+    for i, (x, y) in enumerate(zip(seqs, labs)):
+        ids[i, :len(x)] = torch.tensor(x)
+        labels[i, :len(y)] = torch.tensor(y)
+    return ids, labels
+
+
+def answer_loss(model, ids, labels):
+    # causal + right padding: no attention mask needed; logits only where there is a label
+    hidden = model.model(input_ids=ids, use_cache=False).last_hidden_state
+    tgt = labels[:, 1:]
+    sel = tgt != -100
+    logits = model.lm_head(hidden[:, :-1][sel])
+    return torch.nn.functional.cross_entropy(logits.float(), tgt[sel])
+
+
+@torch.no_grad()
+def greedy(model, tok, prompt: str, max_new: int) -> str:
+    ids = torch.tensor([tok(prompt)["input_ids"]])
+    out = model.generate(ids, max_new_tokens=max_new, do_sample=False,
+                         eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
+    return tok.decode(out[0, ids.shape[1]:], skip_special_tokens=True)
+
+
+def evaluate(model, tok, tasks, length, n, seed):
+    model.eval()
+    acc = {}
+    for task in tasks:
+        ok = 0
+        for s in (make_sample(task, length, seed, i) for i in range(n)):
+            max_new = len(tok(" " + s.answer, add_special_tokens=False)["input_ids"]) + 2
+            ok += is_correct(greedy(model, tok, s.prompt, max_new), s)
+        acc[task] = ok / n
+    model.train()
+    return acc
+
+
+def write_training_md(path, args, wall, params, final, argv):
+    cmd = "python examples/train_needle_model.py " + " ".join(argv)
+    lines = [
+        "# needle-llama: training record", "",
+        "A tiny Llama (GQA, RoPE) with a word-level tokenizer, trained from scratch on the",
+        "RULER-style tasks of `longctx/eval/tasks.py` by `examples/train_needle_model.py`.", "",
+        f"- parameters: {params:,} ({args.layers} layers, hidden {args.hidden}, "
+        f"{args.heads} query / {args.kv_heads} KV heads, SwiGLU {args.intermediate}, "
+        f"rope_theta {args.rope_theta:g}, tied embeddings)",
+        f"- curriculum (length: steps): "
+        + ", ".join(f"{L}: {s}" for L, s in zip(args.lengths, _steps(args))),
+        f"- tokens per step {args.tokens_per_step}, AdamW lr {args.lr:g}, seed {args.seed}, "
+        f"{args.threads} CPU threads",
+        f"- wall time of this run: {wall / 60:.1f} min", "",
+        "Command of this run:", "", "```", cmd, "```", "",
+        "Dense greedy accuracy at the end of this run (`examples/eval_dense.py`, "
+        f"{args.final_eval_samples} samples, seed 1234):", "",
+        "| task | length | accuracy |", "|---|---|---|"]
+    for (task, L), a in final.items():
+        lines.append(f"| {task} | {L} | {a:.0%} |")
+    lines.append("")
+    with open(path, "w") as f:
+        f.write("\n".join(lines))
+
+
+def _steps(args):
+    return args.steps if len(args.steps) == len(args.lengths) else args.steps[:1] * len(
+        args.lengths)
+
+
+def main(argv=None):
+    argv = sys.argv[1:] if argv is None else argv
+    args = parse_args(argv)
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(args.seed)
+    tok = build_tokenizer()
+    if args.init:
+        from transformers import AutoModelForCausalLM
+        model = AutoModelForCausalLM.from_pretrained(args.init, dtype=torch.float32)
+    else:
+        model = build_model(args, tok)
+    params = sum(p.numel() for p in model.parameters())
+    print(f"model: {params:,} parameters", flush=True)
+    stages = list(zip(args.lengths, _steps(args)))
+    total = sum(s for _, s in stages)
+    opt = torch.optim.AdamW(model.parameters(), lr=args.lr, betas=(0.9, 0.98),
+                            weight_decay=0.01)
+
+    def lr_at(step):
+        if step < args.warmup:
+            return args.lr * (step + 1) / args.warmup
+        t = (step - args.warmup) / max(1, total - args.warmup)
+        return args.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, t))))
+
+    step, elapsed = 0, 0.0
+    if args.resume and os.path.exists(args.ckpt):
+        ck = torch.load(args.ckpt, weights_only=False)
+        model.load_state_dict(ck["model"])
+        opt.load_state_dict(ck["opt"])
+        step, elapsed = ck["step"], ck["elapsed"]
+        print(f"resumed at step {step} ({elapsed / 60:.1f} min)", flush=True)
+    rng = random.Random(f"train/{args.seed}/{step}")
+    t0 = time.time() - elapsed
+    model.train()
+    ema = None
+    done = 0
+    for length, n_steps in stages:
+        if step >= done + n_steps:
+            done += n_steps
+            continue
+        batch = max(1, args.tokens_per_step // length)
+        print(f"== stage length {length}, batch {batch}, steps {n_steps}", flush=True)
+        while step < done + n_steps:
+            for g in opt.param_groups:
+                g["lr"] = lr_at(step)
+            ids, labels = training_batch(tok, rng, length, batch, args.seed, step,
+                                         bool(args.extra_questions))
+            loss = answer_loss(model, ids, labels)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            opt.step()
+            step += 1
+            ema = loss.item() if ema is None else 0.95 * ema + 0.05 * loss.item()
+            if step % 10 == 0:
+                print(f"step {step}/{total} len {length} loss {ema:.3f} lr {lr_at(step):.2e} "
+                      f"t {(time.time() - t0) / 60:.1f}m", flush=True)
+            if step % args.eval_every == 0:
+                acc = evaluate(model, tok, TASKS, length, args.eval_samples, 999)
+                print(f"eval step {step} len {length}: "
+                      + " ".join(f"{k}={v:.2f}" for k, v in acc.items()), flush=True)
+            if step % args.ckpt_every == 0:
+                torch.save({"model": model.state_dict(), "opt": opt.state_dict(), "step": step,
+                            "elapsed": time.time() - t0}, args.ckpt + ".tmp")
+                os.replace(args.ckpt + ".tmp", args.ckpt)
+        done += n_steps
+        model.save_pretrained(args.out)
+        tok.save_pretrained(args.out)
+        print(f"saved {args.out} after stage {length}", flush=True)
+    wall = time.time() - t0
+    model.save_pretrained(args.out)
+    tok.save_pretrained(args.out)
+    final = {}
+    for L in args.final_eval_lengths:
+        acc = evaluate(model, tok, TASKS, L, args.final_eval_samples, 1234)
+        for k, v in acc.items():
+            final[(k, L)] = v
+        print(f"final len {L}: " + " ".join(f"{k}={v:.2f}" for k, v in acc.items()), flush=True)
+    write_training_md(os.path.join(args.out, "TRAINING.md"), args, wall, params, final, argv)
+    print(f"done in {wall / 60:.1f} min", flush=True)
+
+
+if __name__ == "__main__":
+    main()
