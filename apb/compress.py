@@ -10,7 +10,6 @@ neighbourhood's evidence), drops the protected rows and keeps the top `sends` pe
 * `random`: uniform random scores, for ablations only.
 """
 
-import functools
 import os
 
 import torch
@@ -65,8 +64,7 @@ class RetainingHeadsCompressor:
 
     def hooks(self, ctx, model):
         """Load the heads onto the model's device and return the ProjectionTaps the scores read."""
-        device = next(model.parameters()).device
-        ctx.state["retaining_heads"] = _load_heads(self.path, os.path.getmtime(self.path), model.config).to(device)
+        ctx.state["retaining_heads"] = _load_heads(self.path, model.config, next(model.parameters()).device)
         taps = ProjectionTaps(model)
         ctx.state["taps"] = taps
         return taps
@@ -117,18 +115,27 @@ def make_compressor(config):
 def select(scores, host, pool):
     """Indices [B, Hkv, host.sends] (ascending) of the keys to pass, from scores [B, Hkv, L].
 
-    Scores are max-pooled over `pool` neighbours (stride 1, same length), the first
-    `host.protected` rows can never be chosen, and the top `host.sends` per KV head are kept.
+    The first `host.protected` rows can never be chosen (nor lend their scores to their
+    neighbours); the others are max-pooled over `pool` neighbours (stride 1, same length) and
+    the top `host.sends` per KV head are kept.
     """
-    if pool > 1:
-        scores = F.max_pool1d(scores, kernel_size=pool, stride=1, padding=pool // 2)
+    protected = slice(0, host.protected)
     if host.protected:
         scores = scores.clone()
-        scores[..., : host.protected] = float("-inf")
+        scores[..., protected] = float("-inf")
+    if pool > 1:
+        scores = F.max_pool1d(scores, kernel_size=pool, stride=1, padding=pool // 2)
+        scores[..., protected] = float("-inf")
     return scores.topk(host.sends, dim=-1).indices.sort(dim=-1).values
 
 
-@functools.lru_cache(maxsize=2)
-def _load_heads(path, mtime, model_config):
-    """RetainingHeads from `path`, cached per (path, modification time, model config) across requests."""
-    return RetainingHeads.load(path, model_config)
+_LOADED = {}
+
+
+def _load_heads(path, model_config, device):
+    """RetainingHeads from `path` on `device`; the last file loaded is kept (per process) until it changes."""
+    key = (os.path.abspath(path), os.path.getmtime(path), str(device))
+    if key not in _LOADED:
+        _LOADED.clear()
+        _LOADED[key] = RetainingHeads.load(path, model_config).to(device)
+    return _LOADED[key]

@@ -63,12 +63,12 @@ class Sizes:
 
 
 def rule_length(block, divisor, tile=64):
-    """The published size rule: block // divisor, rounded down to a multiple of `tile` once it reaches one tile.
+    """The published size rule: block // divisor, rounded to the nearest multiple of `tile` once it reaches one tile.
 
     Blocks too small for a whole tile keep the exact quotient, so any document length works.
     """
     length = block // divisor
-    return length - length % tile if length >= tile else length
+    return tile * round(length / tile) if length >= tile else length
 
 
 def _explicit(value, ratio, block):

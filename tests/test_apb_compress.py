@@ -1,0 +1,113 @@
+"""APB compressors: query scores, selection rules, retaining-heads files and training."""
+
+import pytest
+import torch
+
+from apb.compress import QueryCompressor, RandomCompressor, make_compressor, select
+from apb.heads import RetainingHeads, check_file
+from apb.layout import APBHostPlan
+from apb.train_heads import main as train_main
+from longctx.config import RunConfig
+from longctx.errors import LongCtxError
+from longctx.plan import Span
+
+
+def host_plan(num_tokens, sends, protected=0, lead=0, head=0, question=0):
+    host = APBHostPlan(0, (Span(0, num_tokens),), sends=sends, protected=protected)
+    host.anchor_len, host.head_len, host.question_len = lead, head, question
+    return host
+
+
+def test_query_score_is_mean_over_question_and_group_of_q_dot_k():
+    torch.manual_seed(0)
+    q_heads, kv_heads, lead, local, dim = 6, 2, 9, 30, 8
+    q = torch.randn(1, q_heads, lead + local, dim)
+    k = torch.randn(1, kv_heads, lead + local, dim)
+    host = host_plan(local, sends=5, lead=lead, head=3, question=4)
+    scores = QueryCompressor(RunConfig()).scores(None, 0, host, q, k, k)
+    group = q_heads // kv_heads
+    for kv in range(kv_heads):
+        for key in range(local):
+            dots = [q[0, h, row] @ k[0, kv, lead + key] for h in range(kv * group, (kv + 1) * group) for row in range(3, 7)]
+            assert scores[0, kv, key] == pytest.approx(float(torch.stack(dots).mean()), rel=1e-5, abs=1e-5)
+
+
+def test_select_pools_neighbours_skips_protected_rows_and_keeps_top_per_head():
+    scores = torch.zeros(1, 2, 20)
+    scores[0, 0, 2] = 9.0  # protected: never chosen, even though it is the best
+    scores[0, 0, 10] = 5.0  # pooling spreads it over 8..12
+    scores[0, 1, 15] = 7.0  # the other head prefers the end
+    host = host_plan(20, sends=5, protected=4)
+    chosen = select(scores, host, pool=5)
+    assert chosen.shape == (1, 2, 5)
+    assert chosen[0, 0].tolist() == [8, 9, 10, 11, 12]
+    assert chosen[0, 1].tolist() == [13, 14, 15, 16, 17]
+    unpooled = select(scores, host, pool=1)
+    assert 10 in unpooled[0, 0].tolist() and all(index >= 4 for index in unpooled[0, 0].tolist())
+
+
+def test_random_compressor_repeats():
+    host = host_plan(50, sends=7)
+    k = torch.zeros(1, 2, 50, 4)
+    first = RandomCompressor(RunConfig()).scores(None, 3, host, None, k, k)
+    again = RandomCompressor(RunConfig()).scores(None, 3, host, None, k, k)
+    other_layer = RandomCompressor(RunConfig()).scores(None, 4, host, None, k, k)
+    assert torch.equal(first, again) and not torch.equal(first, other_layer)
+
+
+def test_compressor_registry():
+    assert make_compressor(RunConfig(compressor="random")).name == "random"
+    with pytest.raises(LongCtxError, match="unknown compressor"):
+        make_compressor(RunConfig(compressor="oracle"))
+
+
+class _Config:
+    def __init__(self, heads, kv_heads, hidden=64, layers=2):
+        self.num_attention_heads, self.num_key_value_heads = heads, kv_heads
+        self.hidden_size, self.num_hidden_layers = hidden, layers
+
+
+@pytest.mark.parametrize("heads,kv_heads", [(4, 2), (6, 3), (8, 8), (12, 1)])
+def test_heads_roundtrip_for_any_head_count(tmp_path, heads, kv_heads):
+    config = _Config(heads, kv_heads, hidden=96)
+    made = RetainingHeads.for_model(config, hidden=16)
+    path = str(tmp_path / "heads.safetensors")
+    made.save(path)
+    loaded = RetainingHeads.load(path, config)
+    head_dim = 96 // heads
+    q = torch.randn(1, 7, heads * head_dim)
+    kv = torch.randn(1, 7, kv_heads * head_dim)
+    assert loaded(1, q, kv, kv).shape == (1, 7, kv_heads)
+    assert torch.equal(loaded(1, q, kv, kv), made(1, q, kv, kv))
+
+
+def test_heads_for_another_model_are_refused(tmp_path):
+    path = str(tmp_path / "heads.safetensors")
+    RetainingHeads.for_model(_Config(4, 2), hidden=8).save(path)
+    for other in (_Config(4, 4), _Config(4, 2, layers=3), _Config(8, 2, hidden=128)):
+        with pytest.raises(LongCtxError, match="are for another model") as info:
+            check_file(path, other)
+        assert "\n" not in str(info.value)
+    junk = tmp_path / "junk.safetensors"
+    junk.write_text("not a tensor file")
+    with pytest.raises(LongCtxError, match="cannot read retaining heads"):
+        check_file(str(junk), _Config(4, 2))
+
+
+def test_training_tiny_heads_lowers_the_loss(tiny_model, tmp_path, capsys):
+    text = tmp_path / "notes.txt"
+    text.write_text(" ".join(f"item {i} is stored in box {i * 7 % 13}." for i in range(60)))
+    out = str(tmp_path / "heads.safetensors")
+    status = train_main(["--model", tiny_model("llama"), "--texts", str(text), "--out", out, "--seq-len", "160",
+                         "--tail", "16", "--hidden", "32", "--steps", "40", "--lr", "3e-3", "--device", "cpu"])
+    assert status == 0
+    line = capsys.readouterr().out.strip().splitlines()[-1]
+    first, last = (float(value) for value in line.split("loss ")[1].split(";")[0].split(" -> "))
+    assert last < 0.5 * first, line
+    check_file(out, _load_config(tiny_model("llama")))
+
+
+def _load_config(model_dir):
+    from longctx.models import check_model_dir
+
+    return check_model_dir(model_dir)
