@@ -15,6 +15,16 @@ from longctx.errors import LongCtxError, WorkerError
 POLL_S = 0.05
 
 
+def max_local_workers(config):
+    """Upper bound on local workers: 8 per GPU on CUDA, else 8 per CPU core (oversubscription
+    beyond that only thrashes)."""
+    import torch
+
+    if config.device != "cpu" and torch.cuda.is_available():
+        return 8 * torch.cuda.device_count()
+    return 8 * (os.cpu_count() or 1)
+
+
 def _free_port():
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -55,6 +65,10 @@ class LocalLauncher:
 
     def __init__(self, config):
         self.world = config.nproc
+        limit = max_local_workers(config)
+        if self.world > limit:
+            raise LongCtxError(f"--nproc {self.world} is more local workers than this machine can run "
+                               f"(at most {limit} here)")
         context = multiprocessing.get_context("spawn")
         port = _free_port()
         self._conns, self._procs = [], []

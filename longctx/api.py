@@ -78,6 +78,15 @@ def validate_request(config, model_config, doc_len, query_len, method=None):
     runner.plan(doc_len, query_len, config.nproc)
 
 
+def check_request(config, document, question):
+    """Validate a whole request (model, method, worker count vs document length) before any
+    worker starts; returns the (doc_ids, query_ids) it would run."""
+    model_config = check_model_dir(config.model)
+    doc_ids, query_ids = encode_prompt(load_tokenizer(config.model), document, question)
+    validate_request(config, model_config, len(doc_ids), len(query_ids))
+    return doc_ids, query_ids
+
+
 def _result(raw, tokenizer, doc_len, query_len):
     return GenerationResult(
         text=tokenizer.decode(raw["tokens"], skip_special_tokens=True),

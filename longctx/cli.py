@@ -80,10 +80,11 @@ def _read_document(path):
 
 def cmd_generate(args):
     """`longctx generate`: one answer with timings."""
-    from longctx.api import LongContextLM
+    from longctx.api import LongContextLM, check_request
 
     config = config_from_args(args)
     document = _read_document(args.doc)
+    check_request(config, document, args.question)
     options = {k: v for k, v in vars(config).items() if k not in ("model", "method", "nproc")}
     with LongContextLM(config.model, method=config.method, nproc=config.nproc, launcher=args.launcher,
                        **options) as lm:

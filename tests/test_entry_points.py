@@ -1,0 +1,69 @@
+"""The CLI (`compare`, `generate --json`, `tiny-model`, `methods`) and the torchrun entry."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from conftest import dense_result
+from longctx.api import encode_prompt
+from test_bad_input import REPO, run_cli
+
+
+def test_compare_json_reports_exact_agreement(tiny_model):
+    proc = run_cli("compare", "--model", tiny_model("llama-gqa4"), "--methods", "burst,ring,ulysses,allgather",
+                   "--nproc", "4", "--length", "1000", "--json")
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads(proc.stdout)
+    assert [row["method"] for row in report["results"]] == ["burst", "ring", "ulysses", "allgather"]
+    for row in report["results"]:
+        assert row["hidden_rel_err"] <= 1e-4 and row["tokens_match"], row
+
+
+def test_generate_json_has_answer_and_timings(tiny_model, tmp_path):
+    doc = tmp_path / "doc.txt"
+    doc.write_text("The cat sat on the mat. " * 30)
+    proc = run_cli("generate", "--model", tiny_model("llama"), "--method", "allgather", "--nproc", "2",
+                   "--doc", str(doc), "--question", "Where?", "--max-new-tokens", "4", "--json")
+    assert proc.returncode == 0, proc.stderr
+    payload = json.loads(proc.stdout)
+    for key in ("answer", "prefill_s", "decode_s", "method", "nproc", "plan"):
+        assert key in payload
+    assert payload["method"] == "allgather" and payload["nproc"] == 2 and len(payload["tokens"]) == 4
+
+
+@pytest.mark.parametrize("family", ["llama", "qwen2", "mistral"])
+def test_tiny_model_command_writes_loadable_model(tmp_path, family):
+    proc = run_cli("tiny-model", str(tmp_path / family), "--family", family)
+    assert proc.returncode == 0, proc.stderr
+    model = AutoModelForCausalLM.from_pretrained(str(tmp_path / family))
+    tokenizer = AutoTokenizer.from_pretrained(str(tmp_path / family))
+    assert model.config.model_type == family
+    assert tokenizer.decode(tokenizer("héllo wörld", add_special_tokens=False)["input_ids"]) == "héllo wörld"
+
+
+def test_methods_lists_exact_methods():
+    proc = run_cli("methods")
+    assert {"dense", "ring", "burst", "ulysses", "allgather"} <= set(proc.stdout.split())
+
+
+def test_torchrun_entry_matches_dense(tiny_model, tmp_path):
+    torchrun = shutil.which("torchrun", path=os.path.dirname(sys.executable))
+    assert torchrun, "torchrun is installed with torch"
+    model_dir = tiny_model("llama")
+    doc = tmp_path / "doc.txt"
+    doc.write_text("Numbers: " + " ".join(str(i) for i in range(120)))
+    env = dict(os.environ, PYTHONPATH=REPO)
+    proc = subprocess.run([torchrun, "--nproc_per_node", "2", "--master_port", "0", "-m", "launch.torchrun",
+                           "--model", model_dir, "--method", "burst", "--doc", str(doc), "--question", "Next?",
+                           "--max-new-tokens", "5", "--json"],
+                          capture_output=True, text=True, timeout=300, env=env, cwd=REPO)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    payload = json.loads(proc.stdout.strip().splitlines()[-1])
+    doc_ids, query_ids = encode_prompt(AutoTokenizer.from_pretrained(model_dir), doc.read_text(), "Next?")
+    assert payload["tokens"] == dense_result(model_dir, doc_ids, query_ids, max_new_tokens=5)["tokens"]
+    assert payload["nproc"] == 2
