@@ -30,13 +30,14 @@ class APBAttention(Method):
 
     def __init__(self, config):
         super().__init__(config)
-        self.compressor = make_compressor(config)
+        self.compressor = None if self.star else make_compressor(config)
 
     def check(self, model_config, world):
         """Contiguous layout only; the compressor's own checks (e.g. the retaining-heads file)."""
         if self.config.layout not in (None, "contiguous"):
             raise LongCtxError(f"method {self.name!r} uses the contiguous layout (got --layout {self.config.layout})")
-        self.compressor.check(model_config)
+        if self.compressor is not None:
+            self.compressor.check(model_config)
 
     def plan(self, doc_len, query_len, world):
         """Contiguous blocks, anchor / probe rows and passing sizes (see `apb.layout`)."""
@@ -46,10 +47,10 @@ class APBAttention(Method):
         plan = build_plan(
             self.name, sizes, doc_len, query_len, world,
             question_in_anchor=not self.star,
-            needs_question=self.compressor.needs_question and not self.star,
+            needs_question=self.compressor is not None and self.compressor.needs_question,
             head_tokens=self.config.anchor_head_tokens,
         )
-        if not self.star:
+        if self.compressor is not None:
             plan.details["compressor"] = self.compressor.name
         return plan
 
@@ -84,6 +85,7 @@ class APBAttention(Method):
         lead = host.lead_len
         ctx.cache.store(layer, k[:, :, lead:], v[:, :, lead:])
         passing_k, passing_v = k[:, :, :0], v[:, :, :0]
+        ctx.stats["passing_bytes_per_layer"] = 0
         if any(other.sends for other in ctx.plan.hosts):
             sent = compressed_block(self.compressor, ctx, layer, host, q, k, v)
             blocks = all_gather_blocks(ctx, *sent)[: ctx.rank]

@@ -25,12 +25,11 @@ def all_gather_blocks(ctx, keys, values):
     """Every host's compressed block, in rank order: a list of (keys, values) [B, Hkv, sends_r, D].
 
     One all-gather per layer (sizes differ per host; the collective pads to the longest).
-    Records the payload in `ctx.stats["passing_bytes_per_layer"]` (bytes of K and V all hosts
-    contribute to one layer) and `ctx.stats["passing_tokens_per_host"]`.
+    Records the payload in `ctx.stats["passing_bytes_per_layer"]`: bytes of the K and V all
+    hosts contribute to one layer (the per-host token counts are in the plan).
     """
     sizes = [host.sends for host in ctx.plan.hosts]
     parts = ctx.comm.all_gather(torch.stack([keys, values]), sizes=sizes, dim=3)
     per_token = 2 * keys.shape[0] * keys.shape[1] * keys.shape[3] * keys.element_size()
     ctx.stats["passing_bytes_per_layer"] = per_token * sum(sizes)
-    ctx.stats["passing_tokens_per_host"] = sizes
     return [(part[0], part[1]) for part in parts]

@@ -7,16 +7,10 @@ query and generated tokens attend to every host's cache exactly, as in APB.
 """
 
 from apb.method import APBAttention
-from longctx.errors import LongCtxError
 
 
 class StarAttention(APBAttention):
-    """StarAttention (Acharya et al.) on APB's machinery: anchor = first block, no passing blocks."""
+    """StarAttention (Acharya et al.) on APB's machinery: anchor = first block, no passing blocks, no compressor."""
 
     name = "star"
     star = True
-
-    def check(self, model_config, world):
-        """Contiguous layout only; compressor settings do not apply."""
-        if self.config.layout not in (None, "contiguous"):
-            raise LongCtxError(f"method 'star' uses the contiguous layout (got --layout {self.config.layout})")
