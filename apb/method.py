@@ -94,14 +94,17 @@ class APBAttention(Method):
                 passing_v = torch.cat([block[1] for block in blocks], dim=2)
         run = dict(scale=scale, backend=ctx.kernel_backend)
         if host.anchor_len:
-            out, _ = attention(q, torch.cat([passing_k, k], dim=2), torch.cat([passing_v, v], dim=2), causal=True,
+            out, _ = attention(q, _after(passing_k, k), _after(passing_v, v), causal=True,
                                anchor_len=lead, prefix_len=passing_k.shape[2], **run)
             return out
-        local_k, local_v = k[:, :, lead:], v[:, :, lead:]
-        if passing_k.shape[2]:
-            local_k, local_v = torch.cat([passing_k, local_k], dim=2), torch.cat([passing_v, local_v], dim=2)
-        out, _ = attention(q[:, :, lead:], local_k, local_v, causal=True, **run)
+        out, _ = attention(q[:, :, lead:], _after(passing_k, k[:, :, lead:]), _after(passing_v, v[:, :, lead:]),
+                           causal=True, **run)
         if not lead:
             return out
         probe, _ = attention(q[:, :, :lead], k[:, :, :lead], v[:, :, :lead], causal=True, **run)
         return torch.cat([probe, out], dim=2)
+
+
+def _after(passing, tensor):
+    """[passing ; tensor] along the sequence dim (no copy when there is no passing block)."""
+    return torch.cat([passing, tensor], dim=2) if passing.shape[2] else tensor
