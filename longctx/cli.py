@@ -35,6 +35,20 @@ def _add_compare(sub):
     parser.set_defaults(func=cmd_compare)
 
 
+def _add_eval(sub):
+    parser = sub.add_parser("eval", help="accuracy of methods on RULER-style tasks, same samples for each")
+    add_run_arguments(parser, with_method=False)
+    parser.add_argument("--tasks", default="niah_single", help="comma-separated task names")
+    parser.add_argument("--methods", default="dense,burst", help="comma-separated method names")
+    parser.add_argument("--length", type=int, default=4096, help="prompt tokens per sample")
+    parser.add_argument("--samples", type=int, default=50, help="samples per task")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--max-new-tokens", type=int, default=None,
+                        help="default: the longest expected answer + 1")
+    parser.add_argument("--json", action="store_true", help="print one JSON object")
+    parser.set_defaults(func=cmd_eval)
+
+
 def _add_tiny_model(sub):
     parser = sub.add_parser("tiny-model", help="write a small random-weight model with a byte-level tokenizer")
     parser.add_argument("out_dir")
@@ -63,7 +77,7 @@ def build_parser():
     """The full `longctx` argument parser."""
     parser = argparse.ArgumentParser(prog="longctx", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
-    for add in (_add_generate, _add_compare, _add_tiny_model, _add_demo, _add_methods):
+    for add in (_add_generate, _add_compare, _add_eval, _add_tiny_model, _add_demo, _add_methods):
         add(sub)
     return parser
 
@@ -119,6 +133,17 @@ def cmd_compare(args):
     for row in report["results"]:
         print(f"{row['method']:<10} {row['hidden_rel_err']:>14.2e} {row['logits_max_abs_err']:>14.2e} "
               f"{'same' if row['tokens_match'] else 'DIFF':>7} {row['prefill_s']:>9.3f}")
+
+
+def cmd_eval(args):
+    """`longctx eval`: accuracy per task x method and mean prefill time per method."""
+    from longctx.eval.harness import evaluate, format_report
+
+    config = config_from_args(args)
+    options = {k: v for k, v in vars(config).items() if k not in ("model", "method", "nproc")}
+    report = evaluate(config.model, args.tasks, args.length, config.nproc, args.methods, args.samples,
+                      args.seed, args.max_new_tokens, progress=not args.json and sys.stderr.isatty(), **options)
+    print(json.dumps(report) if args.json else format_report(report))
 
 
 def cmd_tiny_model(args):

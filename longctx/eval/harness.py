@@ -1,0 +1,204 @@
+"""Accuracy of prefill methods on the RULER-style tasks, sample for sample.
+
+    from longctx.eval.harness import evaluate
+    report = evaluate("examples/models/needle-llama", ["niah_single", "niah_multikey"], 4096,
+                      nproc=4, methods=["dense", "burst", "apb"], samples=50, seed=0)
+    print(format_report(report))
+
+The samples are generated once with the model's tokenizer (`make_samples` at the requested
+prompt length) and every method answers the very same token ids; `is_correct` scores each
+greedy continuation. Methods that accept `nproc` workers share one pool of `nproc` workers;
+a method that accepts one worker but refuses two (dense) runs in its own 1-worker pool. Each
+pool is started once and serves all of its methods' samples; every method first answers one
+untimed warm-up request, so the mean prefill time excludes one-off start-up costs.
+`longctx eval` is the CLI.
+"""
+
+import sys
+import time
+
+from longctx.api import LongContextLM, encode_prompt, validate_request
+from longctx.config import RunConfig
+from longctx.errors import LongCtxError
+from longctx.eval.tasks import TASKS, is_correct, make_samples
+from longctx.models import check_model_dir, load_tokenizer
+from longctx.registry import get_method
+
+
+def parse_names(value, what):
+    """A list of names from a comma-separated string or an iterable; LongCtxError if empty."""
+    items = value.split(",") if isinstance(value, str) else list(value)
+    names = [str(item).strip() for item in items if str(item).strip()]
+    if not names:
+        raise LongCtxError(f"no {what} given")
+    return list(dict.fromkeys(names))
+
+
+def check_tasks(tasks):
+    """LongCtxError naming the first unknown task."""
+    for task in tasks:
+        if task not in TASKS:
+            raise LongCtxError(f"unknown task {task!r}; choose one of {', '.join(TASKS)}")
+
+
+def build_samples(tasks, length, count, seed, tokenizer):
+    """{task: [Sample]}: `count` samples per task at `length` prompt tokens."""
+    if count < 1:
+        raise LongCtxError(f"--samples must be at least 1 (got {count})")
+    if length < 1:
+        raise LongCtxError(f"--length must be at least 1 (got {length})")
+    try:
+        return {task: make_samples(task, length, count, seed=seed, tokenizer=tokenizer) for task in tasks}
+    except ValueError as exc:
+        raise LongCtxError(str(exc)) from None
+
+
+def prompt_ids(tokenizer, sample):
+    """(doc_ids, query_ids) of `sample.prompt` (document, newline, question)."""
+    return encode_prompt(tokenizer, sample.document, "\n" + sample.question)
+
+
+def default_max_new_tokens(tokenizer, samples):
+    """Tokens of the longest expected answer, plus one (room for the end token)."""
+    longest = max(len(tokenizer(" " + sample.answer, add_special_tokens=False)["input_ids"])
+                  for task_samples in samples.values() for sample in task_samples)
+    return longest + 1
+
+
+def _accepts(runner, model_config, world):
+    try:
+        runner.check(model_config, world)
+    except LongCtxError:
+        return False
+    return True
+
+
+def worker_count(method, config, model_config):
+    """Workers `method` runs on: `config.nproc` if it accepts them, 1 if it is a one-worker
+    method (accepts one worker, refuses two); otherwise the method's own error."""
+    runner = get_method(method, config.replace(method=method))
+    try:
+        runner.check(model_config, config.nproc)
+        return config.nproc
+    except LongCtxError:
+        if config.nproc > 1 and _accepts(runner, model_config, 1) and not _accepts(runner, model_config, 2):
+            return 1
+        raise
+
+
+def _mean(values):
+    return sum(values) / len(values) if values else None
+
+
+def evaluate(model_dir, tasks, length, nproc, methods, samples, seed=0, max_new_tokens=None,
+             progress=False, **run_options):
+    """Run every method on the same samples of every task; returns the report dict.
+
+    `tasks` / `methods`: lists or comma-separated strings. `run_options` are RunConfig fields
+    (device, dtype, timeout_s, anchor_len, compressor, ...) for every pool. `progress` shows
+    a tqdm bar on stderr. Report keys: accuracy[task][method], mean_accuracy[method],
+    prefill_s[method] (mean over all samples), correct[task][method] (per-sample booleans),
+    predictions[task][method], expected[task], workers[method], disagreements[method]
+    (samples scored differently from the first method), and the run's settings.
+    """
+    tasks = parse_names(tasks, "tasks")
+    methods = parse_names(methods, "methods")
+    check_tasks(tasks)
+    config = RunConfig(model=model_dir, method=methods[0], nproc=nproc, **run_options).validate()
+    model_config = check_model_dir(model_dir)
+    workers = {method: worker_count(method, config, model_config) for method in methods}
+    tokenizer = load_tokenizer(model_dir)
+    task_samples = build_samples(tasks, length, samples, seed, tokenizer)
+    ids = {task: [prompt_ids(tokenizer, sample) for sample in task_samples[task]] for task in tasks}
+    if max_new_tokens is None:
+        max_new_tokens = default_max_new_tokens(tokenizer, task_samples)
+    for method in methods:  # every request is checked before any worker starts
+        method_config = config.replace(method=method, nproc=workers[method])
+        for task in tasks:
+            for doc_ids, query_ids in ids[task]:
+                validate_request(method_config, model_config, len(doc_ids), len(query_ids), method)
+
+    correct = {task: {} for task in tasks}
+    predictions = {task: {} for task in tasks}
+    prefill = {method: [] for method in methods}
+    started = time.perf_counter()
+    bar = _progress_bar(len(methods) * len(tasks) * samples, progress)
+    try:
+        for pool_size in dict.fromkeys(workers[method] for method in methods):
+            group = [method for method in methods if workers[method] == pool_size]
+            with LongContextLM(model_dir, method=group[0], nproc=pool_size, **run_options) as lm:
+                for method in group:
+                    bar.set_description(method)
+                    doc_ids, query_ids = ids[tasks[0]][0]  # warm-up (lazy init, kernels), not timed
+                    lm.run_ids(doc_ids, query_ids, max_new_tokens=1, method=method)
+                    for task in tasks:
+                        marks, texts = correct[task].setdefault(method, []), predictions[task].setdefault(method, [])
+                        for sample, (doc_ids, query_ids) in zip(task_samples[task], ids[task]):
+                            raw = lm.run_ids(doc_ids, query_ids, max_new_tokens=max_new_tokens, method=method)
+                            text = tokenizer.decode(raw["tokens"], skip_special_tokens=True)
+                            texts.append(text)
+                            marks.append(is_correct(text, sample))
+                            prefill[method].append(raw["prefill_s"])
+                            bar.update(1)
+    finally:
+        bar.close()
+
+    reference = methods[0]
+    accuracy = {task: {method: _mean(correct[task][method]) for method in methods} for task in tasks}
+    return {
+        "model": model_dir,
+        "tasks": tasks,
+        "methods": methods,
+        "length": length,
+        "nproc": nproc,
+        "samples": samples,
+        "seed": seed,
+        "max_new_tokens": max_new_tokens,
+        "workers": workers,
+        "accuracy": accuracy,
+        "mean_accuracy": {method: _mean([accuracy[task][method] for task in tasks]) for method in methods},
+        "prefill_s": {method: _mean(prefill[method]) for method in methods},
+        "reference": reference,
+        "disagreements": {
+            method: sum(a != b for task in tasks for a, b in zip(correct[task][method], correct[task][reference]))
+            for method in methods
+        },
+        "correct": correct,
+        "predictions": predictions,
+        "expected": {task: [sample.answer for sample in task_samples[task]] for task in tasks},
+        "prompt_tokens": {task: [len(d) + len(q) for d, q in ids[task]] for task in tasks},
+        "options": {key: value for key, value in run_options.items()},
+        "wall_s": time.perf_counter() - started,
+    }
+
+
+def _progress_bar(total, enabled):
+    from tqdm import tqdm
+
+    return tqdm(total=total, disable=not enabled, file=sys.stderr, unit="sample", dynamic_ncols=True)
+
+
+def format_report(report):
+    """The report as a human-readable table: accuracy per task x method, then timings."""
+    methods = report["methods"]
+    width = max(9, *(len(method) + 1 for method in methods))
+    label = max(14, *(len(task) + 1 for task in report["tasks"]))
+    lines = [
+        f"{', '.join(report['tasks'])}: {report['samples']} samples each at {report['length']} tokens "
+        f"(seed {report['seed']}), model {report['model']}",
+        f"{'task':<{label}}" + "".join(f"{method:>{width}}" for method in methods),
+    ]
+    for task in report["tasks"]:
+        lines.append(f"{task:<{label}}" + "".join(f"{report['accuracy'][task][m]:>{width}.1%}" for m in methods))
+    rows = (
+        ("mean", lambda m: f"{report['mean_accuracy'][m]:.1%}"),
+        ("prefill s", lambda m: f"{report['prefill_s'][m]:.3f}"),
+        ("workers", lambda m: str(report["workers"][m])),
+    )
+    for name, cell in rows:
+        lines.append(f"{name:<{label}}" + "".join(f"{cell(m):>{width}}" for m in methods))
+    others = [m for m in methods if m != report["reference"]]
+    if others:
+        lines.append(f"samples scored differently from {report['reference']}: "
+                     + ", ".join(f"{m} {report['disagreements'][m]}" for m in others))
+    return "\n".join(lines)

@@ -1,0 +1,105 @@
+"""`longctx eval` / longctx.eval.harness: same samples for every method, exact methods score
+sample for sample like dense, one-line errors; the shipped needle model answers (if present)."""
+
+import contextlib
+import io
+import json
+import os
+
+import pytest
+import torch
+
+from longctx.cli import main
+from longctx.eval.harness import format_report
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+NEEDLE_MODEL = os.path.join(REPO, "examples", "models", "needle-llama")
+
+
+@pytest.fixture(scope="module")
+def word_model(tmp_path_factory):
+    """A tiny random Llama with the eval word-level tokenizer (so ~300 tokens hold a needle task)."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from longctx.eval.tokenizer import save_tokenizer
+
+    out = str(tmp_path_factory.mktemp("tiny-word-llama"))
+    tokenizer = save_tokenizer(out)
+    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=4096,
+                         bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+                         pad_token_id=tokenizer.pad_token_id, tie_word_embeddings=False)
+    torch.manual_seed(3)
+    model = LlamaForCausalLM(config)
+    with torch.no_grad():  # never end at once, so the answers compared below are real tokens
+        model.lm_head.weight[tokenizer.eos_token_id] = 0
+    model.save_pretrained(out)
+    return out
+
+
+def run_main(*argv):
+    """(exit status, stdout, stderr) of `longctx *argv` run in this process."""
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        status = main(list(argv))
+    return status, out.getvalue(), err.getvalue()
+
+
+@pytest.fixture(scope="module")
+def report(word_model):
+    status, out, err = run_main("eval", "--model", word_model, "--tasks", "niah_single,niah_multikey",
+                                "--length", "300", "--nproc", "2", "--methods", "dense,burst,ulysses",
+                                "--samples", "2", "--seed", "5", "--threads", "1", "--json")
+    assert status == 0, err
+    assert len(out.strip().splitlines()) == 1
+    return json.loads(out)
+
+
+def test_json_report_shape(report):
+    assert report["tasks"] == ["niah_single", "niah_multikey"]
+    assert report["methods"] == ["dense", "burst", "ulysses"]
+    assert report["workers"] == {"dense": 1, "burst": 2, "ulysses": 2}
+    assert report["max_new_tokens"] == 2  # numbers are one word-level token, plus one
+    for task in report["tasks"]:
+        assert len(report["expected"][task]) == 2
+        assert all(280 <= n <= 300 for n in report["prompt_tokens"][task])
+        for method in report["methods"]:
+            accuracy = report["accuracy"][task][method]
+            assert isinstance(accuracy, float) and 0.0 <= accuracy <= 1.0
+            assert len(report["correct"][task][method]) == 2
+            assert all(isinstance(mark, bool) for mark in report["correct"][task][method])
+    for method in report["methods"]:
+        assert report["prefill_s"][method] > 0
+
+
+def test_exact_methods_score_sample_for_sample_like_dense(report):
+    for task in report["tasks"]:
+        for method in ("burst", "ulysses"):
+            assert report["correct"][task][method] == report["correct"][task]["dense"]
+            assert report["predictions"][task][method] == report["predictions"][task]["dense"]
+        assert all(report["predictions"][task]["dense"])
+    assert report["disagreements"] == {"dense": 0, "burst": 0, "ulysses": 0}
+
+
+def test_text_table_lists_every_task_and_method(report):
+    text = format_report(report)
+    lines = text.splitlines()
+    assert lines[1].split() == ["task", "dense", "burst", "ulysses"]
+    assert lines[2].startswith("niah_single") and lines[3].startswith("niah_multikey")
+    assert any(line.startswith("prefill s") for line in lines)
+
+
+def test_unknown_task_is_one_line_error(word_model):
+    status, out, err = run_main("eval", "--model", word_model, "--tasks", "niah_single,needle_in_space",
+                                "--length", "300", "--methods", "dense", "--samples", "1")
+    assert status == 2 and out == ""
+    assert err.count("\n") == 1 and err.startswith("longctx: error: unknown task 'needle_in_space'")
+
+
+@pytest.mark.skipif(not os.path.isdir(NEEDLE_MODEL), reason="examples/models/needle-llama not trained yet")
+def test_needle_model_dense_answers_niah_single():
+    from longctx.eval.harness import evaluate
+
+    result = evaluate(NEEDLE_MODEL, ["niah_single"], 1024, nproc=1, methods=["dense"], samples=3, seed=7)
+    assert result["correct"]["niah_single"]["dense"] == [True, True, True], (
+        result["predictions"], result["expected"])
