@@ -74,6 +74,8 @@ def parse_args(argv=None):
                    help="1: values share one embedding direction, keys another, at init")
     p.add_argument("--extra-questions", type=int, default=0,
                    help="1: multikey samples also ask about every distractor needle")
+    p.add_argument("--mix", nargs="*", default=[],
+                   help="task=weight overrides of the task mix, e.g. niah_multikey=0.5")
     p.add_argument("--eval-every", type=int, default=100)
     p.add_argument("--eval-samples", type=int, default=6)
     p.add_argument("--ckpt", default="/tmp/needle_ckpt.pt")
@@ -209,6 +211,11 @@ def main(argv=None):
     argv = sys.argv[1:] if argv is None else argv
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
+    for kv in args.mix:
+        task, w = kv.split("=")
+        if task not in MIX:
+            raise SystemExit(f"--mix: unknown task {task!r}")
+        MIX[task] = float(w)
     torch.manual_seed(args.seed)
     tok = build_tokenizer()
     if args.init:
