@@ -64,6 +64,9 @@ def _add_tiny_model(sub):
 def _add_demo(sub):
     parser = sub.add_parser("demo", help="run the shipped example end to end on local workers")
     parser.add_argument("--nproc", type=int, default=2)
+    parser.add_argument("--model", default=None,
+                        help="trained model directory (default: examples/models/needle-llama when present)")
+    parser.add_argument("--method", default="apb", help="method for the trained-model demo")
     parser.add_argument("--json", action="store_true")
     parser.set_defaults(func=cmd_demo)
 
@@ -158,7 +161,7 @@ def cmd_demo(args):
     """`longctx demo`: the shipped example."""
     from longctx.demo import run_demo
 
-    report = run_demo(nproc=args.nproc)
+    report = run_demo(nproc=args.nproc, model=args.model, method=args.method)
     print(json.dumps(report) if args.json else report["text"])
 
 
