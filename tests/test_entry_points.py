@@ -58,7 +58,7 @@ def test_torchrun_entry_matches_dense(tiny_model, tmp_path):
     doc = tmp_path / "doc.txt"
     doc.write_text("Numbers: " + " ".join(str(i) for i in range(120)))
     env = dict(os.environ, PYTHONPATH=REPO)
-    proc = subprocess.run([torchrun, "--nproc_per_node", "2", "--master_port", "0", "-m", "launch.torchrun",
+    proc = subprocess.run([torchrun, "--standalone", "--nproc_per_node", "2", "-m", "launch.torchrun",
                            "--model", model_dir, "--method", "burst", "--doc", str(doc), "--question", "Next?",
                            "--max-new-tokens", "5", "--json"],
                           capture_output=True, text=True, timeout=300, env=env, cwd=REPO)
