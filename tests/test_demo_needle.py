@@ -1,7 +1,11 @@
 """The trained-model demo's pieces that need no workers: the shipped data and the plan line."""
 
+import os
+
+import pytest
+
 from longctx.config import RunConfig
-from longctx.demo import SHIPPED_DATA, describe_plan, load_shipped_question
+from longctx.demo import SHIPPED_DATA, SHIPPED_MODEL, describe_plan, load_shipped_question
 from longctx.registry import get_method
 
 
@@ -18,3 +22,13 @@ def test_plan_line_names_sizes():
     plan["anchor_len"], plan["passing_len"], plan["compressor"] = 256, 128, "query"
     line = describe_plan(plan)
     assert "anchor 256" in line and "passing 128" in line and "compressor query" in line
+
+
+@pytest.mark.skipif(not os.path.isdir(SHIPPED_MODEL), reason="examples/models/needle-llama not trained yet")
+def test_shipped_answer_is_in_the_needle_model_vocabulary():
+    from longctx.models import load_tokenizer
+
+    tokenizer = load_tokenizer(SHIPPED_MODEL)
+    _, spec = load_shipped_question(SHIPPED_DATA)
+    ids = tokenizer(" " + str(spec["answer"]), add_special_tokens=False)["input_ids"]
+    assert tokenizer.unk_token_id not in ids, "regenerate examples/data with the model's tokenizer"
