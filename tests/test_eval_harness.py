@@ -100,6 +100,6 @@ def test_unknown_task_is_one_line_error(word_model):
 def test_needle_model_dense_answers_niah_single():
     from longctx.eval.harness import evaluate
 
-    result = evaluate(NEEDLE_MODEL, ["niah_single"], 1024, nproc=1, methods=["dense"], samples=3, seed=7)
+    result = evaluate(NEEDLE_MODEL, ["niah_single"], 1024, nproc=1, methods=["dense"], samples=3, seed=7, threads=1)
     assert result["correct"]["niah_single"]["dense"] == [True, True, True], (
         result["predictions"], result["expected"])
