@@ -167,7 +167,8 @@ def evaluate(model_dir, tasks, length, nproc, methods, samples, seed=0, max_new_
         "predictions": predictions,
         "expected": {task: [sample.answer for sample in task_samples[task]] for task in tasks},
         "prompt_tokens": {task: [len(d) + len(q) for d, q in ids[task]] for task in tasks},
-        "options": {key: value for key, value in run_options.items()},
+        "options": {key: value if isinstance(value, (str, int, float, bool, type(None))) else str(value)
+                    for key, value in run_options.items()},
         "wall_s": time.perf_counter() - started,
     }
 
