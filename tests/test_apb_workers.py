@@ -1,8 +1,9 @@
 """APB and Star on real local worker processes (gloo) and through the CLI.
 
 Worker pools take tens of seconds to start on a small machine, so the default run starts one
-3-worker pool and one 2-worker CLI job; the document lengths of the issue (1,000 / 4,097 /
-10,001 tokens) and every compressor on 4 workers are `slow`.
+2-worker pool and one 2-worker CLI job (tests/test_apb_inprocess.py covers 1-4 workers in one
+process); 4 real workers, the document lengths of the issue (1,000 / 4,097 / 10,001 tokens)
+and every compressor are `slow`.
 """
 
 import json
@@ -21,15 +22,14 @@ TOLERANCE = 1e-4
 
 @pytest.fixture(scope="module")
 def full_passing_pool(tiny_model):
-    """3 workers running APB with no anchor and passing blocks covering every earlier key."""
+    """2 workers running APB with no anchor and passing blocks covering every earlier key."""
     path = tiny_model("llama")
-    with LongContextLM(path, method="apb", nproc=3, anchor_len=0, passing_ratio=1.0) as lm:
+    with LongContextLM(path, method="apb", nproc=2, anchor_len=0, passing_ratio=1.0) as lm:
         yield path, lm
 
 
-@pytest.mark.parametrize("length", [203, 517])
-def test_apb_with_full_passing_equals_dense_on_3_workers(full_passing_pool, length):
-    path, lm = full_passing_pool
+def check_full_passing(path, lm, length):
+    """APB with full passing on `lm`'s workers equals dense (hidden states and greedy tokens)."""
     doc, question = random_prompt(256, length, 5, seed=length)
     reference = dense_result(path, doc, question)
     result = lm.run_ids(doc, question, max_new_tokens=6, return_hidden=True)
@@ -40,12 +40,25 @@ def test_apb_with_full_passing_equals_dense_on_3_workers(full_passing_pool, leng
     assert result["stats"]["passing_bytes_per_layer"] == 2 * 2 * 16 * 4 * sum(sends)
 
 
+@pytest.mark.parametrize("length", [203, 517])
+def test_apb_with_full_passing_equals_dense_on_2_workers(full_passing_pool, length):
+    check_full_passing(*full_passing_pool, length)
+
+
+@pytest.mark.slow
+def test_apb_with_full_passing_equals_dense_on_4_workers(tiny_model):
+    path = tiny_model("qwen2")
+    with LongContextLM(path, method="apb", nproc=4, anchor_len=0, passing_ratio=1.0) as lm:
+        for length in (301, 1000):
+            check_full_passing(path, lm, length)
+
+
 def test_pool_rejects_bad_requests_and_keeps_serving(full_passing_pool):
     _, lm = full_passing_pool
     with pytest.raises(LongCtxError, match="'star' passes no blocks"):
         lm.run_ids([5] * 100, [6], method="star")
-    with pytest.raises(LongCtxError, match="too short for 3 workers"):
-        lm.run_ids([5] * 2, [6])
+    with pytest.raises(LongCtxError, match="too short for 2 workers"):
+        lm.run_ids([5], [6])
     assert len(lm.run_ids([7] * 50, [8, 9], max_new_tokens=2)["tokens"]) == 2
 
 
