@@ -1,9 +1,15 @@
 """APB / StarAttention planning: block, anchor and passing sizes, and each host's lead rows.
 
 Pure Python (no torch.distributed), so the driver can validate a request before any worker
-is involved. The document is split contiguously into one block per host (`split_sizes`, so
-any length works); l_b is the largest block (host 0's). In front of its block a host may run
-*lead* rows at positions 0..lead_len-1, whose rows are dropped after prefill:
+is involved. The document is split contiguously into one block per host: as equally as
+possible (`split_sizes`), or balanced so every host's estimated time is the same (host h
+attends to h*l_p more passing keys than host 0, and hosts > 0 also run the anchor, so later
+hosts get shorter blocks; `build_plan(..., host_ms=...)`). l_b, the block the size rule
+starts from, is the *equal* split's largest block, ceil(doc_len / hosts), whichever way the
+blocks are sized: l_a and l_p do not change when the plan is balanced, so the published
+setting (128K on 8 hosts: l_a = 4K, l_p = 2K) stays what it is. A block shorter than l_p
+passes all of its candidates. In front of its block a host may run *lead* rows at
+positions 0..lead_len-1, whose rows are dropped after prefill:
 
 * the **anchor** (hosts > 0, when l_a > 0): `head_len` leading document tokens, then the
   question (APB only), then more leading document tokens, l_a tokens in all. The local block
@@ -16,7 +22,7 @@ any length works); l_b is the largest block (host 0's). In front of its block a 
 from dataclasses import dataclass
 
 from longctx.errors import LongCtxError
-from longctx.plan import HostPlan, Plan, Span, split_sizes
+from longctx.plan import HostPlan, Plan, Span, balanced_block_sizes, check_sizes, split_sizes
 
 
 @dataclass
@@ -121,30 +127,53 @@ def resolve_sizes(config, doc_len, query_len, world, *, star):
     return Sizes(block, anchor, passing, note)
 
 
-def build_plan(name, sizes, doc_len, query_len, world, *, question_in_anchor, needs_question, head_tokens):
+def _host(rank, start, size, sizes, doc_len, query_len, world, question, needs_question, head_tokens):
+    """Host `rank` owning [start, start + size): lead rows, protected rows, keys it sends (not passing_len)."""
+    host = APBHostPlan(rank, (Span(start, start + size),))
+    if rank > 0 and sizes.anchor > 0:
+        host.anchor_len, host.question_len = sizes.anchor, question
+    if rank < world - 1:
+        host.protected = min(size, sizes.anchor) if rank == 0 else 0
+        host.sends = min(sizes.passing, host.candidates)
+    if needs_question and host.selects and host.anchor_len == 0:
+        host.question_len = query_len
+        host.probe_len = min(head_tokens, doc_len) + query_len
+    host.head_len = min(head_tokens, host.lead_len - host.question_len)
+    return host
+
+
+def build_plan(name, sizes, doc_len, query_len, world, *, question_in_anchor, needs_question, head_tokens,
+               block_sizes=None, host_ms=None, tile=1, speeds=None):
     """The validated contiguous Plan with APBHostPlan hosts; append_rank is the last host.
 
     `question_in_anchor`: APB's anchor holds the question (Star's does not).
     `needs_question`: the compressor scores keys with the question's queries, so hosts that
     select keys but have no anchor get a probe.
+    Block sizes: `block_sizes` when given; else, with `host_ms(host) -> estimated ms` (a trial
+    APBHostPlan at speed 1), the planner's `balanced_block_sizes` (equal time per host, block
+    boundaries on multiples of `tile`, relative `speeds`); else as equal as possible. While
+    balancing, a trial host's passing block is taken as min(rank * l_p, keys before it that
+    may be passed) (exact unless an earlier block is shorter than l_p).
     """
     if doc_len < world:
         raise LongCtxError(f"a document of {doc_len} tokens is too short for {world} workers (needs at least {world})")
-    hosts, start = [], 0
     question = query_len if question_in_anchor else 0
-    for rank, size in enumerate(split_sizes(doc_len, world)):
-        host = APBHostPlan(rank, (Span(start, start + size),))
+    rules = (sizes, doc_len, query_len, world, question, needs_question, head_tokens)
+    if block_sizes is not None:
+        block_sizes = check_sizes(block_sizes, doc_len, world)
+    elif host_ms is not None:
+        def trial_ms(rank, start, size):
+            host = _host(rank, start, size, *rules)
+            host.passing_len = min(rank * sizes.passing, start - min(start, sizes.anchor))
+            return host_ms(host)
+
+        block_sizes = balanced_block_sizes(doc_len, world, trial_ms, tile=tile, speeds=speeds)
+    else:
+        block_sizes = split_sizes(doc_len, world)
+    hosts, start = [], 0
+    for rank, size in enumerate(block_sizes):
+        hosts.append(_host(rank, start, size, *rules))
         start += size
-        if rank > 0 and sizes.anchor > 0:
-            host.anchor_len, host.question_len = sizes.anchor, question
-        if rank < world - 1:
-            host.protected = min(size, sizes.anchor) if rank == 0 else 0
-            host.sends = min(sizes.passing, host.candidates)
-        if needs_question and host.selects and host.anchor_len == 0:
-            host.question_len = query_len
-            host.probe_len = min(head_tokens, doc_len) + query_len
-        host.head_len = min(head_tokens, host.lead_len - host.question_len)
-        hosts.append(host)
     for host in hosts:
         host.passing_len = sum(other.sends for other in hosts[: host.rank])
     details = {

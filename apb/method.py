@@ -16,6 +16,7 @@ import torch
 from apb.compress import make_compressor
 from apb.layout import build_plan, lead_inputs, resolve_sizes
 from apb.passing import all_gather_blocks, compressed_block
+from longctx.costmodel import apb_work
 from longctx.errors import LongCtxError
 from longctx.kernels import attention
 from longctx.method import Method
@@ -40,19 +41,45 @@ class APBAttention(Method):
             self.compressor.check(model_config)
 
     def plan(self, doc_len, query_len, world):
-        """Contiguous blocks, anchor / probe rows and passing sizes (see `apb.layout`)."""
+        """Contiguous blocks, anchor / probe rows and passing sizes (see `apb.layout`), estimated.
+
+        `config.balance` "auto" sizes the blocks so every host's estimated time is the same
+        (kept only when its estimated critical path is not longer than the equal split's;
+        `details["balance"]` says which plan was used and `details["equal_critical_ms"]` what
+        the equal split would take).
+        """
         if doc_len < 1:
             raise LongCtxError("the document is empty")
         sizes = resolve_sizes(self.config, doc_len, query_len, world, star=self.star)
-        plan = build_plan(
-            self.name, sizes, doc_len, query_len, world,
+        rules = dict(
             question_in_anchor=not self.star,
             needs_question=self.compressor is not None and self.compressor.needs_question,
             head_tokens=self.config.anchor_head_tokens,
         )
+        plan = self.estimate(build_plan(self.name, sizes, doc_len, query_len, world, **rules))
+        balance = "equal"
+        if getattr(self.config, "balance", "equal") == "auto" and world > 1:
+            model = self.cost_model()
+            balanced = self.estimate(build_plan(
+                self.name, sizes, doc_len, query_len, world, **rules,
+                host_ms=lambda host: model.host_ms(apb_work(host, world, sizes.passing, model.shape)),
+                tile=model.coeffs.tile, speeds=model.speeds,
+            ))
+            equal_ms = plan.critical_ms
+            if balanced.critical_ms <= equal_ms:
+                plan, balance = balanced, "auto"
+            else:
+                balance = "auto (equal split kept: not faster)"
+            plan.details["equal_critical_ms"] = equal_ms
+        plan.details["balance"] = balance
         if self.compressor is not None:
             plan.details["compressor"] = self.compressor.name
         return plan
+
+    def host_work(self, plan, host):
+        """Lead and local rows, APB's pairs, keys scored, and the padded passing all-gather."""
+        max_sends = max((other.sends for other in plan.hosts), default=0)
+        return apb_work(host, plan.world, max_sends, self.cost_model().shape)
 
     def local_inputs(self, plan, rank, doc_ids, query_ids):
         """Lead rows (anchor or probe, positions 0..lead-1) then the owned block at its global positions."""

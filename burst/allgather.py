@@ -7,10 +7,10 @@ attends). Zigzag split by default so the causal work is balanced.
 
 import torch
 
+from longctx.costmodel import allgather_work
 from longctx.errors import LongCtxError
 from longctx.kernels import attention
 from longctx.method import Method
-from longctx.plan import simple_plan
 
 
 class AllGatherAttention(Method):
@@ -24,8 +24,12 @@ class AllGatherAttention(Method):
             raise LongCtxError("allgather supports the zigzag and contiguous layouts")
 
     def plan(self, doc_len, query_len, world):
-        """Zigzag by default."""
-        return simple_plan(self.name, doc_len, query_len, world, self.config.layout or "zigzag")
+        """Zigzag by default; contiguous blocks are sized per `config.balance`."""
+        return self.layout_plan(doc_len, query_len, world, self.config.layout or "zigzag")
+
+    def host_work(self, plan, host):
+        """Causal pairs of the owned queries; all other K/V gathered before attention."""
+        return allgather_work(host.spans, plan.doc_len, plan.world, self.cost_model().shape)
 
     def prefill_attention(self, ctx, layer, q, k, v, scale):
         """Gather [K; V] from every worker into global order, then attend each local span."""

@@ -3,7 +3,6 @@
 from longctx.errors import LongCtxError
 from longctx.kernels import attention
 from longctx.method import Method
-from longctx.plan import simple_plan
 
 
 class DenseAttention(Method):
@@ -18,7 +17,7 @@ class DenseAttention(Method):
 
     def plan(self, doc_len, query_len, world):
         """All tokens on host 0."""
-        return simple_plan(self.name, doc_len, query_len, world, "contiguous")
+        return self.layout_plan(doc_len, query_len, world, "contiguous")
 
     def prefill_attention(self, ctx, layer, q, k, v, scale):
         """Keep all K/V; causal attention over the local block."""

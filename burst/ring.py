@@ -12,10 +12,10 @@ import torch
 from burst.accumulator import Accumulator
 from burst.blocks import block_items
 from burst.schedules import double_ring, single_ring
+from longctx.costmodel import ring_work
 from longctx.errors import LongCtxError
 from longctx.kernels import attention
 from longctx.method import Method
-from longctx.plan import simple_plan
 
 
 class RingAttention(Method):
@@ -34,8 +34,13 @@ class RingAttention(Method):
             raise LongCtxError("--intra-size (double ring) applies to method 'burst' only")
 
     def plan(self, doc_len, query_len, world):
-        """Spans from the layout helpers; each worker keeps the K/V of the tokens it holds."""
-        return simple_plan(self.name, doc_len, query_len, world, self.config.layout or self.default_layout)
+        """Spans from the layout helpers (contiguous blocks sized per `config.balance`); each
+        worker keeps the K/V of the tokens it holds."""
+        return self.layout_plan(doc_len, query_len, world, self.config.layout or self.default_layout)
+
+    def host_work(self, plan, host):
+        """Causal pairs of the owned queries; every other host's K/V arrives once, overlapped with compute."""
+        return ring_work(host.spans, plan.doc_len, plan.world, self.cost_model().shape)
 
     def schedule(self, ctx, block, block_shape):
         """The order blocks arrive in: a single ring."""

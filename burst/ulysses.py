@@ -8,10 +8,10 @@ attention runs causally on the full sequence; a second all-to-all returns the ou
 
 import torch
 
+from longctx.costmodel import ulysses_work
 from longctx.errors import LongCtxError
 from longctx.kernels import attention
 from longctx.method import Method
-from longctx.plan import simple_plan
 
 
 def head_ranges(q_heads, kv_heads, world):
@@ -47,8 +47,12 @@ class UlyssesAttention(Method):
             raise LongCtxError("ulysses uses the contiguous layout only")
 
     def plan(self, doc_len, query_len, world):
-        """Contiguous shards."""
-        return simple_plan(self.name, doc_len, query_len, world, "contiguous")
+        """Contiguous shards, sized per `config.balance`."""
+        return self.layout_plan(doc_len, query_len, world, "contiguous")
+
+    def host_work(self, plan, host):
+        """Causal attention over the whole document for this rank's heads; three all-to-alls."""
+        return ulysses_work(host.num_tokens, host.rank, plan.doc_len, plan.world, self.cost_model().shape)
 
     def prefill_attention(self, ctx, layer, q, k, v, scale):
         """Sequence shards -> head shards, causal attention, and back."""

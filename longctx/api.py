@@ -75,6 +75,7 @@ def validate_request(config, model_config, doc_len, query_len, method=None):
     """Check method, worker count and lengths on the driver, before any worker is involved."""
     runner = get_method(method or config.method, config)
     runner.check(model_config, config.nproc)
+    runner.use_model(model_config)
     runner.plan(doc_len, query_len, config.nproc)
 
 

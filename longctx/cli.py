@@ -8,7 +8,7 @@ import argparse
 import json
 import sys
 
-from longctx.config import add_run_arguments, config_from_args
+from longctx.config import DEVICES, DTYPES, add_planner_arguments, add_run_arguments, config_from_args
 from longctx.errors import LongCtxError
 
 
@@ -71,6 +71,47 @@ def _add_demo(sub):
     parser.set_defaults(func=cmd_demo)
 
 
+def _add_plan(sub):
+    parser = sub.add_parser("plan", help="who holds which tokens, and the estimated time of every host",
+                            description="Plan a run without workers: per-host token ranges, anchor and passing "
+                                        "lengths and estimated time, for equal and balanced blocks side by side. "
+                                        "--calibrate measures the cost coefficients on this device instead.")
+    parser.add_argument("--method", default="apb", help="method to plan (see `longctx methods`)")
+    parser.add_argument("--length", type=int, default=131072, help="document tokens")
+    parser.add_argument("--query-len", type=int, default=32, help="question tokens")
+    parser.add_argument("--nproc", type=int, default=8, help="number of hosts")
+    parser.add_argument("--model", default=None, help="model directory (only its config is read; no weights)")
+    shape = parser.add_argument_group("model shape without --model (default: Llama-3.1-8B)")
+    shape.add_argument("--layers", type=int, default=32)
+    shape.add_argument("--hidden", type=int, default=4096)
+    shape.add_argument("--heads", type=int, default=32)
+    shape.add_argument("--kv-heads", type=int, default=8)
+    shape.add_argument("--head-dim", type=int, default=128)
+    shape.add_argument("--intermediate", type=int, default=14336, help="MLP width")
+    parser.add_argument("--device", default="auto", choices=DEVICES, help="whose cost coefficients to use")
+    parser.add_argument("--dtype", default="auto", choices=DTYPES, help="auto: bfloat16 on CUDA, float32 on CPU")
+    parser.add_argument("--layout", default=None, help="token layout for exact methods")
+    parser.add_argument("--intra-size", type=int, default=0)
+    parser.add_argument("--anchor-len", type=int, default=None)
+    parser.add_argument("--passing-len", type=int, default=None)
+    parser.add_argument("--anchor-ratio", type=float, default=None)
+    parser.add_argument("--passing-ratio", type=float, default=None)
+    parser.add_argument("--anchor-head-tokens", type=int, default=16)
+    parser.add_argument("--compressor", default="query")
+    parser.add_argument("--retaining-heads", default=None, metavar="FILE")
+    add_planner_arguments(parser, balance_default=None)
+    parser.add_argument("--calibrate", action="store_true",
+                        help="time the real kernels on this device for the model shape, save the coefficients "
+                             "(to --costs FILE, else ~/.cache/longctx/costs.json) and print them")
+    parser.add_argument("--calibrate-sizes", type=int, nargs="+", default=None, metavar="N",
+                        help="token counts timed by --calibrate (default: 256 512 1024 on CPU, 2048 4096 8192 on CUDA)")
+    parser.add_argument("--threads", type=int, default=None, help="CPU threads while calibrating")
+    parser.add_argument("--link-gb-per-s", type=float, default=None, help="--calibrate: link bandwidth to record")
+    parser.add_argument("--message-us", type=float, default=None, help="--calibrate: per-message latency to record")
+    parser.add_argument("--json", action="store_true", help="print one JSON object")
+    parser.set_defaults(func=cmd_plan)
+
+
 def _add_methods(sub):
     parser = sub.add_parser("methods", help="list the registered methods")
     parser.set_defaults(func=cmd_methods)
@@ -80,7 +121,7 @@ def build_parser():
     """The full `longctx` argument parser."""
     parser = argparse.ArgumentParser(prog="longctx", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
-    for add in (_add_generate, _add_compare, _add_eval, _add_tiny_model, _add_demo, _add_methods):
+    for add in (_add_generate, _add_compare, _add_eval, _add_tiny_model, _add_demo, _add_plan, _add_methods):
         add(sub)
     return parser
 
@@ -163,6 +204,45 @@ def cmd_demo(args):
 
     report = run_demo(nproc=args.nproc, model=args.model, method=args.method)
     print(json.dumps(report) if args.json else report["text"])
+
+
+def cmd_plan(args):
+    """`longctx plan`: equal and balanced plans with per-host estimates, or `--calibrate`."""
+    from longctx.costmodel import dtype_bytes, resolve_device_type
+    from longctx.plan_report import format_plan_report, plan_report, shape_from_args
+
+    device = resolve_device_type(args.device)
+    shape, model_config = shape_from_args(args, dtype_bytes(args.dtype, device))
+    if args.calibrate:
+        _calibrate(args, device, shape)
+        return
+    if args.length < 1:
+        raise LongCtxError(f"--length must be at least 1 (got {args.length})")
+    config = config_from_args(argparse.Namespace(**{**vars(args), "balance": args.balance or "equal"}))
+    balances = (args.balance,) if args.balance else ("equal", "auto")
+    report = plan_report(config, model_config, args.length, args.query_len, balances)
+    print(json.dumps(report) if args.json else format_plan_report(report))
+
+
+def _calibrate(args, device, shape):
+    import torch
+
+    from longctx.calibrate import calibrate
+    from longctx.costmodel import save_costs
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    dtype = None if args.dtype == "auto" else getattr(torch, args.dtype)
+    say = None if args.json else (lambda text: print(f"timing {text} on {device} ...", file=sys.stderr))
+    coeffs = calibrate(shape, device, dtype, args.calibrate_sizes, link_gb_per_s=args.link_gb_per_s,
+                       message_us=args.message_us, progress=say)
+    path = save_costs(coeffs, args.costs)
+    if args.json:
+        print(json.dumps({"device": device, "saved": str(path), "costs": coeffs.to_dict()}))
+        return
+    print(f"saved {device} cost coefficients to {path}")
+    for key, value in coeffs.to_dict().items():
+        print(f"  {key:<20} {value}")
 
 
 def cmd_methods(args):

@@ -8,6 +8,9 @@ from longctx.errors import LongCtxError
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 DEVICES = ("auto", "cpu", "cuda")
 DIST_BACKENDS = ("auto", "gloo", "nccl")
+BALANCES = ("equal", "auto")
+# Default block sizing for contiguous layouts; chosen from benchmarks/results/planner_apb.json.
+BALANCE_DEFAULT = "equal"
 
 
 @dataclass
@@ -24,6 +27,11 @@ class RunConfig:
     `anchor_head_tokens` leading document tokens precede the question in APB's anchor;
     `compressor` picks how passing blocks are chosen (query, retaining-heads, random) and
     `retaining_heads` is the safetensors file of trained retaining heads.
+
+    Planner (`longctx.plan`, `longctx.costmodel`): `balance` sizes contiguous blocks, "equal"
+    (as equal as possible) or "auto" (equal estimated time per host); `host_speeds` gives
+    relative host speeds (host time = cost / speed; None = all equal); `costs` is a cost
+    coefficient file (None: the calibrated ~/.cache/longctx/costs.json, else shipped defaults).
     """
 
     model: str = ""
@@ -44,6 +52,9 @@ class RunConfig:
     anchor_head_tokens: int = 16
     compressor: str = "query"
     retaining_heads: str = None
+    balance: str = BALANCE_DEFAULT
+    host_speeds: tuple = None
+    costs: str = None
 
     def validate(self):
         """Raise LongCtxError naming the first bad setting; returns self."""
@@ -60,6 +71,12 @@ class RunConfig:
             value = getattr(self, name)
             if value is not None and value < 0:
                 raise LongCtxError(f"--{name.replace('_', '-')} must be >= 0 (got {value})")
+        if self.balance not in BALANCES:
+            raise LongCtxError(f"--balance must be one of {', '.join(BALANCES)} (got {self.balance!r})")
+        if self.host_speeds is not None:
+            speeds = tuple(self.host_speeds)
+            if not speeds or not all(isinstance(speed, (int, float)) and speed > 0 for speed in speeds):
+                raise LongCtxError(f"--host-speeds must be positive numbers (got {','.join(map(str, speeds))})")
         for name in ("anchor_ratio", "passing_ratio"):
             value = getattr(self, name)
             if value is not None and not 0 <= value <= 1:
@@ -101,6 +118,31 @@ def add_run_arguments(parser, *, with_method=True):
                         help="apb: how passing blocks are chosen: query, retaining-heads or random")
     parser.add_argument("--retaining-heads", default=None, metavar="FILE",
                         help="apb: safetensors file of retaining heads (python -m apb.train_heads)")
+    add_planner_arguments(parser)
+    return parser
+
+
+def parse_speeds(text):
+    """argparse type of --host-speeds: '1,1,0.5' -> (1.0, 1.0, 0.5)."""
+    try:
+        speeds = tuple(float(part) for part in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
+    if not all(speed > 0 for speed in speeds):
+        raise argparse.ArgumentTypeError(f"speeds must be positive, got {text!r}")
+    return speeds
+
+
+def add_planner_arguments(parser, balance_default=BALANCE_DEFAULT):
+    """Add --balance, --host-speeds and --costs (the planner's options) to `parser`."""
+    parser.add_argument("--balance", default=balance_default, choices=BALANCES,
+                        help=f"contiguous block sizes: equal, or auto = equal estimated time per host "
+                             f"(default {BALANCE_DEFAULT})")
+    parser.add_argument("--host-speeds", type=parse_speeds, default=None, metavar="S0,S1,...",
+                        help="relative host speeds for balancing and estimates (host time = cost / speed)")
+    parser.add_argument("--costs", default=None, metavar="FILE",
+                        help="cost coefficients file (default: calibrated ~/.cache/longctx/costs.json, "
+                             "else shipped defaults)")
     return parser
 
 

@@ -79,7 +79,11 @@ class Engine:
         method = get_method(request.method or self.config.method, self.config)
         world = self.comm.world
         method.check(self.model.config, world)
+        method.use_model(self.model.config)
         plan = method.plan(len(request.doc_ids), len(request.query_ids), world)
+        # Every worker plans (so bad input fails everywhere alike), but rank 0's plan is the one
+        # run: cost files may differ between machines and balanced plans must agree.
+        plan = self.comm.broadcast_object(plan, src=0).validate()
         total_len = len(request.doc_ids) + len(request.query_ids) + request.max_new_tokens
         ctx = WorkerContext(method, plan, self.comm.rank, self.comm, KVCache(),
                             self.config.kernel_backend, total_len, list(request.query_ids))

@@ -5,16 +5,23 @@ from contextlib import nullcontext
 
 import torch
 
+from longctx.costmodel import CostModel, ModelShape, dtype_bytes, local_work, resolve_device_type
 from longctx.kernels import attention, merge_many
+from longctx.plan import HostPlan, Plan, Span, balanced_block_sizes, simple_plan, split_sizes
 
 
 class Method(ABC):
     """Base class of a sequence-parallel prefill method.
 
     Subclasses set `name` and `exact`, and implement `plan` and `prefill_attention`. The engine
-    calls, on every worker: `check(model_config, world)`, `plan(doc_len, query_len, world)`,
-    `local_inputs(plan, rank, doc_ids, query_ids)`, then per layer `prefill_attention`
-    during the prefill forward and `decode_attention` during the query pass and decoding.
+    calls, on every worker: `check(model_config, world)`, `use_model(model_config)`,
+    `plan(doc_len, query_len, world)`, `local_inputs(plan, rank, doc_ids, query_ids)`, then
+    per layer `prefill_attention` during the prefill forward and `decode_attention` during
+    the query pass and decoding.
+
+    Planning: `host_work` says what one host computes and receives per layer (the cost
+    model's input); `estimate` fills every host's `est_ms`; `block_sizes` sizes contiguous
+    blocks per `config.balance` ("equal" or "auto": equal estimated times).
     """
 
     name = "base"
@@ -22,6 +29,66 @@ class Method(ABC):
 
     def __init__(self, config):
         self.config = config
+        self.shape = None
+        self._cost_model = None
+
+    def use_model(self, model_config):
+        """Plan for this model's shape (layers, widths, heads; the run's dtype). Without it the
+        cost model assumes `ModelShape()` (Llama-3.1-8B)."""
+        device = resolve_device_type(self.config.device)
+        self.shape = ModelShape.from_config(model_config, dtype_bytes(self.config.dtype, device))
+        self._cost_model = None
+        return self
+
+    def cost_model(self):
+        """The `CostModel` plans are estimated and balanced with (built once per method object)."""
+        if self._cost_model is None:
+            self._cost_model = CostModel.for_config(self.config, self.shape)
+        return self._cost_model
+
+    def host_work(self, plan, host):
+        """`HostWork` of `host` in one layer. Default: causal attention over its own tokens, no communication."""
+        return local_work(host.spans, self.cost_model().shape)
+
+    def estimate(self, plan):
+        """Fill every host's `est_ms` (and `plan.details["estimate"]`) from the cost model; returns the plan."""
+        return self.cost_model().annotate(plan, [self.host_work(plan, host) for host in plan.hosts])
+
+    def layout_plan(self, doc_len, query_len, world, layout):
+        """The estimated plan of an exact method: `layout` from `longctx.plan`, contiguous blocks
+        sized by `block_sizes`. `details["balance"]` says how tokens were balanced."""
+        contiguous = layout == "contiguous" and doc_len >= world
+        sizes = self.block_sizes(doc_len, query_len, world) if contiguous else None
+        plan = simple_plan(self.name, doc_len, query_len, world, layout, sizes)
+        if contiguous:
+            plan.details["balance"] = "auto" if sizes != split_sizes(doc_len, world) else "equal"
+        else:
+            plan.details["balance"] = f"{layout} layout"
+        return self.estimate(plan)
+
+    def block_sizes(self, doc_len, query_len, world):
+        """Contiguous block sizes: as equal as possible (`balance` "equal"), or (`balance` "auto")
+        sized so every host's estimated time is the same, with `config.host_speeds` and the
+        kernel tile, unless that is not faster by the estimate than the equal split."""
+        equal = split_sizes(doc_len, world)
+        if getattr(self.config, "balance", "equal") == "equal" or world == 1 or doc_len < world:
+            return equal
+        model = self.cost_model()
+        stub = Plan(self.name, doc_len, query_len, world, [])
+
+        def work(rank, start, size):
+            return self.host_work(stub, HostPlan(rank, (Span(start, start + size),)))
+
+        def critical(sizes):
+            start, slowest = 0, 0.0
+            for rank, size in enumerate(sizes):
+                slowest = max(slowest, model.host_ms(work(rank, start, size), rank))
+                start += size
+            return slowest
+
+        balanced = balanced_block_sizes(doc_len, world, lambda rank, start, size: model.host_ms(work(rank, start, size)),
+                                        tile=model.coeffs.tile, speeds=model.speeds)
+        return balanced if critical(balanced) <= critical(equal) else equal
 
     def check(self, model_config, world):
         """Raise LongCtxError if this method cannot run `model_config` on `world` workers."""

@@ -2,7 +2,13 @@
 
 Pure Python, no torch.distributed. A `Plan` lists for every host the spans of global token
 positions it owns (in the order they are laid out locally), plus per-method sizes (anchor,
-passing). Methods build plans with the layout helpers here; the engine only executes them.
+passing) and the cost model's estimate of its time (`longctx.costmodel`). Methods build
+plans with the layout helpers here; the engine only executes them.
+
+Balancing: `balanced_block_sizes` sizes contiguous blocks so that every host's estimated time
+is the same (bisection on the common time), rounded to the kernel's tile; zigzag and striped
+layouts balance causal work by construction; `pair_virtual_blocks` / `virtual_block_spans`
+give Spava's pairing of virtual blocks (r, 2H-1-r).
 """
 
 from dataclasses import dataclass, field
@@ -37,6 +43,7 @@ class HostPlan:
     anchor_len: int = 0
     passing_len: int = 0
     est_ms: float = None
+    est_parts: dict = None
 
     @property
     def num_tokens(self):
@@ -67,20 +74,56 @@ class Plan:
     details: dict = field(default_factory=dict)
 
     def validate(self):
-        """Raise ValueError unless every document token is owned by exactly one host."""
-        owned = [0] * self.doc_len
+        """Raise ValueError unless every document token is owned by exactly one host (and the
+        hosts are listed in rank order)."""
+        if [host.rank for host in self.hosts] != list(range(len(self.hosts))) or len(self.hosts) != self.world:
+            raise ValueError(f"the plan must list hosts 0..{self.world - 1} in order")
+        owned = bytearray(self.doc_len)
         for host in self.hosts:
-            for pos in host.positions():
-                if not 0 <= pos < self.doc_len:
-                    raise ValueError(f"host {host.rank} owns position {pos} outside the document")
-                owned[pos] += 1
-        bad = [pos for pos, count in enumerate(owned) if count != 1]
-        if bad:
-            raise ValueError(f"positions owned {owned[bad[0]]} times, first at {bad[0]}")
+            for span in host.spans:
+                positions = span.positions()
+                if not positions:
+                    continue
+                if span.step < 1 or positions[0] < 0 or positions[-1] >= self.doc_len:
+                    raise ValueError(f"host {host.rank} owns positions {positions} outside the document")
+                if owned[span.start : span.stop : span.step].count(0) != len(positions):
+                    first = next(pos for pos in positions if owned[pos])
+                    raise ValueError(f"position {first} is owned more than once (again by host {host.rank})")
+                owned[span.start : span.stop : span.step] = b"\x01" * len(positions)
+        if owned.count(0):
+            raise ValueError(f"position {owned.index(0)} is owned by no host")
         return self
 
+    def estimates(self):
+        """Per-host estimated milliseconds (None where a host has no estimate)."""
+        return [host.est_ms for host in self.hosts]
+
+    @property
+    def critical_ms(self):
+        """The slowest host's estimate: the plan's estimated critical path (None if not estimated)."""
+        values = [value for value in self.estimates() if value is not None]
+        return max(values) if values else None
+
+    @property
+    def mean_ms(self):
+        """Mean of the per-host estimates (None if not estimated)."""
+        values = [value for value in self.estimates() if value is not None]
+        return sum(values) / len(values) if values else None
+
+    def totals(self):
+        """Plan totals: tokens, lead (anchor + probe) rows, received passing keys, estimates."""
+        critical, mean = self.critical_ms, self.mean_ms
+        return {
+            "doc_tokens": sum(host.num_tokens for host in self.hosts),
+            "lead_rows": sum(getattr(host, "lead_len", host.anchor_len) for host in self.hosts),
+            "passing_received": sum(host.passing_len for host in self.hosts),
+            "critical_ms": critical,
+            "mean_ms": None if mean is None else round(mean, 4),
+            "imbalance": None if critical is None or not mean else round(critical / mean, 4),
+        }
+
     def summary(self):
-        """A JSON-ready description: per-host spans, sizes and estimates."""
+        """A JSON-ready description: per-host spans, sizes and estimates, plus totals."""
         return {
             "method": self.method,
             "layout": self.layout,
@@ -96,9 +139,11 @@ class Plan:
                     "anchor_len": host.anchor_len,
                     "passing_len": host.passing_len,
                     "est_ms": host.est_ms,
+                    "est_parts": host.est_parts,
                 }
                 for host in self.hosts
             ],
+            "totals": self.totals(),
             **self.details,
         }
 
@@ -109,20 +154,159 @@ def split_sizes(total, parts):
     return [base + (1 if index < extra else 0) for index in range(parts)]
 
 
-def _chunk_spans(total, parts):
-    """Contiguous spans covering range(total) with sizes from `split_sizes`."""
-    spans, start = [], 0
-    for size in split_sizes(total, parts):
+def contiguous_spans(sizes, start=0):
+    """Back-to-back Spans with the given sizes, the first starting at `start`."""
+    spans = []
+    for size in sizes:
         spans.append(Span(start, start + size))
         start += size
     return spans
 
 
-def layout_hosts(doc_len, world, layout):
+def _chunk_spans(total, parts):
+    """Contiguous spans covering range(total) with sizes from `split_sizes`."""
+    return contiguous_spans(split_sizes(total, parts))
+
+
+def check_sizes(sizes, doc_len, world):
+    """LongCtxError unless `sizes` has one positive size per host and sums to `doc_len`; returns a list."""
+    sizes = [int(size) for size in sizes]
+    if len(sizes) != world or sum(sizes) != doc_len or min(sizes) < 1:
+        raise LongCtxError(f"block sizes {sizes} do not give {world} non-empty blocks covering {doc_len} tokens")
+    return sizes
+
+
+def balanced_block_sizes(doc_len, world, host_cost, *, tile=1, speeds=None, rel_tol=1e-6):
+    """Contiguous block sizes, one per host in rank order, that equalise estimated host times.
+
+    `host_cost(rank, start, size)` is host `rank`'s estimated time (any unit) when it owns
+    positions [start, start + size), at speed 1; it must not decrease as `size` grows (and
+    should not grow as `start` grows for a fixed end). A host's time is cost / speeds[rank].
+
+    Bisection on the common time T: for a given T, hosts are filled in rank order, each with
+    the largest block whose time fits in T while leaving at least one token to every later
+    host; T is the smallest time at which the last host reaches the end of the document.
+    The few tokens left over just below T go one at a time to the host that stays fastest
+    with one more. Block boundaries are then rounded to multiples of `tile` (the kernel's
+    row tile) when that keeps every block non-empty. The sizes sum to `doc_len` exactly; every host gets at
+    least one token. LongCtxError when `doc_len < world` or the speeds do not fit.
+    """
+    if doc_len < world:
+        raise LongCtxError(f"a document of {doc_len} tokens is too short for {world} workers (needs at least {world})")
+    speeds = check_speeds(speeds, world)
+    if world == 1:
+        return [doc_len]
+
+    def seconds(rank, start, size):
+        return host_cost(rank, start, size) / speeds[rank]
+
+    def fill(limit):
+        sizes, start = [], 0
+        for rank in range(world):
+            room = doc_len - start - (world - 1 - rank)
+            if seconds(rank, start, room) <= limit:
+                size = room
+            elif seconds(rank, start, 1) > limit:
+                size = 1
+            else:
+                fits, fails = 1, room
+                while fails - fits > 1:
+                    middle = (fits + fails) // 2
+                    if seconds(rank, start, middle) <= limit:
+                        fits = middle
+                    else:
+                        fails = middle
+                size = fits
+            sizes.append(size)
+            start += size
+        return sizes
+
+    equal = contiguous_spans(split_sizes(doc_len, world))
+    high = max(seconds(rank, span.start, len(span)) for rank, span in enumerate(equal))
+    for _ in range(64):
+        if sum(fill(high)) == doc_len:
+            break
+        high *= 2
+    else:
+        high = float("inf")
+    low = 0.0
+    while high != float("inf") and high - low > rel_tol * high:
+        middle = (low + high) / 2
+        if sum(fill(middle)) == doc_len:
+            high = middle
+        else:
+            low = middle
+    sizes = fill(low)
+    if doc_len - sum(sizes) > 4 * world:  # not converged close enough to share out token by token
+        return round_boundaries(fill(high), tile)
+    while sum(sizes) < doc_len:
+        starts = [sum(sizes[:rank]) for rank in range(world)]
+        rank = min(range(world), key=lambda r: seconds(r, starts[r], sizes[r] + 1))
+        sizes[rank] += 1
+    return round_boundaries(sizes, tile)
+
+
+def round_boundaries(sizes, tile):
+    """`sizes` with every block boundary moved to the nearest multiple of `tile`.
+
+    The first block still starts at 0 and the last ends at sum(sizes); when rounding would
+    leave a block empty the sizes are returned unchanged.
+    """
+    if tile <= 1 or len(sizes) < 2:
+        return list(sizes)
+    bounds, total = [], 0
+    for size in sizes:
+        total += size
+        bounds.append(total)
+    rounded = [0] + [tile * ((bound + tile // 2) // tile) for bound in bounds[:-1]] + [total]
+    steps = [after - before for before, after in zip(rounded, rounded[1:])]
+    return steps if min(steps) >= 1 else list(sizes)
+
+
+def check_speeds(speeds, world):
+    """Relative host speeds as a list of `world` positive floats (all 1.0 when `speeds` is empty,
+    and for a single worker, which has nothing to balance against)."""
+    if not speeds or world == 1:
+        return [1.0] * world
+    speeds = [float(speed) for speed in speeds]
+    if len(speeds) != world:
+        raise LongCtxError(f"--host-speeds gives {len(speeds)} speeds for {world} workers")
+    if min(speeds) <= 0:
+        raise LongCtxError(f"--host-speeds must all be positive (got {min(speeds)})")
+    return speeds
+
+
+def pair_virtual_blocks(world):
+    """Spava's pairing of 2*world virtual blocks: physical host r holds virtual blocks r and 2*world-1-r.
+
+    A virtual block's passing work grows with its index, so each pair's sum of indices is the
+    same (2*world - 1) and the pairs' work is balanced.
+    """
+    return [(rank, 2 * world - 1 - rank) for rank in range(world)]
+
+
+def virtual_block_spans(doc_len, world, start=0, sizes=None):
+    """Per host, the two Spans of its virtual blocks, in virtual order (see `pair_virtual_blocks`).
+
+    Positions start..start+doc_len-1 (after Spava's anchor, say) are split into 2*world
+    contiguous virtual blocks, by `sizes` when given (2*world positive sizes) else as equally
+    as possible. LongCtxError when there are fewer tokens than virtual blocks.
+    """
+    blocks = 2 * world
+    if doc_len < blocks:
+        raise LongCtxError(f"{doc_len} tokens are too few for {blocks} virtual blocks on {world} workers "
+                           f"(needs at least {blocks})")
+    sizes = check_sizes(sizes, doc_len, blocks) if sizes is not None else split_sizes(doc_len, blocks)
+    spans = contiguous_spans(sizes, start)
+    return [(spans[first], spans[second]) for first, second in pair_virtual_blocks(world)]
+
+
+def layout_hosts(doc_len, world, layout, sizes=None):
     """Per-host span tuples for `layout` in LAYOUTS, checking the document is long enough.
 
-    contiguous: host r holds chunk r of `world` chunks; zigzag: chunks r and 2*world-1-r of
-    2*world chunks (balances causal attention); striped: every position p with p % world == r.
+    contiguous: host r holds chunk r of `world` chunks (of `sizes` when given, else as equal as
+    possible); zigzag: chunks r and 2*world-1-r of 2*world chunks (balances causal attention);
+    striped: every position p with p % world == r.
     """
     if layout not in LAYOUTS:
         raise LongCtxError(f"unknown layout {layout!r}; choose one of {', '.join(LAYOUTS)}")
@@ -132,17 +316,23 @@ def layout_hosts(doc_len, world, layout):
             f"a document of {doc_len} tokens is too short for {world} workers with the {layout} "
             f"layout (needs at least {need} tokens)"
         )
+    if sizes is not None and layout != "contiguous":
+        raise LongCtxError(f"block sizes apply to the contiguous layout only (got {layout!r})")
     if layout == "contiguous":
-        return [(span,) for span in _chunk_spans(doc_len, world)]
+        chunks = contiguous_spans(check_sizes(sizes, doc_len, world)) if sizes is not None else _chunk_spans(doc_len, world)
+        return [(span,) for span in chunks]
     if layout == "zigzag":
         chunks = _chunk_spans(doc_len, 2 * world)
         return [(chunks[rank], chunks[2 * world - 1 - rank]) for rank in range(world)]
     return [(Span(rank, doc_len, world),) for rank in range(world)]
 
 
-def simple_plan(method, doc_len, query_len, world, layout):
-    """A validated plan with hosts from `layout_hosts` and no anchor/passing (exact methods)."""
+def simple_plan(method, doc_len, query_len, world, layout, sizes=None):
+    """A validated plan with hosts from `layout_hosts` and no anchor/passing (exact methods).
+
+    `sizes` gives the contiguous layout's block sizes (default: as equal as possible).
+    """
     if doc_len < 1:
         raise LongCtxError("the document is empty")
-    hosts = [HostPlan(rank, spans) for rank, spans in enumerate(layout_hosts(doc_len, world, layout))]
+    hosts = [HostPlan(rank, spans) for rank, spans in enumerate(layout_hosts(doc_len, world, layout, sizes))]
     return Plan(method, doc_len, query_len, world, hosts, layout=layout).validate()

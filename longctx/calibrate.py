@@ -1,0 +1,122 @@
+"""Measure the cost model's coefficients on this device with the real kernels (`longctx plan --calibrate`).
+
+Times, for a few sizes each, on the current device and dtype:
+
+* a linear layer of the model's width (hidden -> intermediate): token work, GFLOP/s;
+* `longctx.kernels.attention` (causal, the model's heads / KV heads / head dim): attention
+  work, GFLOP/s over the pairs it computes;
+* the query compressor's scoring and top-k selection (`apb.compress`): ns per key and KV head;
+
+and fits time = a + b * work by least squares (rate = 1 / b; the fixed cost a is the same on
+every host and does not move the balance). The link bandwidth and message latency cannot be
+measured from one device: they are kept from the current coefficients unless given.
+"""
+
+import statistics
+import time
+from dataclasses import replace
+from types import SimpleNamespace
+
+import torch
+
+from longctx.costmodel import CostCoefficients, load_costs, resolve_device_type
+from longctx.kernels import attention
+
+SIZES = {"cpu": (256, 512, 1024), "cuda": (2048, 4096, 8192)}
+
+
+def _timed(fn, device, repeats):
+    """Median seconds of `repeats` calls after one warm-up call."""
+    fn()
+    times = []
+    for _ in range(repeats):
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        start = time.perf_counter()
+        fn()
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def fit_rate(work, seconds):
+    """Work per second from (work, seconds) samples: 1 / slope of a least-squares line, or the
+    ratio of totals when the slope is not positive (noisy timings)."""
+    if len(work) > 1:
+        mean_w, mean_s = statistics.fmean(work), statistics.fmean(seconds)
+        var = sum((w - mean_w) ** 2 for w in work)
+        slope = sum((w - mean_w) * (s - mean_s) for w, s in zip(work, seconds)) / var if var else 0.0
+        if slope > 0:
+            return 1.0 / slope
+    return sum(work) / sum(seconds)
+
+
+def calibrate(shape, device="auto", dtype=None, sizes=None, repeats=3, link_gb_per_s=None, message_us=None,
+              base=None, progress=None):
+    """Measured `CostCoefficients` for `device` ("auto", "cpu", "cuda") and a `ModelShape`.
+
+    `dtype` defaults to bfloat16 on CUDA and float32 on CPU; `sizes` are the token counts to
+    time; `base` (default: the current coefficients of the device) supplies the link
+    bandwidth, message latency and tile unless `link_gb_per_s` / `message_us` are given.
+    `progress(text)` is called before each measurement when given.
+    """
+    kind = resolve_device_type(device)
+    torch_device = torch.device(kind)
+    dtype = dtype or (torch.bfloat16 if kind == "cuda" else torch.float32)
+    sizes = tuple(sizes or SIZES[kind])
+    base = base or load_costs(kind)
+    say = progress or (lambda text: None)
+    generator = torch.Generator(device="cpu").manual_seed(0)
+
+    def rand(*dims):
+        return torch.randn(*dims, generator=generator).to(torch_device, dtype)
+
+    say("linear layer")
+    weight = rand(shape.intermediate, shape.hidden)
+    linear_work, linear_s = [], []
+    for n in sizes:
+        x = rand(n, shape.hidden)
+        linear_work.append(2.0 * n * shape.hidden * shape.intermediate)
+        linear_s.append(_timed(lambda: torch.nn.functional.linear(x, weight), torch_device, repeats))
+
+    say("attention kernel")
+    attn_work, attn_s = [], []
+    for n in sizes:
+        q = rand(1, shape.heads, n, shape.head_dim)
+        k, v = rand(1, shape.kv_heads, n, shape.head_dim), rand(1, shape.kv_heads, n, shape.head_dim)
+        attn_work.append(float(shape.heads * n * (n + 1) // 2 * shape.pair_flops))
+        attn_s.append(_timed(lambda: attention(q, k, v, causal=True), torch_device, repeats))
+
+    say("compressor")
+    from apb.compress import QueryCompressor, select
+
+    compressor = QueryCompressor(None)
+    question = 32
+    key_counts, key_s = [], []
+    for n in sizes:
+        q = rand(1, shape.heads, question + n, shape.head_dim)
+        k = rand(1, shape.kv_heads, question + n, shape.head_dim)
+        host = SimpleNamespace(head_len=0, question_len=question, lead_len=question, protected=0, sends=max(1, n // 8))
+
+        def score_and_select():
+            return select(compressor.scores(None, 0, host, q, k, k), host, compressor.pool)
+
+        key_counts.append(float(n * shape.kv_heads))
+        key_s.append(_timed(score_and_select, torch_device, repeats))
+
+    name = torch.cuda.get_device_name(torch_device) if kind == "cuda" else f"{torch.get_num_threads()} CPU threads"
+    return replace(
+        base,
+        device=kind,
+        linear_gflops=round(fit_rate(linear_work, linear_s) / 1e9, 3),
+        attention_gflops=round(fit_rate(attn_work, attn_s) / 1e9, 3),
+        compress_ns_per_key=round(1e9 / fit_rate(key_counts, key_s), 4),
+        link_gb_per_s=link_gb_per_s if link_gb_per_s is not None else base.link_gb_per_s,
+        message_us=message_us if message_us is not None else base.message_us,
+        source=f"calibrated on {name}, {str(dtype).replace('torch.', '')}, sizes {list(sizes)}, "
+               f"{time.strftime('%Y-%m-%d')}",
+    ).validate()
+
+
+__all__ = ["calibrate", "fit_rate", "CostCoefficients"]
