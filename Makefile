@@ -23,7 +23,7 @@ demo: $(VENV)/.installed
 	$(BIN)/longctx demo --nproc 4
 
 test: $(VENV)/.installed
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q --durations=15
 
 clean:
 	rm -rf $(VENV) .pytest_cache .hypothesis

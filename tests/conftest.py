@@ -1,9 +1,15 @@
 """Shared fixtures: tiny random-weight models (written once per session) and worker pools."""
 
-import pytest
-import torch
+import os
 
-from longctx.comm import Comm
+# Triton kernels run on the CPU only under its interpreter, and the flag must be set before
+# any module imports triton (transformers and the kernel module may, in any test order).
+os.environ.setdefault("TRITON_INTERPRET", "1")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+from longctx.comm import Comm  # noqa: E402
 from longctx.config import RunConfig
 from longctx.engine import Engine, Request
 from longctx.models import load_model
