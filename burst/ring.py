@@ -40,7 +40,8 @@ class RingAttention(Method):
 
     def host_work(self, plan, host):
         """Causal pairs of the owned queries; every other host's K/V arrives once, overlapped with compute."""
-        return ring_work(host.spans, plan.doc_len, plan.world, self.cost_model().shape)
+        sources = [span for other in plan.hosts for span in other.spans]
+        return ring_work(host.spans, plan.doc_len, plan.world, self.cost_model().shape, sources)
 
     def schedule(self, ctx, block, block_shape):
         """The order blocks arrive in: a single ring."""

@@ -135,9 +135,10 @@ def parse_speeds(text):
 
 def add_planner_arguments(parser, balance_default=BALANCE_DEFAULT):
     """Add --balance, --host-speeds and --costs (the planner's options) to `parser`."""
+    shown = balance_default or "both, side by side"
     parser.add_argument("--balance", default=balance_default, choices=BALANCES,
                         help=f"contiguous block sizes: equal, or auto = equal estimated time per host "
-                             f"(default {BALANCE_DEFAULT})")
+                             f"(default: {shown})")
     parser.add_argument("--host-speeds", type=parse_speeds, default=None, metavar="S0,S1,...",
                         help="relative host speeds for balancing and estimates (host time = cost / speed)")
     parser.add_argument("--costs", default=None, metavar="FILE",

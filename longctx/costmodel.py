@@ -5,8 +5,12 @@ Per host and per layer the estimate adds four parts:
 
 * token work: every row the host runs (owned tokens plus anchor / probe rows) goes through
   the projections and the MLP, `ModelShape.token_flops` FLOPs per row, at `linear_gflops`;
-* attention work: the query-key pairs the method actually computes under its mask, summed
-  over query heads (`HostWork.head_pairs`), 4 * head_dim FLOPs per pair, at `attention_gflops`;
+* attention work: the query-key pairs the method's kernel calls compute, summed over query
+  heads, 4 * head_dim FLOPs per pair, at `attention_gflops`. A kernel that skips masked
+  blocks (Triton, FlashAttention: `attention_pairs` "visible") computes the pairs visible
+  under the method's mask (`HostWork.head_pairs`); the torch reference (the CPU path,
+  `attention_pairs` "all") computes every query x key score of each call and masks after
+  (`HostWork.head_rect_pairs`);
 * compressor work: keys scored to choose passing blocks, per KV head, `compress_ns_per_key`;
 * communication: bytes received over a link of `link_gb_per_s` plus `message_us` per message;
   ring schedules overlap it with attention (the larger of the two counts), the other methods
@@ -104,6 +108,8 @@ class CostCoefficients:
     """Throughputs and latencies of one device type (see the module docstring for their use).
 
     `tile` is the kernel's row tile: balanced block boundaries are rounded to it.
+    `attention_pairs`: "visible" when the attention kernel skips masked blocks, "all" when it
+    computes every query x key score of a call (the torch reference).
     `source` says where the numbers come from (shipped defaults or a calibration).
     """
 
@@ -115,6 +121,7 @@ class CostCoefficients:
     message_us: float
     tile: int = 64
     source: str = "shipped"
+    attention_pairs: str = "visible"
 
     def validate(self):
         """LongCtxError unless the rates are positive; returns self."""
@@ -123,6 +130,8 @@ class CostCoefficients:
                 raise LongCtxError(f"cost coefficients for {self.device}: {name} must be positive")
         if self.compress_ns_per_key < 0 or self.message_us < 0 or self.tile < 1:
             raise LongCtxError(f"cost coefficients for {self.device}: negative time or tile < 1")
+        if self.attention_pairs not in ("visible", "all"):
+            raise LongCtxError(f"cost coefficients for {self.device}: attention_pairs must be 'visible' or 'all'")
         return self
 
     @classmethod
@@ -213,13 +222,16 @@ def dtype_bytes(dtype, device_type):
 class HostWork:
     """One host's work in one layer.
 
-    rows: rows through projections and MLP; head_pairs: query-key pairs computed, summed over
-    query heads; scored_keys: keys the compressor scores, summed over KV heads; recv_bytes and
-    messages: what the host receives; overlapped: communication hides behind attention.
+    rows: rows through projections and MLP; head_pairs: query-key pairs visible under the
+    method's mask, summed over query heads; head_rect_pairs: query x key scores of every
+    kernel call (q_len * k_len), summed over query heads; scored_keys: keys the compressor
+    scores, summed over KV heads; recv_bytes and messages: what the host receives;
+    overlapped: communication hides behind attention.
     """
 
     rows: int = 0
     head_pairs: int = 0
+    head_rect_pairs: int = 0
     scored_keys: int = 0
     recv_bytes: int = 0
     messages: int = 0
@@ -242,16 +254,40 @@ def triangle(count):
     return count * (count + 1) // 2
 
 
+def prefix_rect_pairs(spans):
+    """Scores of calls where each contiguous span's queries attend to every key before its end
+    (sum of len * stop): all-gather's calls, and the ring's work items when every host's
+    spans are contiguous (a block before a span is attended in full, the span itself causally)."""
+    return sum(len(span) * span.stop for span in spans)
+
+
+def striped_rect_pairs(q_spans, source_spans):
+    """Scores of the ring's work items for striped spans (as `burst.blocks` pairs them):
+    per key stripe a causal square of min(n_k, n_q - shift) rows and, below it, a full block."""
+    total = 0
+    for q_span in q_spans:
+        n_q = len(q_span)
+        for k_span in source_spans:
+            n_k = len(k_span)
+            shift = 1 if k_span.start > q_span.start else 0
+            square = max(0, min(n_k, n_q - shift))
+            total += square * square + max(0, n_q - shift - n_k) * n_k
+    return total
+
+
 def local_work(spans, shape):
-    """Attention over the owned tokens only, as if the host held the document from position 0 (dense)."""
+    """Causal attention among the host's own tokens only (dense: one host holding everything)."""
     rows = sum(len(span) for span in spans)
-    return HostWork(rows=rows, head_pairs=shape.heads * causal_pairs(spans))
+    return HostWork(rows=rows, head_pairs=shape.heads * triangle(rows), head_rect_pairs=shape.heads * rows * rows)
 
 
-def ring_work(spans, doc_len, world, shape):
-    """Ring / BurstAttention: causal pairs of the owned queries; every other block arrives once, overlapped."""
+def ring_work(spans, doc_len, world, shape, source_spans=()):
+    """Ring / BurstAttention: causal pairs of the owned queries; every other block arrives once,
+    overlapped. Striped spans need every host's spans (`source_spans`, flattened) to count scores."""
     rows = sum(len(span) for span in spans)
-    return HostWork(rows=rows, head_pairs=shape.heads * causal_pairs(spans),
+    striped = any(span.step != 1 for span in spans)
+    rect = striped_rect_pairs(spans, source_spans) if striped else prefix_rect_pairs(spans)
+    return HostWork(rows=rows, head_pairs=shape.heads * causal_pairs(spans), head_rect_pairs=shape.heads * rect,
                     recv_bytes=(doc_len - rows) * shape.kv_bytes, messages=world - 1, overlapped=True)
 
 
@@ -259,6 +295,7 @@ def allgather_work(spans, doc_len, world, shape):
     """All-gather CP: causal pairs of the owned queries; the whole K/V is gathered before attention."""
     rows = sum(len(span) for span in spans)
     return HostWork(rows=rows, head_pairs=shape.heads * causal_pairs(spans),
+                    head_rect_pairs=shape.heads * prefix_rect_pairs(spans),
                     recv_bytes=(doc_len - rows) * shape.kv_bytes, messages=world - 1)
 
 
@@ -277,8 +314,8 @@ def ulysses_work(rows, rank, doc_len, world, shape):
     value = shape.head_dim * shape.dtype_bytes
     others = doc_len - rows
     received = others * (q_heads + 2 * kv_heads) * value + rows * (shape.heads - q_heads) * value
-    return HostWork(rows=rows, head_pairs=q_heads * triangle(doc_len), recv_bytes=received,
-                    messages=3 * (world - 1))
+    return HostWork(rows=rows, head_pairs=q_heads * triangle(doc_len), head_rect_pairs=q_heads * doc_len * doc_len,
+                    recv_bytes=received, messages=3 * (world - 1))
 
 
 def apb_pairs(anchor_len, probe_len, passing_len, rows):
@@ -288,6 +325,12 @@ def apb_pairs(anchor_len, probe_len, passing_len, rows):
     of the passing block, all of the anchor (never a probe) and their block causally.
     """
     return triangle(anchor_len) + triangle(probe_len) + rows * (passing_len + anchor_len) + triangle(rows)
+
+
+def apb_rect_pairs(anchor_len, probe_len, passing_len, rows):
+    """Scores of one APB host's kernel calls: [anchor ; local] x [P ; anchor ; local] in one
+    call, or a probe call (probe x probe) and a local call (local x [P ; local])."""
+    return (anchor_len + rows) * (passing_len + anchor_len + rows) + probe_len * probe_len
 
 
 def apb_work(host, world, max_sends, shape):
@@ -302,6 +345,7 @@ def apb_work(host, world, max_sends, shape):
     return HostWork(
         rows=host.lead_len + rows,
         head_pairs=shape.heads * apb_pairs(host.anchor_len, host.probe_len, host.passing_len, rows),
+        head_rect_pairs=shape.heads * apb_rect_pairs(host.anchor_len, host.probe_len, host.passing_len, rows),
         scored_keys=scored,
         recv_bytes=(world - 1) * max_sends * shape.kv_bytes if passing else 0,
         messages=world - 1 if passing else 0,
@@ -364,7 +408,8 @@ class CostModel:
         shape, coeffs = self.shape, self.coeffs
         layers = shape.layers / (self.speed(rank) if speed is None else speed)
         token = work.rows * shape.token_flops / (coeffs.linear_gflops * 1e6)
-        attention = work.head_pairs * shape.pair_flops / (coeffs.attention_gflops * 1e6)
+        pairs = work.head_rect_pairs if coeffs.attention_pairs == "all" else work.head_pairs
+        attention = pairs * shape.pair_flops / (coeffs.attention_gflops * 1e6)
         compress = work.scored_keys * coeffs.compress_ns_per_key * 1e-6
         comm = work.recv_bytes / (coeffs.link_gb_per_s * 1e6) + work.messages * coeffs.message_us * 1e-3
         exposed = max(attention, comm) - attention if work.overlapped else comm

@@ -18,8 +18,8 @@ from longctx.api import LongContextLM
 from longctx.cli import main as cli_main
 from longctx.compare import random_prompt
 from longctx.config import RunConfig
-from longctx.costmodel import (CostCoefficients, CostModel, ModelShape, apb_pairs, causal_pairs, load_costs,
-                               save_costs, ulysses_heads)
+from longctx.costmodel import (CostCoefficients, CostModel, HostWork, ModelShape, apb_pairs, apb_rect_pairs,
+                               causal_pairs, load_costs, save_costs, ulysses_heads)
 from longctx.engine import Request
 from longctx.errors import LongCtxError
 from longctx.kernels.reference import _visibility
@@ -132,15 +132,28 @@ def _bottom_right_pairs(n_q, n_k):
 def test_ring_pairs_match_the_work_items(layout, doc_len, world):
     from burst.blocks import block_items
 
-    _, plan = make_plan("burst", doc_len, world, layout=layout)
+    runner, plan = make_plan("burst", doc_len, world, layout=layout)
     for host in plan.hosts:
-        computed = 0
+        computed = scores = 0
         for source in plan.hosts:
             for item in block_items(host.spans, source.spans):
                 n_q = item.q_rows.stop - item.q_rows.start
                 n_k = item.k_rows.stop - item.k_rows.start
                 computed += _bottom_right_pairs(n_q, n_k) if item.causal else n_q * n_k
-        assert computed == causal_pairs(host.spans)
+                scores += n_q * n_k
+        work = runner.host_work(plan, host)
+        assert computed == causal_pairs(host.spans) == work.head_pairs // SHAPE.heads
+        assert scores == work.head_rect_pairs // SHAPE.heads
+
+
+@pytest.mark.parametrize("layout", ["contiguous", "zigzag"])
+def test_allgather_pairs_match_its_calls(layout):
+    runner, plan = make_plan("allgather", 97, 3, layout=layout)
+    for host in plan.hosts:
+        work = runner.host_work(plan, host)
+        calls = [(len(span), span.stop) for span in host.spans]  # queries of a span over keys [0, stop)
+        assert work.head_pairs // SHAPE.heads == sum(_bottom_right_pairs(n_q, n_k) for n_q, n_k in calls)
+        assert work.head_rect_pairs // SHAPE.heads == sum(n_q * n_k for n_q, n_k in calls)
 
 
 @pytest.mark.parametrize("anchor,passing,rows", [(0, 0, 9), (5, 0, 7), (5, 12, 7), (0, 12, 7), (6, 30, 1)])
@@ -149,10 +162,12 @@ def test_apb_pairs_match_the_kernel_mask(anchor, passing, rows):
     q_len, k_len = anchor + rows, passing + anchor + rows
     mask = _visibility(q_len, k_len, True, anchor, passing, torch.device("cpu"))
     assert int(mask.sum()) == apb_pairs(anchor, 0, passing, rows)
+    assert mask.numel() == apb_rect_pairs(anchor, 0, passing, rows)
     # a probe is attended separately: probe rows causal over the probe, local rows over [P ; local]
     probe = 4
     local = _visibility(rows, passing + rows, True, 0, 0, torch.device("cpu"))
     assert int(local.sum()) + probe * (probe + 1) // 2 == apb_pairs(0, probe, passing, rows)
+    assert local.numel() + probe * probe == apb_rect_pairs(0, probe, passing, rows)
 
 
 @pytest.mark.parametrize("heads,kv_heads,world", [(32, 8, 8), (32, 8, 16), (8, 2, 4), (4, 4, 2), (4, 2, 4)])
@@ -306,6 +321,12 @@ def test_costs_load_save_and_errors(tmp_path):
         load_costs("tpu")
     model = CostModel(SHAPE, custom)
     assert model.describe()["costs"] == "test"
+    # the torch reference computes every score of a call, a block-skipping kernel the visible ones
+    work = HostWork(head_pairs=1000, head_rect_pairs=2000)
+    dense_kernel = CostModel(SHAPE, CostCoefficients("cpu", 10.0, 1.0, 5.0, 1.0, 50.0, 1, "t", "all"))
+    assert dense_kernel.host_estimate(work).attention_ms == pytest.approx(2 * model.host_estimate(work).attention_ms)
+    with pytest.raises(LongCtxError, match="attention_pairs must be"):
+        CostCoefficients("cpu", 1.0, 1.0, 1.0, 1.0, 1.0, 1, "t", "some").validate()
 
 
 @pytest.mark.parametrize("options,message", [
