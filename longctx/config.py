@@ -9,8 +9,10 @@ DTYPES = ("auto", "float32", "bfloat16", "float16")
 DEVICES = ("auto", "cpu", "cuda")
 DIST_BACKENDS = ("auto", "gloo", "nccl")
 BALANCES = ("equal", "auto")
-# Default block sizing for contiguous layouts; chosen from benchmarks/results/planner_apb.json.
-BALANCE_DEFAULT = "equal"
+# Default block sizing for contiguous layouts: "auto", from benchmarks/results/planner_apb.json
+# (APB, 4 CPU workers, 8K tokens: the slowest host's compute 1.34x shorter than with equal blocks,
+# wall clock 1.05x on an oversubscribed 2-core machine; the same needle accuracy).
+BALANCE_DEFAULT = "auto"
 
 
 @dataclass

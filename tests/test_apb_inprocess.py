@@ -98,7 +98,7 @@ def test_full_passing_without_anchor_equals_dense(models, model_name, world):
     path, model = models[model_name]
     doc, question = prompt(203 + world)
     reference = dense_result(path, doc, question)
-    config = RunConfig(model=path, method="apb", anchor_len=0, passing_ratio=1.0)
+    config = RunConfig(model=path, method="apb", anchor_len=0, passing_ratio=1.0, balance="equal")
     result = run_workers(model, config, Request(doc, question, 6, "apb", True), world)
     assert relative_error(result, reference) <= TOLERANCE
     assert result["tokens"] == reference["tokens"]
@@ -112,7 +112,7 @@ def test_full_passing_without_anchor_equals_dense(models, model_name, world):
 @pytest.mark.parametrize("model_name", ["llama", "qwen2"])
 @pytest.mark.parametrize("method,world,options", [
     ("apb", 1, {}), ("star", 1, {}), ("apb", 1, {"compressor": "random"}),
-    ("star", 2, {}),  # with two hosts Star's default anchor is host 0's whole block: exact
+    ("star", 2, {"balance": "equal"}),  # two equal hosts: Star's default anchor is host 0's whole block: exact
 ])
 def test_exact_special_cases(models, model_name, method, world, options):
     path, model = models[model_name]
@@ -127,7 +127,7 @@ def test_exact_special_cases(models, model_name, method, world, options):
 @pytest.mark.parametrize("compressor", ["query", "random", "retaining-heads"])
 def test_compressors_run_and_report_sizes(models, tmp_path_factory, compressor):
     path, model = models["llama"]
-    options = {"compressor": compressor}
+    options = {"compressor": compressor, "balance": "equal"}
     if compressor == "retaining-heads":
         heads = str(tmp_path_factory.mktemp("heads") / "heads.safetensors")
         train_heads(path, ["a small text about apples and pears. " * 30], heads, seq_len=128, tail=16, hidden=16,

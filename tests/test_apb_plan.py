@@ -28,7 +28,7 @@ def test_rule_matches_the_paper_and_rounds_to_tiles():
 
 
 def test_paper_setting_128k_on_8_hosts():
-    _, plan = apb_plan(131072, 20, 8)
+    _, plan = apb_plan(131072, 20, 8, balance="equal")  # the published equal split
     details = plan.details
     assert (details["anchor_len"], details["passing_len"]) == (4096, 2048)
     assert details["block_sizes"] == [16384] * 8 and details["passing_tokens"] == [2048] * 7 + [0]
@@ -42,7 +42,7 @@ def test_paper_setting_128k_on_8_hosts():
 def test_anchor_holds_head_tokens_question_then_more_document():
     doc = list(range(100, 400))
     question = [1, 2, 3]
-    runner, plan = apb_plan(len(doc), len(question), 3, anchor_len=40, passing_len=10)
+    runner, plan = apb_plan(len(doc), len(question), 3, anchor_len=40, passing_len=10, balance="equal")
     ids, positions = runner.local_inputs(plan, 2, doc, question)
     assert ids[:40] == doc[:16] + question + doc[16:37]
     assert positions == list(range(40)) + list(range(200, 300))
@@ -76,7 +76,7 @@ def test_star_anchor_is_the_first_block_without_question():
 
 
 def test_full_passing_without_anchor_needs_no_scoring():
-    _, plan = apb_plan(301, 4, 4, anchor_len=0, passing_ratio=1.0)
+    _, plan = apb_plan(301, 4, 4, anchor_len=0, passing_ratio=1.0, balance="equal")
     assert [host.sends for host in plan.hosts] == [76, 75, 75, 0]
     assert [host.passing_len for host in plan.hosts] == [0, 76, 151, 226]
     assert not any(host.selects or host.lead_len for host in plan.hosts)

@@ -23,7 +23,7 @@ TOLERANCE = 1e-4
 def full_passing_pool(tiny_model):
     """2 workers running APB with no anchor and passing blocks covering every earlier key."""
     path = tiny_model("llama")
-    with LongContextLM(path, method="apb", nproc=2, anchor_len=0, passing_ratio=1.0) as lm:
+    with LongContextLM(path, method="apb", nproc=2, anchor_len=0, passing_ratio=1.0, balance="equal") as lm:
         yield path, lm
 
 
@@ -52,8 +52,8 @@ def test_pool_rejects_bad_requests_and_keeps_serving(full_passing_pool):
 def test_cli_generate_apb_json_reports_sizes_and_bytes(tiny_model, tmp_path, capsys):
     doc = tmp_path / "doc.txt"
     doc.write_text("the quick brown fox jumps over the lazy dog. " * 22)  # 990 characters + BOS
-    status = cli_main(["generate", "--model", tiny_model("qwen2"), "--method", "apb", "--nproc", "2",
-                       "--doc", str(doc), "--question", "what jumps?", "--max-new-tokens", "3", "--json"])
+    status = cli_main(["generate", "--model", tiny_model("qwen2"), "--method", "apb", "--nproc", "2", "--balance",
+                       "equal", "--doc", str(doc), "--question", "what jumps?", "--max-new-tokens", "3", "--json"])
     assert status == 0
     report = json.loads(capsys.readouterr().out)
     plan = report["plan"]
