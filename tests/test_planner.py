@@ -10,7 +10,7 @@ import types
 
 import pytest
 import torch
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from conftest import dense_result, relative_error
@@ -236,6 +236,13 @@ def _check_plan(runner, plan, doc_len, world, query_len):
        world=st.integers(1, 16), query_len=st.integers(1, 40),
        balance=st.sampled_from(["equal", "auto"]), layout=st.sampled_from([None, "contiguous", "zigzag", "striped"]),
        slow_host=st.one_of(st.none(), st.floats(0.25, 4)))
+@example("apb", 2**20, 16, 40, "auto", None, None)
+@example("star", 2**20, 16, 1, "auto", None, 0.5)
+@example("ring", 2**20, 13, 1, "auto", None, 2.0)
+@example("burst", 2**20, 16, 1, "equal", "striped", None)
+@example("allgather", 32, 16, 1, "auto", "zigzag", None)
+@example("ulysses", 16, 16, 1, "auto", None, None)
+@example("dense", 1, 1, 1, "auto", None, None)
 def test_every_method_plans_any_length(method, doc_len, world, query_len, balance, layout, slow_host):
     options = {"balance": balance}
     if method in ("burst", "allgather"):
