@@ -64,6 +64,9 @@ class Method(ABC):
             plan.details["balance"] = "auto" if sizes != split_sizes(doc_len, world) else "equal"
         else:
             plan.details["balance"] = f"{layout} layout"
+            if len(set(getattr(self.config, "host_speeds", None) or ())) > 1:
+                plan.details["note"] = (f"host speeds size contiguous blocks only; the {layout} layout is not "
+                                        f"resized for them (use --layout contiguous)")
         return self.estimate(plan)
 
     def block_sizes(self, doc_len, query_len, world):

@@ -301,6 +301,8 @@ def test_host_speeds_shift_tokens_to_fast_hosts():
     assert plan.critical_ms <= 1.05 * plan.mean_ms
     with pytest.raises(LongCtxError, match="gives 2 speeds for 4 workers"):
         make_plan("ring", 1000, 4, balance="auto", host_speeds=(1, 2))
+    _, zigzag = make_plan("burst", 1000, 2, host_speeds=(1, 2))
+    assert "not resized" in zigzag.details["note"]
     _, single = make_plan("dense", 1000, 1, host_speeds=(1, 2, 3, 4))  # one worker: nothing to balance
     assert single.hosts[0].num_tokens == 1000
 
