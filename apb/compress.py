@@ -20,12 +20,8 @@ from apb.taps import ProjectionTaps
 from longctx.errors import LongCtxError
 
 
-class QueryCompressor:
-    """Score = mean over question queries (and the GQA group) of q·k; needs the question in the lead rows."""
-
-    name = "query"
-    needs_question = True
-    pool = 5
+class HooklessCompressor:
+    """Shared surface of compressors that score from post-RoPE q/k alone: no checks, no hooks."""
 
     def __init__(self, config):
         self.config = config
@@ -36,6 +32,14 @@ class QueryCompressor:
     def hooks(self, ctx, model):
         """No hooks needed (post-RoPE q/k suffice); returns None."""
         return None
+
+
+class QueryCompressor(HooklessCompressor):
+    """Score = mean over question queries (and the GQA group) of q·k; needs the question in the lead rows."""
+
+    name = "query"
+    needs_question = True
+    pool = 5
 
     def scores(self, ctx, layer, host, q, k, v):
         """[B, Hkv, L] float32 scores of the local keys k[:, :, lead:] from the question rows of q."""
@@ -78,22 +82,12 @@ class RetainingHeadsCompressor:
         return scores.transpose(1, 2)
 
 
-class RandomCompressor:
+class RandomCompressor(HooklessCompressor):
     """Uniform random scores, seeded by (layer, rank) so runs repeat (ablation only)."""
 
     name = "random"
     needs_question = False
     pool = 1
-
-    def __init__(self, config):
-        self.config = config
-
-    def check(self, model_config):
-        """Nothing to check."""
-
-    def hooks(self, ctx, model):
-        """No hooks needed; returns None."""
-        return None
 
     def scores(self, ctx, layer, host, q, k, v):
         """[B, Hkv, L] float32 uniform scores."""
