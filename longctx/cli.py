@@ -143,7 +143,7 @@ def cmd_generate(args):
     config = config_from_args(args)
     document = _read_document(args.doc)
     check_request(config, document, args.question)
-    options = {k: v for k, v in vars(config).items() if k not in ("model", "method", "nproc")}
+    options = config.pool_options()
     with LongContextLM(config.model, method=config.method, nproc=config.nproc, launcher=args.launcher,
                        **options) as lm:
         result = lm.generate(document, args.question, max_new_tokens=args.max_new_tokens)
@@ -184,7 +184,7 @@ def cmd_eval(args):
     from longctx.eval.harness import evaluate, format_report
 
     config = config_from_args(args)
-    options = {k: v for k, v in vars(config).items() if k not in ("model", "method", "nproc")}
+    options = config.pool_options()
     report = evaluate(config.model, args.tasks, args.length, config.nproc, args.methods, args.samples,
                       args.seed, args.max_new_tokens, progress=not args.json and sys.stderr.isatty(), **options)
     print(json.dumps(report) if args.json else format_report(report))

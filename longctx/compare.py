@@ -44,7 +44,7 @@ def compare_methods(config, methods, length, query_len=8, max_new_tokens=8, seed
     reference = dense_reference(config, doc_ids, query_ids, max_new_tokens)
     ref_hidden = torch.cat([reference["doc_hidden"], reference["query_hidden"]])
     owns_lm = lm is None
-    lm = lm or LongContextLM(config.model, method=methods[0], nproc=config.nproc, **_options(config))
+    lm = lm or LongContextLM(config.model, method=methods[0], nproc=config.nproc, **config.pool_options())
     rows = []
     try:
         for method in methods:
@@ -79,7 +79,3 @@ def model_vocab_size(config):
 
     return check_model_dir(config.model).vocab_size
 
-
-def _options(config):
-    skip = {"model", "method", "nproc"}
-    return {key: value for key, value in vars(config).items() if key not in skip}

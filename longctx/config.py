@@ -85,6 +85,10 @@ class RunConfig:
                 raise LongCtxError(f"--{name.replace('_', '-')} must be between 0 and 1 (got {value})")
         return self
 
+    def pool_options(self):
+        """Every field except model, method and nproc: the keyword options of LongContextLM."""
+        return {key: value for key, value in asdict(self).items() if key not in ("model", "method", "nproc")}
+
     def replace(self, **changes):
         """A copy with `changes` applied."""
         values = asdict(self)
