@@ -59,6 +59,9 @@ from longctx.eval import TASKS, is_correct, make_sample, vocab  # noqa: E402
 from longctx.eval.tokenizer import build_tokenizer  # noqa: E402
 
 NEEDLE_RE = re.compile(r"The special magic number for (\w+) is (\d+)\.")
+# auxiliary training question (never evaluated): the key of a value, all words in the vocabulary
+Q_REVERSE = ("What is the key for the special magic number {value} mentioned in the provided "
+             "text? Answer: The special magic number {value} is for")
 MIX = {"niah_single": 0.20, "niah_multikey": 0.35, "niah_multivalue": 0.15,
        "niah_multiquery": 0.15, "kv_retrieval": 0.15}
 
@@ -83,8 +86,13 @@ def parse_args(argv=None):
     p.add_argument("--init-std", type=float, default=0.05)
     p.add_argument("--group-init", type=int, default=0,
                    help="1: values share one embedding direction, keys another, at init")
+    p.add_argument("--distractors", type=int, nargs=2, default=[1, 6], metavar=("LO", "HI"),
+                   help="niah_multikey training samples have LO..HI distractor needles")
     p.add_argument("--extra-questions", type=int, default=0,
                    help="1: multikey samples also ask about every distractor needle")
+    p.add_argument("--reverse-questions", type=int, default=0,
+                   help="1: multikey samples also ask, for every needle, which key a value "
+                        "belongs to (trains value positions to carry their key)")
     p.add_argument("--mix", nargs="*", default=[],
                    help="task=weight overrides of the task mix, e.g. niah_multikey=0.5")
     p.add_argument("--eval-every", type=int, default=100)
@@ -92,7 +100,8 @@ def parse_args(argv=None):
     p.add_argument("--ckpt", default="/tmp/needle_ckpt.pt")
     p.add_argument("--ckpt-every", type=int, default=50)
     p.add_argument("--resume", action="store_true", help="continue from --ckpt")
-    p.add_argument("--init", default=None, help="start from this saved model directory")
+    p.add_argument("--init", default=None,
+                   help="start from this saved model directory or --ckpt file (weights only)")
     p.add_argument("--final-eval-samples", type=int, default=50)
     p.add_argument("--final-eval-lengths", type=int, nargs="*", default=[2048, 4096])
     return p.parse_args(argv)
@@ -125,7 +134,8 @@ def build_model(args, tok):
 
 
 def training_batch(tok, rng: random.Random, length: int, batch: int, seed: int, step: int,
-                   extra_questions: bool = False):
+                   extra_questions: bool = False, distractors=(1, 6),
+                   reverse_questions: bool = False):
     """input_ids and labels (-100 except answer tokens + </s>), right-padded."""
     seqs, labs = [], []
     tasks, weights = zip(*MIX.items())
@@ -133,19 +143,23 @@ def training_batch(tok, rng: random.Random, length: int, batch: int, seed: int, 
         task = rng.choices(tasks, weights)[0]
         lo = length // 2 if task == "niah_single" else max(length // 2, 224)
         L = rng.randint(lo, max(lo, length))
-        kw = {"num_distractors": rng.randint(1, 6)} if task == "niah_multikey" else {}
+        kw = {"num_distractors": rng.randint(*distractors)} if task == "niah_multikey" else {}
         s = make_sample(task, L, seed=seed * 1_000_003 + step, index=b, **kw)
         prompt = tok(s.prompt)["input_ids"]
         ans = tok(" " + s.answer, add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
         seq, lab = prompt + ans, [-100] * len(prompt) + ans
-        if extra_questions and task == "niah_multikey":
+        if task == "niah_multikey" and (extra_questions or reverse_questions):
             # more supervision from the same forward pass: after the first answer, ask about
-            # the other needles too (each answer followed by </s>)
-            others = [(k, v) for k, v in NEEDLE_RE.findall(s.document) if v != s.answer]
-            rng.shuffle(others)
-            for k, v in others:
-                q = tok("\n" + vocab.Q_SINGLE.format(key=k), add_special_tokens=False)["input_ids"]
-                a = tok(" " + v, add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
+            # the other needles too, and/or which key each value belongs to (each answer
+            # followed by </s>)
+            needles = NEEDLE_RE.findall(s.document)
+            asks = [(vocab.Q_SINGLE.format(key=k), v) for k, v in needles
+                    if extra_questions and v != s.answer]
+            asks += [(Q_REVERSE.format(value=v), k) for k, v in needles if reverse_questions]
+            rng.shuffle(asks)
+            for question, answer in asks:
+                q = tok("\n" + question, add_special_tokens=False)["input_ids"]
+                a = tok(" " + answer, add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
                 seq, lab = seq + q + a, lab + [-100] * len(q) + a
         seqs.append(seq)
         labs.append(lab)
@@ -229,7 +243,10 @@ def main(argv=None):
         MIX[task] = float(w)
     torch.manual_seed(args.seed)
     tok = build_tokenizer()
-    if args.init:
+    if args.init and os.path.isfile(args.init):
+        model = build_model(args, tok)
+        model.load_state_dict(torch.load(args.init, weights_only=False)["model"])
+    elif args.init:
         from transformers import AutoModelForCausalLM
         model = AutoModelForCausalLM.from_pretrained(args.init, dtype=torch.float32)
     else:
@@ -269,7 +286,8 @@ def main(argv=None):
             for g in opt.param_groups:
                 g["lr"] = lr_at(step)
             ids, labels = training_batch(tok, rng, length, batch, args.seed, step,
-                                         bool(args.extra_questions))
+                                         bool(args.extra_questions), args.distractors,
+                                         bool(args.reverse_questions))
             loss = answer_loss(model, ids, labels)
             opt.zero_grad(set_to_none=True)
             loss.backward()
