@@ -24,18 +24,32 @@ Recipe (the defaults):
 What happens (2 CPU cores shared with other jobs, one thread): the answer loss sits on a
 plateau (~2.3 = "some number out of 90") for ~230 steps (~5 min), then falls; by step 300
 niah_single is 100 % at 128 tokens, and it stays 100 % up to 4096 tokens (never trained
-there). Key binding, needed for niah_multikey / multivalue / multiquery / kv_retrieval, did
-not emerge within ~1,500 steps in any run tried (2 layers with and without
-``--extra-questions``/multikey-heavy mixes, 1,300 extra steps at 256-1024; a 3-layer,
-8-head run was too slow on the shared CPUs to tell): the model returns *a* needle's value,
-not the asked key's. The shipped model is the 2-layer run stopped after the 1024 stage
-(step 900, ~17 min of training); its exact history and accuracies are in
-examples/models/needle-llama/TRAINING.md.
+there). Key binding, needed for niah_multikey / multivalue / multiquery / kv_retrieval, has
+not emerged in any run tried so far: the model returns *a* needle's value, not the asked
+key's. Looking at the attention (eager attention, ``output_attentions``) shows why: the last
+layer's head at the question learns to find the asked key's needle *token* (0.97 of its
+weight on the right key), but a key token cannot see its value (causal), and no first-layer
+head moves the key into the value's position (two tokens later): the value positions attend
+to "is" (offset 1) and "number" (offset 4) with saturated (~1.0) weights. That missing half
+of an induction circuit is what the options below aim at; none closed it within 300-1,700
+steps per run (see TRAINING.md of the shipped model for the list):
+
+* ``--distractors LO HI``: more needles per multikey sample (denser supervision);
+* ``--extra-questions 1``: ask about every needle of a multikey sample in the same pass;
+* ``--reverse-questions 1``: also ask which key a value belongs to ("... number 42 is for"),
+  whose only solution is a value position that carries its key;
+* ``--layers 3 --init CKPT``: grow a trained 2-layer checkpoint by an identity-initialised
+  middle layer (``grow_from``), a place for a previous-token step;
+* ``--group-init 1``, lower ``--lr`` / ``--init-std``: against early saturated heads.
+
+The shipped model is the 2-layer run stopped after the 1024 stage (step 900, ~17 min of
+training); its exact history and accuracies are in examples/models/needle-llama/TRAINING.md.
 
 The run is seeded (``--seed``; torch and data), checkpoints every ``--ckpt-every`` steps
-(``--resume`` continues one) and ``--init`` starts from a saved model directory (to train more
-at 2-4K after the fact). At the end it saves the model (safetensors) and tokenizer with
-``save_pretrained`` into ``--out`` and writes ``TRAINING.md`` there. Time of the shipped model
+(``--resume`` continues one) and ``--init`` starts from a saved model directory or a
+checkpoint file (to train more at 2-4K after the fact, or to grow the model). At the end it
+saves the model (safetensors) and tokenizer with ``save_pretrained`` into ``--out`` and writes
+``TRAINING.md`` there. Time of the shipped model
 and its accuracies: see examples/models/needle-llama/TRAINING.md.
 
     python examples/train_needle_model.py --out examples/models/needle-llama
@@ -131,6 +145,36 @@ def build_model(args, tok):
                 ids = tok.convert_tokens_to_ids(words)
                 emb[ids] = 0.5 * emb[ids] + torch.randn(emb.shape[1]) * args.init_std
     return model
+
+
+def grow_from(model, state):
+    """Load a checkpoint's weights into `model`, which may have more layers than it.
+
+    The checkpoint's first layers keep their place, its last layer becomes the model's last,
+    and the new layers in between start as the identity (their attention and MLP output
+    projections are zero), so the grown model computes what the checkpoint did. Used to add
+    the middle layer an induction circuit needs (see the module docstring).
+    """
+    old = 1 + max(int(k.split(".")[2]) for k in state if k.startswith("model.layers."))
+    new = model.config.num_hidden_layers
+    if old > new:
+        raise SystemExit(f"--init has {old} layers, more than --layers {new}")
+    place = {i: (i if i < old - 1 else new - 1) for i in range(old)}
+    moved = {}
+    for key, value in state.items():
+        if key.startswith("model.layers."):
+            parts = key.split(".")
+            parts[2] = str(place[int(parts[2])])
+            key = ".".join(parts)
+        moved[key] = value
+    missing, unexpected = model.load_state_dict(moved, strict=False)
+    if unexpected:
+        raise SystemExit(f"--init: unexpected weights {unexpected[:3]}")
+    with torch.no_grad():
+        for i in range(old - 1, new - 1):
+            layer = model.model.layers[i]
+            layer.self_attn.o_proj.weight.zero_()
+            layer.mlp.down_proj.weight.zero_()
 
 
 def training_batch(tok, rng: random.Random, length: int, batch: int, seed: int, step: int,
@@ -245,7 +289,7 @@ def main(argv=None):
     tok = build_tokenizer()
     if args.init and os.path.isfile(args.init):
         model = build_model(args, tok)
-        model.load_state_dict(torch.load(args.init, weights_only=False)["model"])
+        grow_from(model, torch.load(args.init, weights_only=False)["model"])
     elif args.init:
         from transformers import AutoModelForCausalLM
         model = AutoModelForCausalLM.from_pretrained(args.init, dtype=torch.float32)

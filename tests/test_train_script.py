@@ -1,0 +1,56 @@
+"""The needle-model training script's data and model-growing pieces (no training)."""
+
+import os
+import random
+import sys
+
+import pytest
+import torch
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(REPO, "examples"))
+
+import train_needle_model as train  # noqa: E402
+from longctx.eval import vocab  # noqa: E402
+from longctx.eval.tokenizer import build_tokenizer  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def tok():
+    return build_tokenizer()
+
+
+def test_grown_model_computes_what_the_checkpoint_did(tok):
+    torch.manual_seed(0)
+    small = train.build_model(train.parse_args(["--layers", "2"]), tok)
+    grown = train.build_model(train.parse_args(["--layers", "4"]), tok)
+    train.grow_from(grown, small.state_dict())
+    ids = torch.randint(4, len(tok), (2, 40))
+    with torch.no_grad():
+        assert torch.allclose(small(ids).logits, grown(ids).logits, atol=1e-5)
+    assert grown.model.layers[1].self_attn.o_proj.weight.abs().sum() == 0
+    assert torch.equal(grown.model.layers[3].self_attn.q_proj.weight, small.model.layers[1].self_attn.q_proj.weight)
+
+
+def test_grow_refuses_fewer_layers(tok):
+    big = train.build_model(train.parse_args(["--layers", "3"]), tok)
+    small = train.build_model(train.parse_args(["--layers", "2"]), tok)
+    with pytest.raises(SystemExit, match="more than --layers 2"):
+        train.grow_from(small, big.state_dict())
+
+
+def test_batch_labels_are_answers_only_with_extra_and_reverse_questions(tok, monkeypatch):
+    monkeypatch.setattr(train, "MIX", {task: float(task == "niah_multikey") for task in train.MIX})
+    ids, labels = train.training_batch(tok, random.Random(0), 320, 2, seed=0, step=0, extra_questions=True,
+                                       distractors=(3, 3), reverse_questions=True)
+    assert tok.unk_token_id not in ids.tolist()[0]
+    for row_ids, row_labels in zip(ids.tolist(), labels.tolist()):
+        supervised = [t for t in row_labels if t != -100]
+        words = tok.convert_ids_to_tokens(supervised)
+        # 4 needles: the question plus 3 extra forward questions (values) and 4 reverse ones (keys)
+        assert words.count("</s>") == 8
+        answers = [w for w in words if w != "</s>"]
+        assert sum(w.isdigit() for w in answers) == 4
+        assert sum(w in vocab.KEYS for w in answers) == 4
+        # labels are the input tokens themselves where set (answer_loss shifts them)
+        assert all(t == row_ids[i] for i, t in enumerate(row_labels) if t != -100)
