@@ -107,6 +107,10 @@ def parse_args(argv=None):
     p.add_argument("--reverse-questions", type=int, default=0,
                    help="1: multikey samples also ask, for every needle, which key a value "
                         "belongs to (trains value positions to carry their key)")
+    p.add_argument("--lm-weight", type=float, default=0.0,
+                   help="weight of the next-token loss on the text besides the answers "
+                        "(0: answers only); language-model training is what grows the "
+                        "previous-token heads an induction circuit is built from")
     p.add_argument("--mix", nargs="*", default=[],
                    help="task=weight overrides of the task mix, e.g. niah_multikey=0.5")
     p.add_argument("--eval-every", type=int, default=100)
@@ -216,13 +220,20 @@ def training_batch(tok, rng: random.Random, length: int, batch: int, seed: int, 
     return ids, labels
 
 
-def answer_loss(model, ids, labels):
-    # causal + right padding: no attention mask needed; logits only where there is a label
-    hidden = model.model(input_ids=ids, use_cache=False).last_hidden_state
+def answer_loss(model, ids, labels, pad_id, lm_weight=0.0):
+    """Cross-entropy on the answer tokens (`labels` != -100), plus `lm_weight` times the
+    next-token loss on every other non-pad token (the text itself; 0 = answers only)."""
+    # causal + right padding: no attention mask needed
+    hidden = model.model(input_ids=ids, use_cache=False).last_hidden_state[:, :-1]
     tgt = labels[:, 1:]
     sel = tgt != -100
-    logits = model.lm_head(hidden[:, :-1][sel])
-    return torch.nn.functional.cross_entropy(logits.float(), tgt[sel])
+    loss = torch.nn.functional.cross_entropy(model.lm_head(hidden[sel]).float(), tgt[sel])
+    if lm_weight:
+        text = ids[:, 1:]
+        rest = ~sel & (text != pad_id)
+        loss = loss + lm_weight * torch.nn.functional.cross_entropy(
+            model.lm_head(hidden[rest]).float(), text[rest])
+    return loss
 
 
 @torch.no_grad()
@@ -332,7 +343,7 @@ def main(argv=None):
             ids, labels = training_batch(tok, rng, length, batch, args.seed, step,
                                          bool(args.extra_questions), args.distractors,
                                          bool(args.reverse_questions))
-            loss = answer_loss(model, ids, labels)
+            loss = answer_loss(model, ids, labels, tok.pad_token_id, args.lm_weight)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)

@@ -54,3 +54,18 @@ def test_batch_labels_are_answers_only_with_extra_and_reverse_questions(tok, mon
         assert sum(w in vocab.KEYS for w in answers) == 4
         # labels are the input tokens themselves where set (answer_loss shifts them)
         assert all(t == row_ids[i] for i, t in enumerate(row_labels) if t != -100)
+
+
+def test_lm_weight_adds_the_text_loss(tok, monkeypatch):
+    monkeypatch.setattr(train, "MIX", {task: float(task == "niah_single") for task in train.MIX})
+    torch.manual_seed(0)
+    model = train.build_model(train.parse_args(["--layers", "1"]), tok)
+    ids, labels = train.training_batch(tok, random.Random(1), 128, 2, seed=0, step=0)
+    with torch.no_grad():
+        answers = train.answer_loss(model, ids, labels, tok.pad_token_id)
+        both = train.answer_loss(model, ids, labels, tok.pad_token_id, lm_weight=0.5)
+        hidden = model.model(input_ids=ids).last_hidden_state[:, :-1]
+        text, tgt = ids[:, 1:], labels[:, 1:]
+        rest = (tgt == -100) & (text != tok.pad_token_id)
+        lm = torch.nn.functional.cross_entropy(model.lm_head(hidden[rest]), text[rest])
+    assert torch.allclose(both, answers + 0.5 * lm, rtol=1e-5)
