@@ -5,11 +5,13 @@ import math
 import torch
 
 
-def _visibility(q_len, k_len, causal, anchor_len, prefix_len, device):
-    """Boolean [q_len, k_len] mask of which keys each query may see (True = visible)."""
-    rows = torch.arange(q_len, device=device)[:, None]
+def _visibility(q_len, k_len, causal, anchor_len, prefix_len, device, start=0, stop=None):
+    """Boolean [stop - start, k_len] mask of which keys query rows start..stop-1 (of q_len)
+    may see (True = visible)."""
+    stop = q_len if stop is None else stop
+    rows = torch.arange(start, stop, device=device)[:, None]
     cols = torch.arange(k_len, device=device)[None, :]
-    visible = torch.ones(q_len, k_len, dtype=torch.bool, device=device)
+    visible = torch.ones(stop - start, k_len, dtype=torch.bool, device=device)
     if causal:
         visible &= cols <= rows + (k_len - q_len)
     if anchor_len > 0 and prefix_len > 0:
@@ -43,7 +45,7 @@ def reference_attention(q, k, v, *, causal, anchor_len=0, prefix_len=0, scale=No
     for start in range(0, q_len, rows_per_chunk):
         stop = min(q_len, start + rows_per_chunk)
         scores = torch.einsum("bhgqd,bhkd->bhgqk", qf[:, :, :, start:stop], kf) * scale
-        visible = _visibility(q_len, k_len, causal, anchor_len, prefix_len, q.device)[start:stop]
+        visible = _visibility(q_len, k_len, causal, anchor_len, prefix_len, q.device, start, stop)
         scores = scores.masked_fill(~visible, float("-inf"))
         chunk_lse = torch.logsumexp(scores, dim=-1)
         probs = torch.exp(scores - chunk_lse.nan_to_num(neginf=0.0)[..., None])
