@@ -69,3 +69,11 @@ def test_lm_weight_adds_the_text_loss(tok, monkeypatch):
         rest = (tgt == -100) & (text != tok.pad_token_id)
         lm = torch.nn.functional.cross_entropy(model.lm_head(hidden[rest]), text[rest])
     assert torch.allclose(both, answers + 0.5 * lm, rtol=1e-5)
+
+
+def test_grow_refuses_a_checkpoint_missing_weights(tok):
+    small = train.build_model(train.parse_args(["--layers", "2"]), tok)
+    state = {key: value for key, value in small.state_dict().items() if key != "model.norm.weight"}
+    model = train.build_model(train.parse_args(["--layers", "3"]), tok)
+    with pytest.raises(SystemExit, match="missing .*model.norm.weight"):
+        train.grow_from(model, state)
