@@ -41,7 +41,14 @@ steps per run (see TRAINING.md of the shipped model for the list):
 * ``--layers 3 --init CKPT``: grow a trained 2-layer checkpoint by an identity-initialised
   middle layer (``grow_from``), a place for a previous-token step;
 * ``--lm-weight W``: add the next-token loss on the text, which grows previous-token heads;
-* ``--group-init 1``, lower ``--lr`` / ``--init-std``: against early saturated heads.
+* ``--group-init 1``, lower ``--lr`` / ``--init-std``: against early saturated heads;
+* ``--recall-steps N``: a warm-up on short needle-only sequences (``recall_batch``): needles,
+  then queries that repeat a needle up to "is" (answer: its value) or, with probability
+  ``--recall-reverse``, give a value (answer: its key). With ``--lr 1e-3 --weight-decay 0.1``
+  the reverse queries are solved (value positions attend their key two tokens back);
+* ``--attention-bias 1 --positional-heads 0:1,1:2,... [--freeze-positional N]``: first-layer
+  heads that start as (and for N steps stay) pure relative-position heads, the
+  previous-token step the forward query needs at its final "is".
 
 The shipped model is the 2-layer run stopped after the 1024 stage (step 900, ~17 min of
 training); its exact history and accuracies are in examples/models/needle-llama/TRAINING.md.
@@ -99,6 +106,8 @@ def parse_args(argv=None):
     p.add_argument("--intermediate", type=int, default=384)
     p.add_argument("--rope-theta", type=float, default=100000.0)
     p.add_argument("--init-std", type=float, default=0.05)
+    p.add_argument("--attention-bias", type=int, default=0,
+                   help="1: biases on the q/k/v/o projections (as Qwen2 has)")
     p.add_argument("--group-init", type=int, default=0,
                    help="1: values share one embedding direction, keys another, at init")
     p.add_argument("--distractors", type=int, nargs=2, default=[1, 6], metavar=("LO", "HI"),
@@ -112,6 +121,23 @@ def parse_args(argv=None):
                    help="weight of the next-token loss on the text besides the answers "
                         "(0: answers only); language-model training is what grows the "
                         "previous-token heads an induction circuit is built from")
+    p.add_argument("--weight-decay", type=float, default=0.01)
+    p.add_argument("--positional-heads", default="",
+                   help="HEAD:OFFSET,... first-layer query heads that start as pure relative-"
+                        "position heads (attending the token OFFSET back) through their q/k "
+                        "biases; needs --attention-bias 1")
+    p.add_argument("--positional-scale", type=float, default=6.7,
+                   help="size of the q/k bias entries --positional-heads sets")
+    p.add_argument("--freeze-positional", type=int, default=0,
+                   help="steps during which the first layer's q/k projections are not "
+                        "trained (keeps --positional-heads pure position heads meanwhile)")
+    p.add_argument("--recall-steps", type=int, default=0,
+                   help="warm-up steps on short needle-only recall sequences before the "
+                        "length curriculum (see recall_batch)")
+    p.add_argument("--recall-needles", type=int, nargs=2, default=[2, 3], metavar=("LO", "HI"))
+    p.add_argument("--recall-reverse", type=float, default=0.3,
+                   help="fraction of recall queries that give a value and ask its key")
+    p.add_argument("--recall-batch", type=int, default=64)
     p.add_argument("--mix", nargs="*", default=[],
                    help="task=weight overrides of the task mix, e.g. niah_multikey=0.5")
     p.add_argument("--eval-every", type=int, default=100)
@@ -137,6 +163,7 @@ def build_model(args, tok):
                                                         "rope_theta": args.rope_theta},
         tie_word_embeddings=True, bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
         pad_token_id=tok.pad_token_id, initializer_range=args.init_std, rms_norm_eps=1e-5,
+        attention_bias=bool(args.attention_bias),
         attn_implementation="sdpa")
     model = LlamaForCausalLM(cfg)
     if args.group_init:
@@ -149,7 +176,94 @@ def build_model(args, tok):
                           vocab.KEYS):
                 ids = tok.convert_tokens_to_ids(words)
                 emb[ids] = 0.5 * emb[ids] + torch.randn(emb.shape[1]) * args.init_std
+    if args.positional_heads:
+        positional_init(model, args)
     return model
+
+
+def positional_init(model, args):
+    """Make first-layer query heads start as relative-position heads.
+
+    ``args.positional_heads`` is ``"HEAD:OFFSET,..."``. For each, the q bias of that head and
+    the k bias of its KV group are set on the six fastest RoPE frequencies so that the score
+    of position p on position s is largest at ``p - s == OFFSET`` whatever the tokens, and
+    the q weights of the head and the k weights of its group are zeroed (its attention starts
+    independent of content; training changes all of it, after ``--freeze-positional`` steps
+    if that is set). This is the previous-token step an induction circuit needs, given at
+    init because it does not emerge on its own in this task (see the module docstring).
+    """
+    if not args.attention_bias:
+        raise SystemExit("--positional-heads needs --attention-bias 1")
+    attn = model.model.layers[0].self_attn
+    head_dim = args.hidden // args.heads
+    half = head_dim // 2
+    freqs = 1.0 / (args.rope_theta ** (torch.arange(0, head_dim, 2).float() / head_dim))
+    fast = torch.arange(min(6, half))
+    group = args.heads // args.kv_heads
+    with torch.no_grad():
+        for item in args.positional_heads.split(","):
+            head, offset = (int(x) for x in item.split(":"))
+            if not 0 <= head < args.heads or offset < 0:
+                raise SystemExit(f"--positional-heads: bad HEAD:OFFSET {item!r}")
+            q = slice(head * head_dim, (head + 1) * head_dim)
+            k = slice((head // group) * head_dim, (head // group + 1) * head_dim)
+            # RoPE rotates pair (j, j + half) by position * freqs[j]; a query phase of
+            # -offset * freqs[j] against a key phase of 0 peaks at distance `offset`
+            attn.q_proj.weight[q] = 0
+            attn.q_proj.bias[q] = 0
+            attn.q_proj.bias[q][fast] = args.positional_scale * torch.cos(-offset * freqs[fast])
+            attn.q_proj.bias[q][fast + half] = args.positional_scale * torch.sin(
+                -offset * freqs[fast])
+            attn.k_proj.weight[k] = 0
+            attn.k_proj.bias[k] = 0
+            attn.k_proj.bias[k][fast] = args.positional_scale
+
+
+def recall_batch(tok, rng: random.Random, batch: int, needles=(2, 3), reverse: float = 0.3):
+    """input_ids and labels of short needle-only recall sequences (the warm-up stage).
+
+    Each row is ``<s>`` and LO..HI needles ("The special magic number for K is V.", keys and
+    values distinct), then as many queries, each about a needle drawn at random (with
+    replacement, so the last query cannot be guessed by elimination): with probability
+    ``reverse`` a value followed by its key (the key is the label: the associative-recall
+    step, whose solution is value positions that carry their key), otherwise the needle
+    repeated up to "is" followed by its value (the label). Labels are -100 elsewhere;
+    right-padded with ``pad``.
+    """
+    def enc(text):
+        return tok(text, add_special_tokens=False)["input_ids"]
+
+    seqs, labs = [], []
+    for _ in range(batch):
+        n = rng.randint(*needles)
+        keys = rng.sample(vocab.KEYS, n)
+        values = rng.sample(range(vocab.VALUE_MIN, vocab.VALUE_MAX + 1), n)
+        seq = [tok.bos_token_id]
+        for key, value in zip(keys, values):
+            seq += enc(" " + vocab.NEEDLE.format(key=key, value=value))
+        lab = [-100] * len(seq)
+        for _ in range(n):
+            i = rng.randrange(n)
+            if rng.random() < reverse:
+                query, answer, tail = enc(f" {values[i]}"), enc(" " + keys[i]), []
+            else:
+                query = enc(" " + vocab.NEEDLE.format(key=keys[i], value=0).rsplit(" ", 1)[0])
+                answer, tail = enc(f" {values[i]}"), enc(" .")
+            seq += query + answer + tail
+            lab += [-100] * len(query) + answer + [-100] * len(tail)
+        seqs.append(seq)
+        labs.append(lab)
+    return _pad(tok, seqs, labs)
+
+
+def _pad(tok, seqs, labs):
+    n = max(len(x) for x in seqs)
+    ids = torch.full((len(seqs), n), tok.pad_token_id, dtype=torch.long)
+    labels = torch.full((len(seqs), n), -100, dtype=torch.long)
+    for i, (x, y) in enumerate(zip(seqs, labs)):
+        ids[i, :len(x)] = torch.tensor(x)
+        labels[i, :len(y)] = torch.tensor(y)
+    return ids, labels
 
 
 def grow_from(model, state):
@@ -215,13 +329,7 @@ def training_batch(tok, rng: random.Random, length: int, batch: int, seed: int, 
                 seq, lab = seq + q + a, lab + [-100] * len(q) + a
         seqs.append(seq)
         labs.append(lab)
-    n = max(len(x) for x in seqs)
-    ids = torch.full((batch, n), tok.pad_token_id, dtype=torch.long)
-    labels = torch.full((batch, n), -100, dtype=torch.long)
-    for i, (x, y) in enumerate(zip(seqs, labs)):
-        ids[i, :len(x)] = torch.tensor(x)
-        labels[i, :len(y)] = torch.tensor(y)
-    return ids, labels
+    return _pad(tok, seqs, labs)
 
 
 def answer_loss(model, ids, labels, pad_id, lm_weight=0.0):
@@ -238,6 +346,24 @@ def answer_loss(model, ids, labels, pad_id, lm_weight=0.0):
         loss = loss + lm_weight * torch.nn.functional.cross_entropy(
             model.lm_head(hidden[rest]).float(), text[rest])
     return loss
+
+
+@torch.no_grad()
+def recall_accuracy(model, tok, needles, batch: int = 64, seed: int = 999) -> dict:
+    """Share of right answers (argmax) on a fixed recall batch, split into forward queries
+    (value asked by its needle) and reverse ones (key asked by its value)."""
+    ids, labels = recall_batch(tok, random.Random(seed), batch, needles, reverse=0.5)
+    model.eval()
+    pred = model(input_ids=ids).logits[:, :-1].argmax(-1)
+    model.train()
+    tgt = labels[:, 1:]
+    is_key = torch.tensor([tok.convert_ids_to_tokens(t) in vocab.KEYS
+                           for t in range(len(tok))])[tgt.clamp_min(0)]
+    out = {}
+    answered = tgt != -100
+    for name, sel in (("recall_forward", answered & ~is_key), ("recall_reverse", answered & is_key)):
+        out[name] = (pred[sel] == tgt[sel]).float().mean().item()
+    return out
 
 
 @torch.no_grad()
@@ -312,10 +438,12 @@ def main(argv=None):
         model = build_model(args, tok)
     params = sum(p.numel() for p in model.parameters())
     print(f"model: {params:,} parameters", flush=True)
-    stages = list(zip(args.lengths, _steps(args)))
+    # length 0 = the recall warm-up stage (recall_batch), then the length curriculum
+    stages = [(0, args.recall_steps)] * bool(args.recall_steps) + list(
+        zip(args.lengths, _steps(args)))
     total = sum(s for _, s in stages)
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr, betas=(0.9, 0.98),
-                            weight_decay=0.01)
+                            weight_decay=args.weight_decay)
 
     def lr_at(step):
         if step < args.warmup:
@@ -339,17 +467,26 @@ def main(argv=None):
         if step >= done + n_steps:
             done += n_steps
             continue
-        batch = max(1, args.tokens_per_step // length)
-        print(f"== stage length {length}, batch {batch}, steps {n_steps}", flush=True)
+        batch = max(1, args.tokens_per_step // length) if length else args.recall_batch
+        print(f"== stage length {length or 'recall'}, batch {batch}, steps {n_steps}",
+              flush=True)
         while step < done + n_steps:
             for g in opt.param_groups:
                 g["lr"] = lr_at(step)
-            ids, labels = training_batch(tok, rng, length, batch, args.seed, step,
-                                         bool(args.extra_questions), args.distractors,
-                                         bool(args.reverse_questions))
+            if length:
+                ids, labels = training_batch(tok, rng, length, batch, args.seed, step,
+                                             bool(args.extra_questions), args.distractors,
+                                             bool(args.reverse_questions))
+            else:
+                ids, labels = recall_batch(tok, rng, batch, args.recall_needles,
+                                           args.recall_reverse)
             loss = answer_loss(model, ids, labels, tok.pad_token_id, args.lm_weight)
             opt.zero_grad(set_to_none=True)
             loss.backward()
+            if step < args.freeze_positional:
+                first = model.model.layers[0].self_attn
+                for param in (*first.q_proj.parameters(), *first.k_proj.parameters()):
+                    param.grad = None  # AdamW skips it: no update, no weight decay
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
             opt.step()
             step += 1
@@ -358,7 +495,8 @@ def main(argv=None):
                 print(f"step {step}/{total} len {length} loss {ema:.3f} lr {lr_at(step):.2e} "
                       f"t {(time.time() - t0) / 60:.1f}m", flush=True)
             if step % args.eval_every == 0:
-                acc = evaluate(model, tok, TASKS, length, args.eval_samples, 999)
+                acc = (evaluate(model, tok, TASKS, length, args.eval_samples, 999) if length
+                       else recall_accuracy(model, tok, args.recall_needles))
                 print(f"eval step {step} len {length}: "
                       + " ".join(f"{k}={v:.2f}" for k, v in acc.items()), flush=True)
             if step % args.ckpt_every == 0:

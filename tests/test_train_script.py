@@ -77,3 +77,43 @@ def test_grow_refuses_a_checkpoint_missing_weights(tok):
     model = train.build_model(train.parse_args(["--layers", "3"]), tok)
     with pytest.raises(SystemExit, match="missing .*model.norm.weight"):
         train.grow_from(model, state)
+
+
+def test_recall_batch_asks_values_forward_and_keys_in_reverse(tok):
+    ids, labels = train.recall_batch(tok, random.Random(3), 8, needles=(3, 3), reverse=0.5)
+    kinds = set()
+    for row_ids, row_labels in zip(ids.tolist(), labels.tolist()):
+        words = tok.convert_ids_to_tokens(row_ids)
+        pairs = dict(zip(words[6:9 * 3:9], words[8:9 * 3:9]))  # needle i: "... for K is V ."
+        assert len(pairs) == 3 and all(v.isdigit() for v in pairs.values())
+        for i, label in enumerate(row_labels):
+            if label == -100:
+                continue
+            assert label == row_ids[i]
+            if words[i] in vocab.KEYS:  # reverse: "V K", the label is V's key
+                assert pairs[words[i]] == words[i - 1]
+                kinds.add("reverse")
+            else:  # forward: "... for K is V", the label is K's value
+                assert words[i - 2] in pairs and pairs[words[i - 2]] == words[i]
+                kinds.add("forward")
+        assert sum(t != -100 for t in row_labels) == 3
+    assert kinds == {"forward", "reverse"}
+
+
+def test_positional_heads_attend_their_offset_at_init(tok):
+    torch.manual_seed(0)
+    args = train.parse_args(["--layers", "1", "--attention-bias", "1", "--positional-heads", "0:1,1:2"])
+    model = train.build_model(args, tok)
+    model.config._attn_implementation = "eager"
+    ids = torch.randint(4, len(tok), (1, 60))
+    with torch.no_grad():
+        attn = model(ids, output_attentions=True).attentions[0][0]
+    rows = torch.arange(10, 60)
+    for head, offset in ((0, 1), (1, 2)):
+        assert (attn[head, rows].argmax(-1) == rows - offset).all()
+        assert attn[head, rows, rows - offset].mean() > 0.5
+
+
+def test_positional_heads_need_attention_bias(tok):
+    with pytest.raises(SystemExit, match="needs --attention-bias 1"):
+        train.build_model(train.parse_args(["--positional-heads", "0:1"]), tok)
