@@ -361,7 +361,8 @@ def recall_accuracy(model, tok, needles, batch: int = 64, seed: int = 999) -> di
                            for t in range(len(tok))])[tgt.clamp_min(0)]
     out = {}
     answered = tgt != -100
-    for name, sel in (("recall_forward", answered & ~is_key), ("recall_reverse", answered & is_key)):
+    for name, sel in (("recall_forward", answered & ~is_key),
+                      ("recall_reverse", answered & is_key)):
         out[name] = (pred[sel] == tgt[sel]).float().mean().item()
     return out
 

@@ -102,7 +102,8 @@ def test_recall_batch_asks_values_forward_and_keys_in_reverse(tok):
 
 def test_positional_heads_attend_their_offset_at_init(tok):
     torch.manual_seed(0)
-    args = train.parse_args(["--layers", "1", "--attention-bias", "1", "--positional-heads", "0:1,1:2"])
+    args = train.parse_args(["--layers", "1", "--attention-bias", "1",
+                             "--positional-heads", "0:1,1:2"])
     model = train.build_model(args, tok)
     model.config._attn_implementation = "eager"
     ids = torch.randint(4, len(tok), (1, 60))
