@@ -46,9 +46,11 @@ steps per run (see TRAINING.md of the shipped model for the list):
   then queries that repeat a needle up to "is" (answer: its value) or, with probability
   ``--recall-reverse``, give a value (answer: its key). With ``--lr 1e-3 --weight-decay 0.1``
   the reverse queries are solved (value positions attend their key two tokens back);
-* ``--attention-bias 1 --positional-heads 0:1,1:2,... [--freeze-positional N]``: first-layer
-  heads that start as (and for N steps stay) pure relative-position heads, the
-  previous-token step the forward query needs at its final "is".
+* ``--attention-bias 1 --group-init 1 --nearest-key-head S [--freeze-first-qk N]``: the
+  first layer's head 0 starts as (and for N steps stays) a head that attends the nearest
+  key token, which gives a value *and* the question's final "is" the same copy of their key
+  (``nearest_key_head_init``); with it the forward queries are solved too (0.99 after 1,000
+  warm-up steps), the second layer learning to match the two copies.
 
 The shipped model is the 2-layer run stopped after the 1024 stage (step 900, ~17 min of
 training); its exact history and accuracies are in examples/models/needle-llama/TRAINING.md.
@@ -78,6 +80,7 @@ import torch
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
 from longctx.eval import TASKS, is_correct, make_sample, vocab  # noqa: E402
+from longctx.eval.tasks import _Counter, _filler  # noqa: E402
 from longctx.eval.tokenizer import build_tokenizer  # noqa: E402
 
 NEEDLE_RE = re.compile(r"The special magic number for (\w+) is (\d+)\.")
@@ -122,15 +125,13 @@ def parse_args(argv=None):
                         "(0: answers only); language-model training is what grows the "
                         "previous-token heads an induction circuit is built from")
     p.add_argument("--weight-decay", type=float, default=0.01)
-    p.add_argument("--positional-heads", default="",
-                   help="HEAD:OFFSET,... first-layer query heads that start as pure relative-"
-                        "position heads (attending the token OFFSET back) through their q/k "
-                        "biases; needs --attention-bias 1")
-    p.add_argument("--positional-scale", type=float, default=6.7,
-                   help="size of the q/k bias entries --positional-heads sets")
-    p.add_argument("--freeze-positional", type=int, default=0,
+    p.add_argument("--nearest-key-head", type=float, default=0.0,
+                   help="SCALE > 0: the first layer's head 0 starts as a 'nearest key token' "
+                        "head (see nearest_key_head_init); needs --attention-bias 1 and "
+                        "--group-init 1")
+    p.add_argument("--freeze-first-qk", type=int, default=0,
                    help="steps during which the first layer's q/k projections are not "
-                        "trained (keeps --positional-heads pure position heads meanwhile)")
+                        "trained (keeps the --nearest-key-head as it was built)")
     p.add_argument("--recall-steps", type=int, default=0,
                    help="warm-up steps on short needle-only recall sequences before the "
                         "length curriculum (see recall_batch)")
@@ -138,6 +139,10 @@ def parse_args(argv=None):
     p.add_argument("--recall-reverse", type=float, default=0.3,
                    help="fraction of recall queries that give a value and ask its key")
     p.add_argument("--recall-batch", type=int, default=64)
+    p.add_argument("--recall-filler", type=int, default=0,
+                   help="up to this many haystack tokens before each warm-up needle")
+    p.add_argument("--recall-question", type=float, default=0.0,
+                   help="fraction of forward warm-up queries in the real question format")
     p.add_argument("--mix", nargs="*", default=[],
                    help="task=weight overrides of the task mix, e.g. niah_multikey=0.5")
     p.add_argument("--eval-every", type=int, default=100)
@@ -176,50 +181,47 @@ def build_model(args, tok):
                           vocab.KEYS):
                 ids = tok.convert_tokens_to_ids(words)
                 emb[ids] = 0.5 * emb[ids] + torch.randn(emb.shape[1]) * args.init_std
-    if args.positional_heads:
-        positional_init(model, args)
+    if args.nearest_key_head:
+        nearest_key_head_init(model, tok, args)
     return model
 
 
-def positional_init(model, args):
-    """Make first-layer query heads start as relative-position heads.
+def nearest_key_head_init(model, tok, args):
+    """Make the first layer's head 0 start as a "nearest key token" head.
 
-    ``args.positional_heads`` is ``"HEAD:OFFSET,..."``. For each, the q bias of that head and
-    the k bias of its KV group are set on the six fastest RoPE frequencies so that the score
-    of position p on position s is largest at ``p - s == OFFSET`` whatever the tokens, and
-    the q weights of the head and the k weights of its group are zeroed (its attention starts
-    independent of content; training changes all of it, after ``--freeze-positional`` steps
-    if that is set). This is the previous-token step an induction circuit needs, given at
-    init because it does not emerge on its own in this task (see the module docstring).
+    The key half of an induction circuit: a value must carry the key two tokens before it
+    ("for K is V"), and the question's final "is" the key one token before it, in the same
+    form, so that the second layer can match the two. One head that attends the nearest key
+    token does both. It is built from (a) the shared key direction ``g`` of ``--group-init``
+    (the mean key embedding, normalised): the k weights of KV group 0 read ``g`` on the
+    first half of every RoPE frequency pair, so only key tokens get a large key vector, and
+    (b) a q bias of ``SCALE`` on the same entries (q weights zero), so the score of position
+    p on a key at s is ``SCALE**2 * (x_s . g) * sum_j cos((p - s) * freq_j) / sqrt(head_dim)``:
+    the sum over all RoPE frequencies peaks at distance 0 and, with every frequency in it,
+    stays below its value at distance 2 for every distance beyond, up to 8K tokens (with only
+    the fast frequencies far distances alias back). Training changes all of it, after
+    ``--freeze-first-qk`` steps if that is set. Used because key binding did not emerge on
+    its own in this task (see the module docstring).
     """
-    if not args.attention_bias:
-        raise SystemExit("--positional-heads needs --attention-bias 1")
+    if not (args.attention_bias and args.group_init):
+        raise SystemExit("--nearest-key-head needs --attention-bias 1 and --group-init 1")
     attn = model.model.layers[0].self_attn
     head_dim = args.hidden // args.heads
-    half = head_dim // 2
-    freqs = 1.0 / (args.rope_theta ** (torch.arange(0, head_dim, 2).float() / head_dim))
-    fast = torch.arange(min(6, half))
-    group = args.heads // args.kv_heads
+    first = torch.arange(head_dim // 2)  # the first entry of every RoPE pair
+    emb = model.model.embed_tokens.weight
     with torch.no_grad():
-        for item in args.positional_heads.split(","):
-            head, offset = (int(x) for x in item.split(":"))
-            if not 0 <= head < args.heads or offset < 0:
-                raise SystemExit(f"--positional-heads: bad HEAD:OFFSET {item!r}")
-            q = slice(head * head_dim, (head + 1) * head_dim)
-            k = slice((head // group) * head_dim, (head // group + 1) * head_dim)
-            # RoPE rotates pair (j, j + half) by position * freqs[j]; a query phase of
-            # -offset * freqs[j] against a key phase of 0 peaks at distance `offset`
-            attn.q_proj.weight[q] = 0
-            attn.q_proj.bias[q] = 0
-            attn.q_proj.bias[q][fast] = args.positional_scale * torch.cos(-offset * freqs[fast])
-            attn.q_proj.bias[q][fast + half] = args.positional_scale * torch.sin(
-                -offset * freqs[fast])
-            attn.k_proj.weight[k] = 0
-            attn.k_proj.bias[k] = 0
-            attn.k_proj.bias[k][fast] = args.positional_scale
+        shared = emb[tok.convert_tokens_to_ids(vocab.KEYS)].mean(0)
+        shared /= shared.norm()
+        attn.q_proj.weight[:head_dim] = 0
+        attn.q_proj.bias[:head_dim] = 0
+        attn.q_proj.bias[first] = args.nearest_key_head
+        attn.k_proj.weight[:head_dim] = 0
+        attn.k_proj.bias[:head_dim] = 0
+        attn.k_proj.weight[first] = args.nearest_key_head * shared
 
 
-def recall_batch(tok, rng: random.Random, batch: int, needles=(2, 3), reverse: float = 0.3):
+def recall_batch(tok, rng: random.Random, batch: int, needles=(2, 3), reverse: float = 0.3,
+                 filler: int = 0, question: float = 0.0):
     """input_ids and labels of short needle-only recall sequences (the warm-up stage).
 
     Each row is ``<s>`` and LO..HI needles ("The special magic number for K is V.", keys and
@@ -228,7 +230,9 @@ def recall_batch(tok, rng: random.Random, batch: int, needles=(2, 3), reverse: f
     ``reverse`` a value followed by its key (the key is the label: the associative-recall
     step, whose solution is value positions that carry their key), otherwise the needle
     repeated up to "is" followed by its value (the label). Labels are -100 elsewhere;
-    right-padded with ``pad``.
+    right-padded with ``pad``. ``filler`` > 0 puts 0..filler tokens of haystack sentences
+    before each needle; ``question`` is the fraction of forward queries asked in the real
+    question format (``vocab.Q_SINGLE``, answer then ``</s>``) instead of the repeated needle.
     """
     def enc(text):
         return tok(text, add_special_tokens=False)["input_ids"]
@@ -240,12 +244,18 @@ def recall_batch(tok, rng: random.Random, batch: int, needles=(2, 3), reverse: f
         values = rng.sample(range(vocab.VALUE_MIN, vocab.VALUE_MAX + 1), n)
         seq = [tok.bos_token_id]
         for key, value in zip(keys, values):
+            if filler:
+                sentences = _filler(rng, rng.randint(0, filler), _Counter())
+                seq += enc(" " + " ".join(sentences)) if sentences else []
             seq += enc(" " + vocab.NEEDLE.format(key=key, value=value))
         lab = [-100] * len(seq)
         for _ in range(n):
             i = rng.randrange(n)
             if rng.random() < reverse:
                 query, answer, tail = enc(f" {values[i]}"), enc(" " + keys[i]), []
+            elif rng.random() < question:
+                query = enc("\n" + vocab.Q_SINGLE.format(key=keys[i]))
+                answer, tail = enc(f" {values[i]}"), [tok.eos_token_id]
             else:
                 query = enc(" " + vocab.NEEDLE.format(key=keys[i], value=0).rsplit(" ", 1)[0])
                 answer, tail = enc(f" {values[i]}"), enc(" .")
@@ -480,11 +490,12 @@ def main(argv=None):
                                              bool(args.reverse_questions))
             else:
                 ids, labels = recall_batch(tok, rng, batch, args.recall_needles,
-                                           args.recall_reverse)
+                                           args.recall_reverse, args.recall_filler,
+                                           args.recall_question)
             loss = answer_loss(model, ids, labels, tok.pad_token_id, args.lm_weight)
             opt.zero_grad(set_to_none=True)
             loss.backward()
-            if step < args.freeze_positional:
+            if step < args.freeze_first_qk:
                 first = model.model.layers[0].self_attn
                 for param in (*first.q_proj.parameters(), *first.k_proj.parameters()):
                     param.grad = None  # AdamW skips it: no update, no weight decay

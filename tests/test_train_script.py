@@ -100,21 +100,29 @@ def test_recall_batch_asks_values_forward_and_keys_in_reverse(tok):
     assert kinds == {"forward", "reverse"}
 
 
-def test_positional_heads_attend_their_offset_at_init(tok):
+def test_nearest_key_head_takes_the_key_before_each_value_and_the_final_is(tok):
     torch.manual_seed(0)
-    args = train.parse_args(["--layers", "1", "--attention-bias", "1",
-                             "--positional-heads", "0:1,1:2"])
+    args = train.parse_args(["--layers", "1", "--attention-bias", "1", "--group-init", "1",
+                             "--nearest-key-head", "2"])
     model = train.build_model(args, tok)
     model.config._attn_implementation = "eager"
-    ids = torch.randint(4, len(tok), (1, 60))
+    rng = random.Random(5)
+    keys, values = rng.sample(vocab.KEYS, 4), rng.sample(range(10, 100), 4)
+    filler = " Anna sees the old house near the lake. Tom sleeps."
+    text = "".join(filler + " " + vocab.NEEDLE.format(key=k, value=v) for k, v in zip(keys, values))
+    text += "\n" + vocab.Q_SINGLE.format(key=keys[2])
+    ids = torch.tensor([tok(text)["input_ids"]])
+    words = tok.convert_ids_to_tokens(ids[0])
     with torch.no_grad():
-        attn = model(ids, output_attentions=True).attentions[0][0]
-    rows = torch.arange(10, 60)
-    for head, offset in ((0, 1), (1, 2)):
-        assert (attn[head, rows].argmax(-1) == rows - offset).all()
-        assert attn[head, rows, rows - offset].mean() > 0.5
+        attn = model(ids, output_attentions=True).attentions[0][0, 0]
+    values_at = [i for i, w in enumerate(words) if w.isdigit()]
+    assert len(values_at) == 4
+    for i in values_at:  # "for K is V": V attends K, two back
+        assert attn[i].argmax() == i - 2 and attn[i, i - 2] > 0.9
+    last = len(words) - 1  # "... for K is": the final "is" attends K, one back
+    assert words[last] == "is" and attn[last].argmax() == last - 1 and attn[last, last - 1] > 0.9
 
 
-def test_positional_heads_need_attention_bias(tok):
-    with pytest.raises(SystemExit, match="needs --attention-bias 1"):
-        train.build_model(train.parse_args(["--positional-heads", "0:1"]), tok)
+def test_nearest_key_head_needs_bias_and_group_init(tok):
+    with pytest.raises(SystemExit, match="needs --attention-bias 1 and --group-init 1"):
+        train.build_model(train.parse_args(["--nearest-key-head", "2", "--group-init", "1"]), tok)
