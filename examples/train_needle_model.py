@@ -78,7 +78,6 @@ import torch
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
 from longctx.eval import TASKS, is_correct, make_sample, vocab  # noqa: E402
-from longctx.eval.tasks import _Counter, _filler  # noqa: E402
 from longctx.eval.tokenizer import build_tokenizer  # noqa: E402
 
 NEEDLE_RE = re.compile(r"The special magic number for (\w+) is (\d+)\.")
@@ -137,10 +136,6 @@ def parse_args(argv=None):
     p.add_argument("--recall-reverse", type=float, default=0.3,
                    help="fraction of recall queries that give a value and ask its key")
     p.add_argument("--recall-batch", type=int, default=64)
-    p.add_argument("--recall-filler", type=int, default=0,
-                   help="up to this many haystack tokens before each warm-up needle")
-    p.add_argument("--recall-question", type=float, default=0.0,
-                   help="fraction of forward warm-up queries in the real question format")
     p.add_argument("--mix", nargs="*", default=[],
                    help="task=weight overrides of the task mix, e.g. niah_multikey=0.5")
     p.add_argument("--eval-every", type=int, default=100)
@@ -196,8 +191,8 @@ def nearest_key_head_init(model, tok, args):
     (b) a q bias of ``SCALE`` on the same entries (q weights zero), so the score of position
     p on a key at s is ``SCALE**2 * (x_s . g) * sum_j cos((p - s) * freq_j) / sqrt(head_dim)``:
     the sum over all RoPE frequencies peaks at distance 0 and, with every frequency in it,
-    stays below its value at distance 2 for every distance beyond, up to 8K tokens (with only
-    the fast frequencies far distances alias back). Training changes all of it, after
+    stays below its value at distance 2 for every distance beyond, up to 8K tokens (checked
+    for head_dim 32, rope_theta 1e5; with only the fast frequencies far distances alias back). Training changes all of it, after
     ``--freeze-first-qk`` steps if that is set. Used because key binding did not emerge on
     its own in this task (see the module docstring).
     """
@@ -218,8 +213,7 @@ def nearest_key_head_init(model, tok, args):
         attn.k_proj.weight[first] = args.nearest_key_head * shared
 
 
-def recall_batch(tok, rng: random.Random, batch: int, needles=(2, 3), reverse: float = 0.3,
-                 filler: int = 0, question: float = 0.0):
+def recall_batch(tok, rng: random.Random, batch: int, needles=(2, 3), reverse: float = 0.3):
     """input_ids and labels of short needle-only recall sequences (the warm-up stage).
 
     Each row is ``<s>`` and LO..HI needles ("The special magic number for K is V.", keys and
@@ -228,9 +222,7 @@ def recall_batch(tok, rng: random.Random, batch: int, needles=(2, 3), reverse: f
     ``reverse`` a value followed by its key (the key is the label: the associative-recall
     step, whose solution is value positions that carry their key), otherwise the needle
     repeated up to "is" followed by its value (the label). Labels are -100 elsewhere;
-    right-padded with ``pad``. ``filler`` > 0 puts 0..filler tokens of haystack sentences
-    before each needle; ``question`` is the fraction of forward queries asked in the real
-    question format (``vocab.Q_SINGLE``, answer then ``</s>``) instead of the repeated needle.
+    right-padded with ``pad``.
     """
     def enc(text):
         return tok(text, add_special_tokens=False)["input_ids"]
@@ -242,18 +234,12 @@ def recall_batch(tok, rng: random.Random, batch: int, needles=(2, 3), reverse: f
         values = rng.sample(range(vocab.VALUE_MIN, vocab.VALUE_MAX + 1), n)
         seq = [tok.bos_token_id]
         for key, value in zip(keys, values):
-            if filler:
-                sentences = _filler(rng, rng.randint(0, filler), _Counter())
-                seq += enc(" " + " ".join(sentences)) if sentences else []
             seq += enc(" " + vocab.NEEDLE.format(key=key, value=value))
         lab = [-100] * len(seq)
         for _ in range(n):
             i = rng.randrange(n)
             if rng.random() < reverse:
                 query, answer, tail = enc(f" {values[i]}"), enc(" " + keys[i]), []
-            elif rng.random() < question:
-                query = enc("\n" + vocab.Q_SINGLE.format(key=keys[i]))
-                answer, tail = enc(f" {values[i]}"), [tok.eos_token_id]
             else:
                 query = enc(" " + vocab.NEEDLE.format(key=keys[i], value=0).rsplit(" ", 1)[0])
                 answer, tail = enc(f" {values[i]}"), enc(" .")
@@ -365,8 +351,7 @@ def recall_accuracy(model, tok, needles, batch: int = 64, seed: int = 999) -> di
     pred = model(input_ids=ids).logits[:, :-1].argmax(-1)
     model.train()
     tgt = labels[:, 1:]
-    is_key = torch.tensor([tok.convert_ids_to_tokens(t) in vocab.KEYS
-                           for t in range(len(tok))])[tgt.clamp_min(0)]
+    is_key = torch.isin(tgt, torch.tensor(tok.convert_tokens_to_ids(vocab.KEYS)))
     out = {}
     answered = tgt != -100
     for name, sel in (("recall_forward", answered & ~is_key),
@@ -488,8 +473,7 @@ def main(argv=None):
                                              bool(args.reverse_questions))
             else:
                 ids, labels = recall_batch(tok, rng, batch, args.recall_needles,
-                                           args.recall_reverse, args.recall_filler,
-                                           args.recall_question)
+                                           args.recall_reverse)
             loss = answer_loss(model, ids, labels, tok.pad_token_id, args.lm_weight)
             opt.zero_grad(set_to_none=True)
             loss.backward()
