@@ -4,8 +4,8 @@ Times, for a few sizes each, on the current device and dtype:
 
 * a linear layer of the model's width (hidden -> intermediate): token work, GFLOP/s;
 * `longctx.kernels.attention` (causal, the model's heads / KV heads / head dim): attention
-  work, GFLOP/s over the pairs it computes (the visible ones for the Triton kernel, which
-  skips masked blocks; every query x key score for the torch reference);
+  work, GFLOP/s over the visible query-key pairs (the Triton kernel and the fused CPU path
+  compute no score their mask hides);
 * the query compressor's scoring and top-k selection (`apb.compress`): ns per key and KV head;
 
 and fits time = a + b * work by least squares (rate = 1 / b; the fixed cost a is the same on
@@ -21,7 +21,7 @@ from types import SimpleNamespace
 import torch
 
 from longctx.costmodel import CostCoefficients, load_costs, resolve_device_type
-from longctx.kernels import _triton_available, attention
+from longctx.kernels import attention
 
 SIZES = {"cpu": (256, 512, 1024), "cuda": (2048, 4096, 8192)}
 
@@ -82,12 +82,11 @@ def calibrate(shape, device="auto", dtype=None, sizes=None, repeats=3, link_gb_p
         linear_s.append(_timed(lambda: torch.nn.functional.linear(x, weight), torch_device, repeats))
 
     say("attention kernel")
-    pairs_kind = "visible" if kind == "cuda" and _triton_available() else "all"
     attn_work, attn_s = [], []
     for n in sizes:
         q = rand(1, shape.heads, n, shape.head_dim)
         k, v = rand(1, shape.kv_heads, n, shape.head_dim), rand(1, shape.kv_heads, n, shape.head_dim)
-        pairs = n * (n + 1) // 2 if pairs_kind == "visible" else n * n
+        pairs = n * (n + 1) // 2
         attn_work.append(float(shape.heads * pairs * shape.pair_flops))
         attn_s.append(_timed(lambda: attention(q, k, v, causal=True), torch_device, repeats))
 
@@ -114,7 +113,7 @@ def calibrate(shape, device="auto", dtype=None, sizes=None, repeats=3, link_gb_p
         device=kind,
         linear_gflops=round(fit_rate(linear_work, linear_s) / 1e9, 3),
         attention_gflops=round(fit_rate(attn_work, attn_s) / 1e9, 3),
-        attention_pairs=pairs_kind,
+        attention_pairs="visible",
         compress_ns_per_key=round(1e9 / fit_rate(key_counts, key_s), 4),
         link_gb_per_s=link_gb_per_s if link_gb_per_s is not None else base.link_gb_per_s,
         message_us=message_us if message_us is not None else base.message_us,

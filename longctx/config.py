@@ -4,6 +4,7 @@ import argparse
 from dataclasses import asdict, dataclass, fields
 
 from longctx.errors import LongCtxError
+from longctx.kernels import BACKENDS
 
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 DEVICES = ("auto", "cpu", "cuda")
@@ -105,7 +106,9 @@ def add_run_arguments(parser, *, with_method=True):
     parser.add_argument("--device", default="auto", choices=DEVICES)
     parser.add_argument("--dtype", default="auto", choices=DTYPES, help="auto: bfloat16 on CUDA, float32 on CPU")
     parser.add_argument("--dist-backend", default="auto", choices=DIST_BACKENDS)
-    parser.add_argument("--kernel-backend", default="auto", choices=("auto", "torch", "triton"))
+    parser.add_argument("--kernel-backend", default="auto", choices=BACKENDS,
+                        help="attention kernels: auto (Triton on CUDA, torch's fused kernels on the CPU), "
+                             "torch, reference (the chunked test oracle) or triton")
     parser.add_argument("--timeout", type=float, default=300.0, dest="timeout_s",
                         help="seconds any collective may wait before the job fails")
     parser.add_argument("--layout", default=None, help="token layout: contiguous, zigzag or striped")

@@ -4,6 +4,8 @@ import math
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from longctx.kernels import attention, merge, merge_many, reference_attention
 
@@ -90,3 +92,20 @@ def test_bad_backend_and_heads_are_clear_errors():
         reference_attention(q, k, k, causal=True)
     with pytest.raises(ValueError, match="unknown attention backend"):
         attention(q, k, k, causal=True, backend="cuda-magic")
+
+
+@settings(max_examples=60, deadline=None)
+@given(q_len=st.integers(1, 30), k_len=st.integers(1, 30), causal=st.booleans(), anchor=st.integers(0, 32),
+       prefix=st.integers(0, 32), rows_per_chunk=st.integers(1, 7), seed=st.integers(0, 99))
+def test_chunks_skip_only_hidden_keys(q_len, k_len, causal, anchor, prefix, rows_per_chunk, seed):
+    """Small chunks (each reading only the keys its rows can see) give the naive result."""
+    gen = torch.Generator().manual_seed(seed)
+    q = torch.randn(1, 4, q_len, 8, generator=gen)
+    k, v = torch.randn(1, 2, k_len, 8, generator=gen), torch.randn(1, 2, k_len, 8, generator=gen)
+    out, lse = reference_attention(q, k, v, causal=causal, anchor_len=anchor, prefix_len=prefix,
+                                   chunk_scores=rows_per_chunk * k_len * 4)
+    want_out, want_lse = naive(q, k, v, mask(q_len, k_len, causal, anchor, prefix), 1 / math.sqrt(8))
+    assert torch.equal(torch.isneginf(lse), torch.isneginf(want_lse))
+    assert torch.allclose(out.double(), want_out, atol=1e-5)
+    seen = ~torch.isneginf(want_lse)
+    assert torch.allclose(lse.double()[seen], want_lse[seen], atol=1e-5)

@@ -21,6 +21,7 @@ pytest.importorskip("triton")
 
 from longctx.kernels import attention, reference_attention  # noqa: E402
 from longctx.kernels import triton_attention as triton_module  # noqa: E402
+from kernel_cases import MASK_CASES, case_id  # noqa: E402
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 TOLERANCES = {  # dtype: (out atol/rtol, lse atol)
@@ -61,30 +62,7 @@ def _check(q, k, v, *, causal, anchor_len=0, prefix_len=0, scale=None):
     return out, lse
 
 
-# (batch, q_heads, kv_heads, q_len, k_len, head_dim, causal, anchor_len, prefix_len)
-SHAPES = [
-    (1, 2, 2, 1, 1, 16, True, 0, 0),
-    (1, 2, 1, 7, 7, 32, True, 0, 0),
-    (2, 2, 1, 7, 7, 16, False, 0, 0),
-    (1, 4, 1, 130, 130, 16, True, 0, 0),
-    (1, 4, 2, 1, 257, 32, True, 0, 0),  # decode-like: one query over many keys
-    (1, 2, 1, 7, 130, 64, True, 0, 0),  # Sq < Sk: bottom-right diagonal
-    (1, 2, 2, 130, 7, 16, True, 0, 0),  # Sq > Sk: the first 123 rows see no key
-    (1, 2, 1, 257, 130, 16, False, 0, 0),
-    (1, 2, 2, 130, 257, 32, False, 0, 0),
-    (1, 2, 1, 130, 257, 16, True, 50, 90),  # APB: anchor rows skip the prefix
-    (1, 2, 2, 130, 130, 16, True, 130, 40),  # whole query block inside the anchor
-    (1, 4, 1, 70, 200, 16, False, 33, 200),  # anchor rows see nothing at all
-    (1, 2, 1, 40, 40, 128, True, 0, 0),
-]
-
-
-def _shape_id(shape):
-    b, hq, hkv, sq, sk, d, causal, anchor, prefix = shape
-    return f"b{b}-h{hq}:{hkv}-q{sq}-k{sk}-d{d}-{'causal' if causal else 'full'}-a{anchor}p{prefix}"
-
-
-@pytest.mark.parametrize("shape", SHAPES, ids=_shape_id)
+@pytest.mark.parametrize("shape", MASK_CASES, ids=case_id)
 def test_matches_reference_fp32(shape):
     batch, q_heads, kv_heads, q_len, k_len, head_dim, causal, anchor, prefix = shape
     q, k, v = _inputs(batch, q_heads, kv_heads, q_len, k_len, head_dim, torch.float32, seed=q_len * 1000 + k_len)
@@ -99,7 +77,7 @@ def test_matches_reference_fp32(shape):
         (1, 2, 2, 257, 130, 64, True, 0, 0),
         (1, 4, 2, 130, 130, 16, False, 60, 64),
     ],
-    ids=_shape_id,
+    ids=case_id,
 )
 def test_matches_reference_bf16(shape):
     batch, q_heads, kv_heads, q_len, k_len, head_dim, causal, anchor, prefix = shape
