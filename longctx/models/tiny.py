@@ -26,13 +26,13 @@ def _byte_tokenizer():
     return tokenizer
 
 
-def _config(family, vocab_size, hidden, layers, heads, kv_heads, max_positions):
+def _config(family, vocab_size, hidden, layers, heads, kv_heads, max_positions, intermediate):
     from transformers import LlamaConfig, MistralConfig, Qwen2Config
 
     common = dict(
         vocab_size=vocab_size,
         hidden_size=hidden,
-        intermediate_size=2 * hidden,
+        intermediate_size=intermediate,
         num_hidden_layers=layers,
         num_attention_heads=heads,
         num_key_value_heads=kv_heads,
@@ -50,9 +50,10 @@ def _config(family, vocab_size, hidden, layers, heads, kv_heads, max_positions):
 
 
 def make_tiny_model(out_dir, family="llama", hidden=64, layers=2, heads=4, kv_heads=2, seed=0,
-                    max_positions=32768):
+                    max_positions=32768, intermediate=None):
     """Write a random-weight `family` model and its byte-level tokenizer to `out_dir`.
 
+    `intermediate` is the MLP width (default 2 * hidden).
     The result loads with AutoModelForCausalLM / AutoTokenizer.from_pretrained; weights are
     scaled so activations stay well-conditioned in fp32. Returns `out_dir`.
     """
@@ -66,7 +67,8 @@ def make_tiny_model(out_dir, family="llama", hidden=64, layers=2, heads=4, kv_he
         tokenizer_object=_byte_tokenizer(), bos_token="<s>", eos_token="</s>", pad_token="<pad>"
     )
     tokenizer.add_bos_token = True
-    config = _config(family, len(tokenizer), hidden, layers, heads, kv_heads, max_positions)
+    config = _config(family, len(tokenizer), hidden, layers, heads, kv_heads, max_positions,
+                     intermediate or 2 * hidden)
     torch.manual_seed(seed)
     model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
     os.makedirs(out_dir, exist_ok=True)
