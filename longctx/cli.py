@@ -31,6 +31,8 @@ def _add_compare(sub):
     parser.add_argument("--query-len", type=int, default=8, help="question tokens")
     parser.add_argument("--max-new-tokens", type=int, default=8)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--no-baseline", action="store_true",
+                        help="skip timing Hugging Face's SDPA forward of the same tokens (no speed-ups then)")
     parser.add_argument("--json", action="store_true")
     parser.set_defaults(func=cmd_compare)
 
@@ -45,6 +47,9 @@ def _add_eval(sub):
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--max-new-tokens", type=int, default=None,
                         help="default: the longest expected answer + 1")
+    parser.add_argument("--no-baseline", action="store_true",
+                        help="skip timing Hugging Face's SDPA forward of every sample (accuracy only, "
+                             "no speed-ups)")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     parser.set_defaults(func=cmd_eval)
 
@@ -67,6 +72,8 @@ def _add_demo(sub):
     parser.add_argument("--model", default=None,
                         help="trained model directory (default: examples/models/needle-llama when present)")
     parser.add_argument("--method", default="apb", help="method for the trained-model demo")
+    parser.add_argument("--repeats", type=int, default=3,
+                        help="timed requests per method and HF SDPA forwards (the median is shown)")
     parser.add_argument("--json", action="store_true")
     parser.set_defaults(func=cmd_demo)
 
@@ -160,33 +167,48 @@ def cmd_generate(args):
 
 
 def cmd_compare(args):
-    """`longctx compare`: each method against dense."""
+    """`longctx compare`: each method against dense, and its time against HF SDPA."""
     from longctx.compare import compare_methods
 
     config = config_from_args(args)
     methods = [name.strip() for name in args.methods.split(",") if name.strip()]
     if not methods:
         raise LongCtxError("--methods is empty")
-    report = compare_methods(config, methods, args.length, args.query_len, args.max_new_tokens, args.seed)
+    report = compare_methods(config, methods, args.length, args.query_len, args.max_new_tokens, args.seed,
+                             baseline_repeats=0 if args.no_baseline else 3)
     if args.json:
         print(json.dumps(report))
         return
     print(f"{args.length} document tokens + {args.query_len} question tokens on {config.nproc} workers; "
           f"dense tokens {report['reference']['tokens']}")
-    print(f"{'method':<10} {'hidden rel err':>14} {'logits max err':>14} {'tokens':>7} {'prefill s':>9}")
+    print(f"{'method':<10} {'hidden rel err':>14} {'logits max err':>14} {'tokens':>7} {'prefill s':>9} "
+          f"{'1st token s':>11} {'x HF':>6}")
     for row in report["results"]:
+        ratio = "-" if row["speedup_vs_hf"] is None else f"{row['speedup_vs_hf']:.2f}"
         print(f"{row['method']:<10} {row['hidden_rel_err']:>14.2e} {row['logits_max_abs_err']:>14.2e} "
-              f"{'same' if row['tokens_match'] else 'DIFF':>7} {row['prefill_s']:>9.3f}")
+              f"{'same' if row['tokens_match'] else 'DIFF':>7} {row['prefill_s']:>9.3f} {row['ttft_s']:>11.3f} "
+              f"{ratio:>6}")
+    print("1st token s = prefill + query pass (the work of HF's one forward over the same tokens), one request "
+          "per method\nafter one warm-up; prefill includes gathering the hidden states for the error check")
+    hf = report["hf_sdpa"]
+    if hf:
+        print(f"HF SDPA: {hf['median_s']:.3f} s per forward (median of {len(hf['seconds'])}; one process, "
+              f"{hf['threads']} threads, {hf['device']} {hf['dtype']}, before the workers started); "
+              "x HF = that / 1st token s")
+    else:
+        print("HF SDPA baseline not measured (--no-baseline): no speed-ups")
 
 
 def cmd_eval(args):
-    """`longctx eval`: accuracy per task x method and mean prefill time per method."""
+    """`longctx eval`: accuracy per task x method, mean time to first token per method and its
+    speed-up against HF SDPA on the same samples."""
     from longctx.eval.harness import evaluate, format_report
 
     config = config_from_args(args)
     options = config.pool_options()
     report = evaluate(config.model, args.tasks, args.length, config.nproc, args.methods, args.samples,
-                      args.seed, args.max_new_tokens, progress=not args.json and sys.stderr.isatty(), **options)
+                      args.seed, args.max_new_tokens, progress=not args.json and sys.stderr.isatty(),
+                      baseline=not args.no_baseline, **options)
     print(json.dumps(report) if args.json else format_report(report))
 
 
@@ -202,7 +224,9 @@ def cmd_demo(args):
     """`longctx demo`: the shipped example."""
     from longctx.demo import run_demo
 
-    report = run_demo(nproc=args.nproc, model=args.model, method=args.method)
+    if args.repeats < 1:
+        raise LongCtxError(f"--repeats must be at least 1 (got {args.repeats})")
+    report = run_demo(nproc=args.nproc, model=args.model, method=args.method, repeats=args.repeats)
     print(json.dumps(report) if args.json else report["text"])
 
 

@@ -2,11 +2,15 @@
 
 Used by `longctx compare` and by the tests: final hidden states of every document and
 question token, the logits of the first generated position, and the greedy continuation.
+Timings: each method's time to first token (prefill + query pass, after one untimed warm-up
+request of the first method) against Hugging Face's own SDPA forward of the same tokens,
+measured in this process before the workers start (`longctx.baseline`).
 """
 
 import torch
 
 from longctx.api import LongContextLM
+from longctx.baseline import HFSDPABaseline, speedup
 from longctx.comm import Comm
 from longctx.engine import Engine, Request
 from longctx.models import load_model, resolve_device, resolve_dtype
@@ -33,20 +37,32 @@ def relative_error(value, reference):
     return float((value.float() - reference.float()).norm() / reference.float().norm().clamp_min(1e-30))
 
 
-def compare_methods(config, methods, length, query_len=8, max_new_tokens=8, seed=0, lm=None):
+def compare_methods(config, methods, length, query_len=8, max_new_tokens=8, seed=0, lm=None,
+                    baseline_repeats=3):
     """Run each method in `methods` on `config.nproc` workers and measure it against dense.
 
-    Returns {"reference": {...}, "results": [{method, hidden_rel_err, logits_max_abs_err,
-    tokens, tokens_match, prefill_s, ...}]}. `lm` reuses a running LongContextLM.
+    Returns {"reference": {...}, "hf_sdpa": BaselineTiming dict or None, "results": [{method,
+    hidden_rel_err, logits_max_abs_err, tokens, tokens_match, prefill_s, query_s, ttft_s,
+    speedup_vs_hf, ...}]}. `baseline_repeats` > 0 times HF SDPA (median of that many forwards)
+    before any worker starts; `lm` reuses a running LongContextLM, whose workers would compete
+    for the cores, so it needs `baseline_repeats=0` (speed-ups are then None).
     """
+    if lm is not None and baseline_repeats:
+        raise ValueError("compare_methods: time the HF baseline before starting `lm` (baseline_repeats=0)")
     vocab = model_vocab_size(config)
     doc_ids, query_ids = random_prompt(vocab, length, query_len, seed)
     reference = dense_reference(config, doc_ids, query_ids, max_new_tokens)
     ref_hidden = torch.cat([reference["doc_hidden"], reference["query_hidden"]])
+    baseline = None
+    if baseline_repeats:
+        with HFSDPABaseline(config.model, config.device, config.dtype) as hf:
+            baseline = hf.time(doc_ids, query_ids, baseline_repeats)
+    hf_s = baseline.median_s if baseline else None
     owns_lm = lm is None
     lm = lm or LongContextLM(config.model, method=methods[0], nproc=config.nproc, **config.pool_options())
     rows = []
     try:
+        lm.run_ids(doc_ids, query_ids, max_new_tokens=1, method=methods[0])  # warm-up, not timed
         for method in methods:
             raw = lm.run_ids(doc_ids, query_ids, max_new_tokens=max_new_tokens, method=method, return_hidden=True)
             hidden = torch.cat([raw["doc_hidden"], raw["query_hidden"]])
@@ -58,6 +74,8 @@ def compare_methods(config, methods, length, query_len=8, max_new_tokens=8, seed
                 "tokens_match": raw["tokens"] == reference["tokens"],
                 "prefill_s": raw["prefill_s"],
                 "query_s": raw["query_s"],
+                "ttft_s": raw["prefill_s"] + raw["query_s"],
+                "speedup_vs_hf": speedup(hf_s, raw["prefill_s"] + raw["query_s"]),
                 "decode_s": raw["decode_s"],
                 "plan": raw["plan"],
             })
@@ -69,6 +87,7 @@ def compare_methods(config, methods, length, query_len=8, max_new_tokens=8, seed
         "query_len": query_len,
         "nproc": config.nproc,
         "reference": {"method": "dense", "tokens": reference["tokens"], "prefill_s": reference["prefill_s"]},
+        "hf_sdpa": baseline.to_dict() if baseline else None,
         "results": rows,
     }
 

@@ -2,9 +2,13 @@
 
 With the shipped model (examples/models/needle-llama, or `--model DIR`) it answers the shipped
 needle question (examples/data/question.json) over the shipped haystack
-(examples/data/haystack.txt) with `--method` (default apb) on `nproc` workers, then with dense on
-one worker for comparison. Without it, a tiny random-weight Llama made on the fly shows the
-exact methods agree with dense.
+(examples/data/haystack.txt) with `--method` (default apb) on `nproc` workers, then with longctx
+dense on one worker, and times Hugging Face's own SDPA forward of the same tokens in this process
+once every worker pool is closed (`longctx.baseline`). Every speed-up it prints is against that
+HF forward, comparing like with like: HF's one forward over document + question gives the first
+answer token's logits, which a longctx method gets from its prefill plus its query pass ("time
+to first token"). Without the shipped model, a tiny random-weight Llama made on the fly shows
+the exact methods agree with dense.
 """
 
 import json
@@ -12,10 +16,12 @@ import os
 import tempfile
 import time
 
-from longctx.api import LongContextLM
+from longctx.api import LongContextLM, encode_prompt
+from longctx.baseline import NAME as HF, HFSDPABaseline, describe_speedup, speedup
 from longctx.compare import compare_methods
 from longctx.config import RunConfig
 from longctx.errors import LongCtxError
+from longctx.models import resolve_device
 from longctx.models.tiny import make_tiny_model
 
 
@@ -24,43 +30,93 @@ SHIPPED_MODEL = os.path.join(REPO, "examples", "models", "needle-llama")
 SHIPPED_DATA = os.path.join(REPO, "examples", "data")
 
 
-def run_demo(nproc=2, model=None, method="apb"):
+def run_demo(nproc=2, model=None, method="apb", repeats=3):
     """The trained-model demo when `model` (default: the shipped needle model, if present)
     exists, else the tiny random-model demo. Returns a report dict with "text"."""
     if model is None and os.path.isdir(SHIPPED_MODEL):
         model = SHIPPED_MODEL
     if model is None:
-        return tiny_demo(nproc)
-    return needle_demo(model, nproc, method)
+        return tiny_demo(nproc, repeats)
+    return needle_demo(model, nproc, method, repeats=repeats)
 
 
-def tiny_demo(nproc=2):
+def ttft(result):
+    """Time to first token logits of a GenerationResult: prefill + query pass, the work HF's
+    one forward over document + question does."""
+    return result.prefill_s + result.query_s
+
+
+def median_request(lm, document, question, max_new_tokens, repeats):
+    """One untimed warm-up request, then `repeats`; the result with the median `ttft`."""
+    lm.generate(document, question, max_new_tokens=1)
+    results = sorted((lm.generate(document, question, max_new_tokens=max_new_tokens) for _ in range(repeats)),
+                     key=ttft)
+    return results[(len(results) - 1) // 2]
+
+
+def hf_baseline(model_dir, tokenizer, document, question, repeats):
+    """BaselineTiming of HF SDPA on the prompt's tokens (median of `repeats` after a warm-up).
+    Call it while no worker pool is alive."""
+    doc_ids, query_ids = encode_prompt(tokenizer, document, question)
+    with HFSDPABaseline(model_dir) as hf:
+        return hf.time(doc_ids, query_ids, repeats)
+
+
+def _count(number, word):
+    return f"{number} {word}{'' if number == 1 else 's'}"
+
+
+def describe_workers(nproc):
+    """What `nproc` local workers share, e.g. '4 workers on 2 CPU cores'."""
+    import torch
+
+    if resolve_device("auto").type == "cuda":
+        return f"{_count(nproc, 'worker')} on {_count(min(nproc, torch.cuda.device_count()), 'GPU')}"
+    return f"{_count(nproc, 'worker')} on {_count(os.cpu_count() or 1, 'CPU core')}"
+
+
+def describe_baseline(timing, repeats):
+    """Two lines: how long the HF SDPA baseline took and what it ran."""
+    return (f"{HF}: {timing.median_s:.3f} s for one forward over the {timing.tokens} tokens "
+            f"(median of {repeats} after one warm-up)\n"
+            f"  unmodified model, one process, {_count(timing.threads, 'thread')}, {timing.device} {timing.dtype}, "
+            "every worker pool closed")
+
+
+def tiny_demo(nproc=2, repeats=3):
     """Make a tiny random Llama, answer a question over a generated document with `burst` on
-    `nproc` workers, and compare burst/ring/ulysses/allgather with dense. Returns a report dict
-    whose "text" is the human-readable summary."""
+    `nproc` workers, compare burst/ring/ulysses/allgather with dense, and time HF SDPA on the
+    question's tokens. Returns a report dict whose "text" is the human-readable summary."""
+    question = "What does the fox do?"
     with tempfile.TemporaryDirectory(prefix="longctx-demo-") as model_dir:
         make_tiny_model(model_dir, "llama", hidden=64, layers=2, heads=4, kv_heads=2)
         document = " ".join(f"Line {i}: the quick brown fox jumps over the lazy dog." for i in range(40))
         started = time.perf_counter()
         with LongContextLM(model_dir, method="burst", nproc=nproc) as lm:
             startup_s = time.perf_counter() - started
-            result = lm.generate(document, "What does the fox do?", max_new_tokens=16)
+            result = median_request(lm, document, question, 16, repeats)
             config = RunConfig(model=model_dir, nproc=nproc)
             methods = ["burst", "ring", "allgather"] + (["ulysses"] if 4 % nproc == 0 else [])
-            comparison = compare_methods(config, methods, length=1000, lm=lm)
+            comparison = compare_methods(config, methods, length=1000, lm=lm, baseline_repeats=0)
+        baseline = hf_baseline(model_dir, lm.tokenizer, document, question, repeats)
+    ratio = speedup(baseline.median_s, ttft(result))
     lines = [
         "longctx demo (tiny random-weight Llama made on the fly; the trained example model replaces it)",
-        f"workers: {nproc} local processes, started in {startup_s:.1f} s",
-        f"burst prefill of {result.doc_tokens} tokens: {result.prefill_s:.3f} s; "
-        f"decoded {len(result.tokens)} tokens in {result.decode_s:.3f} s",
+        f"workers: {describe_workers(nproc)}, started in {startup_s:.1f} s",
+        f"burst on {result.doc_tokens} document + {result.question_tokens} question tokens: time to first token "
+        f"{ttft(result):.3f} s, {describe_speedup(ratio)}",
+        f"  prefill {result.prefill_s:.3f} s + query {result.query_s:.3f} s; decoded {len(result.tokens)} tokens "
+        f"in {result.decode_s:.3f} s",
+        describe_baseline(baseline, repeats),
         f"answer text (random weights, so not meaningful): {result.text!r}",
         "agreement with single-process dense on 1000 random tokens:",
     ]
     for row in comparison["results"]:
         lines.append(f"  {row['method']:<10} hidden rel err {row['hidden_rel_err']:.1e}, "
-                     f"greedy tokens {'identical' if row['tokens_match'] else 'DIFFERENT'}, "
-                     f"prefill {row['prefill_s']:.3f} s")
-    return {"text": "\n".join(lines), "generate": result.to_dict(), "compare": comparison}
+                     f"greedy tokens {'identical' if row['tokens_match'] else 'DIFFERENT'}")
+    return {"text": "\n".join(lines), "generate": result.to_dict(), "ttft_s": ttft(result),
+            "hf_sdpa": baseline.to_dict(), "speedup_vs_hf": ratio, "workers_on": describe_workers(nproc),
+            "repeats": repeats, "compare": comparison}
 
 
 def load_shipped_question(data_dir=SHIPPED_DATA):
@@ -100,9 +156,11 @@ def _shown(path):
     return os.path.abspath(path) if relative.startswith("..") else relative
 
 
-def needle_demo(model_dir, nproc=4, method="apb", data_dir=SHIPPED_DATA):
+def needle_demo(model_dir, nproc=4, method="apb", data_dir=SHIPPED_DATA, repeats=3):
     """Answer the shipped needle question with `method` on `nproc` local workers and with dense
-    on one worker; each pool answers once untimed first (warm-up). Returns a report dict."""
+    on one worker (one untimed warm-up request, then the median of `repeats`), then, with both
+    pools closed, time HF SDPA on the same tokens. Returns a report dict; every speed-up in it
+    is HF SDPA's forward time / the method's time to first token (prefill + query)."""
     from longctx.eval.harness import worker_count
     from longctx.eval.tasks import Sample, is_correct
     from longctx.models import check_model_dir, load_tokenizer
@@ -122,24 +180,32 @@ def needle_demo(model_dir, nproc=4, method="apb", data_dir=SHIPPED_DATA):
         started = time.perf_counter()
         with LongContextLM(model_dir, method=name, nproc=workers) as lm:
             startup_s = time.perf_counter() - started
-            lm.generate(document, question, max_new_tokens=1)  # warm-up
-            result = lm.generate(document, question, max_new_tokens=max_new_tokens)
+            result = median_request(lm, document, question, max_new_tokens, repeats)
         runs[name] = (result, is_correct(result.text, sample), startup_s)
+    baseline = hf_baseline(model_dir, tokenizer, document, question, repeats)  # every pool is closed
     result, correct, startup_s = runs[method]
     dense, dense_correct, _ = runs["dense"]
+    ratio, dense_ratio = speedup(baseline.median_s, ttft(result)), speedup(baseline.median_s, ttft(dense))
+    agrees = bool(dense.tokens) and dense.tokens[0] == baseline.argmax
     rate = result.doc_tokens / max(result.prefill_s, 1e-9)
     lines = [
         f"longctx demo: {_shown(model_dir)} on the shipped haystack "
         f"({result.doc_tokens} document + {result.question_tokens} question tokens)",
         f"question: {sample.question}",
-        f"{method} on {result.nproc} local workers (started in {startup_s:.1f} s): "
+        f"{method} on {describe_workers(result.nproc)} (started in {startup_s:.1f} s): "
         f"answer {result.text.strip()!r}, expected {answer!r} -> {'correct' if correct else 'WRONG'}",
-        f"  prefill {result.prefill_s:.3f} s ({rate:,.0f} tok/s), query {result.query_s:.3f} s, "
-        f"decode {result.decode_s:.3f} s for {len(result.tokens)} token(s) (after one warm-up request)",
+        f"  time to first token {ttft(result):.3f} s, {describe_speedup(ratio)} ({baseline.median_s:.3f} s)",
+        f"  prefill {result.prefill_s:.3f} s ({rate:,.0f} tok/s) + query {result.query_s:.3f} s; "
+        f"decode {result.decode_s:.3f} s for {len(result.tokens)} token(s)",
         f"  plan: {describe_plan(result.plan)}",
-        f"dense on 1 worker: answer {dense.text.strip()!r} -> {'correct' if dense_correct else 'WRONG'}; "
-        f"prefill {dense.prefill_s:.3f} s ({dense.prefill_s / max(result.prefill_s, 1e-9):.2f}x {method}'s)",
+        f"longctx dense on 1 worker: answer {dense.text.strip()!r} -> {'correct' if dense_correct else 'WRONG'}; "
+        f"time to first token {ttft(dense):.3f} s, {describe_speedup(dense_ratio)}",
+        describe_baseline(baseline, repeats) + f"; its next token {'agrees' if agrees else 'DISAGREES'} with dense's",
+        "(time to first token = prefill + query pass, the work of HF's one forward over document + question;",
+        f" longctx times: median of {repeats} requests after one warm-up; everything measured in this run)",
     ]
     return {"text": "\n".join(lines), "model": model_dir, "method": method, "expected": answer,
-            "correct": correct, "generate": result.to_dict(), "dense_correct": dense_correct,
-            "dense": dense.to_dict()}
+            "correct": correct, "generate": result.to_dict(), "ttft_s": ttft(result), "speedup_vs_hf": ratio,
+            "dense_correct": dense_correct, "dense": dense.to_dict(), "dense_ttft_s": ttft(dense),
+            "dense_speedup_vs_hf": dense_ratio, "hf_sdpa": baseline.to_dict(), "hf_agrees_with_dense": agrees,
+            "workers_on": describe_workers(result.nproc), "repeats": repeats}

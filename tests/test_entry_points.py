@@ -22,6 +22,8 @@ def test_compare_json_reports_exact_agreement(tiny_model):
     assert [row["method"] for row in report["results"]] == ["burst", "ring", "ulysses", "allgather"]
     for row in report["results"]:
         assert row["hidden_rel_err"] <= 1e-4 and row["tokens_match"], row
+        assert row["speedup_vs_hf"] == pytest.approx(report["hf_sdpa"]["median_s"] / row["ttft_s"])
+    assert report["hf_sdpa"]["argmax"] == report["reference"]["tokens"][0]
 
 
 def test_generate_json_has_answer_and_timings(tiny_model, tmp_path):

@@ -72,6 +72,19 @@ def test_json_report_shape(report):
         assert report["prefill_s"][method] > 0
 
 
+def test_hf_sdpa_baseline_on_every_sample(report):
+    hf = report["hf_sdpa"]
+    assert set(hf) >= {"mean_s", "seconds", "argmax", "threads", "device", "dtype"}
+    assert hf["threads"] == os.cpu_count() and (hf["device"], hf["dtype"]) == ("cpu", "float32")
+    every = [value for task in report["tasks"] for value in hf["seconds"][task]]
+    assert len(every) == 4 and hf["mean_s"] == pytest.approx(sum(every) / len(every))
+    for method in report["methods"]:
+        ttft = report["ttft_s"][method]
+        assert ttft == pytest.approx(report["prefill_s"][method] + report["query_s"][method])
+        assert report["speedup_vs_hf"][method] == pytest.approx(hf["mean_s"] / ttft)
+    assert report["hf_token_disagreements"]["dense"] == 0  # HF's next token is dense's first token
+
+
 def test_exact_methods_score_sample_for_sample_like_dense(report):
     for task in report["tasks"]:
         for method in ("burst", "ulysses"):
@@ -87,6 +100,16 @@ def test_text_table_lists_every_task_and_method(report):
     assert lines[1].split() == ["task", "dense", "burst", "ulysses"]
     assert lines[2].startswith("niah_single") and lines[3].startswith("niah_multikey")
     assert any(line.startswith("prefill s") for line in lines)
+    speedups = next(line for line in lines if line.startswith("x HF SDPA")).split()[3:]
+    assert speedups == [f"{report['speedup_vs_hf'][m]:.2f}" for m in report["methods"]]
+    assert any(line.startswith("HF SDPA: mean") for line in lines)
+
+
+def test_text_without_baseline_shows_no_speedups(report):
+    quick = dict(report, hf_sdpa=None, speedup_vs_hf={m: None for m in report["methods"]},
+                 hf_token_disagreements=None)
+    text = format_report(quick)
+    assert "x HF SDPA" not in text and "--no-baseline" in text
 
 
 def test_unknown_task_is_one_line_error(word_model):

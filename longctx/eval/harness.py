@@ -10,14 +10,21 @@ prompt length) and every method answers the very same token ids; `is_correct` sc
 greedy continuation. Methods that accept `nproc` workers share one pool of `nproc` workers;
 a method that accepts one worker but refuses two (dense) runs in its own 1-worker pool. Each
 pool is started once and serves all of its methods' samples; every method first answers one
-untimed warm-up request, so the mean prefill time excludes one-off start-up costs.
-`longctx eval` is the CLI.
+untimed warm-up request, so the mean times exclude one-off start-up costs.
+
+Speed is reported against Hugging Face's own SDPA forward of the same model and the same
+tokens in one process with every core (`longctx.baseline`), measured in the same run on every
+sample (one timed forward each, after one untimed warm-up) before any worker pool starts.
+That forward yields the first answer token's logits; a method needs its prefill plus its query
+pass for them, so the comparison is HF's mean forward time / the method's mean time to first
+token (prefill + query). `longctx eval` is the CLI.
 """
 
 import sys
 import time
 
 from longctx.api import LongContextLM, encode_prompt, validate_request
+from longctx.baseline import HFSDPABaseline, speedup
 from longctx.config import RunConfig
 from longctx.errors import LongCtxError
 from longctx.eval.tasks import TASKS, is_correct, make_samples
@@ -91,15 +98,20 @@ def _mean(values):
 
 
 def evaluate(model_dir, tasks, length, nproc, methods, samples, seed=0, max_new_tokens=None,
-             progress=False, **run_options):
+             progress=False, baseline=True, **run_options):
     """Run every method on the same samples of every task; returns the report dict.
 
     `tasks` / `methods`: lists or comma-separated strings. `run_options` are RunConfig fields
     (device, dtype, timeout_s, anchor_len, compressor, ...) for every pool. `progress` shows
-    a tqdm bar on stderr. Report keys: accuracy[task][method], mean_accuracy[method],
-    prefill_s[method] (mean over all samples), correct[task][method] (per-sample booleans),
-    predictions[task][method], expected[task], workers[method], disagreements[method]
-    (samples scored differently from the first method), and the run's settings.
+    a tqdm bar on stderr. `baseline` times HF SDPA on every sample before any pool starts.
+    Report keys: accuracy[task][method], mean_accuracy[method], prefill_s / query_s / ttft_s
+    [method] (means over all samples; ttft = prefill + query), correct[task][method]
+    (per-sample booleans), predictions[task][method], expected[task], workers[method],
+    disagreements[method] (samples scored differently from the first method), the run's
+    settings, and from the baseline (None without it): hf_sdpa (mean_s, per-sample seconds
+    and argmax tokens per task, threads, device, dtype), speedup_vs_hf[method] (hf_sdpa
+    mean_s / ttft_s) and hf_token_disagreements[method] (samples whose first generated token
+    is not HF's argmax).
     """
     tasks = parse_names(tasks, "tasks")
     methods = parse_names(methods, "methods")
@@ -120,10 +132,12 @@ def evaluate(model_dir, tasks, length, nproc, methods, samples, seed=0, max_new_
 
     correct = {task: {} for task in tasks}
     predictions = {task: {} for task in tasks}
-    prefill = {method: [] for method in methods}
+    prefill, query = {method: [] for method in methods}, {method: [] for method in methods}
+    first_tokens = {task: {method: [] for method in methods} for task in tasks}
     started = time.perf_counter()
-    bar = _progress_bar(len(methods) * len(tasks) * samples, progress)
+    bar = _progress_bar((len(methods) + bool(baseline)) * len(tasks) * samples, progress)
     try:
+        hf = _hf_baseline(model_dir, config, ids, bar) if baseline else None  # before any worker starts
         for pool_size in dict.fromkeys(workers[method] for method in methods):
             group = [method for method in methods if workers[method] == pool_size]
             with LongContextLM(model_dir, method=group[0], nproc=pool_size, **run_options) as lm:
@@ -139,12 +153,15 @@ def evaluate(model_dir, tasks, length, nproc, methods, samples, seed=0, max_new_
                             texts.append(text)
                             marks.append(is_correct(text, sample))
                             prefill[method].append(raw["prefill_s"])
+                            query[method].append(raw["query_s"])
+                            first_tokens[task][method].append(raw["tokens"][0] if raw["tokens"] else None)
                             bar.update(1)
     finally:
         bar.close()
 
     reference = methods[0]
     accuracy = {task: {method: _mean(correct[task][method]) for method in methods} for task in tasks}
+    ttft = {method: _mean([p + q for p, q in zip(prefill[method], query[method])]) for method in methods}
     return {
         "model": model_dir,
         "tasks": tasks,
@@ -158,6 +175,14 @@ def evaluate(model_dir, tasks, length, nproc, methods, samples, seed=0, max_new_
         "accuracy": accuracy,
         "mean_accuracy": {method: _mean([accuracy[task][method] for task in tasks]) for method in methods},
         "prefill_s": {method: _mean(prefill[method]) for method in methods},
+        "query_s": {method: _mean(query[method]) for method in methods},
+        "ttft_s": ttft,
+        "hf_sdpa": hf,
+        "speedup_vs_hf": {method: speedup(hf and hf["mean_s"], ttft[method]) for method in methods},
+        "hf_token_disagreements": None if hf is None else {
+            method: sum(a != b for task in tasks for a, b in zip(first_tokens[task][method], hf["argmax"][task]))
+            for method in methods
+        },
         "reference": reference,
         "disagreements": {
             method: sum(a != b for task in tasks for a, b in zip(correct[task][method], correct[task][reference]))
@@ -173,6 +198,24 @@ def evaluate(model_dir, tasks, length, nproc, methods, samples, seed=0, max_new_
     }
 
 
+def _hf_baseline(model_dir, config, ids, bar):
+    """HF SDPA on every sample of `ids` ({task: [(doc_ids, query_ids)]}): one untimed warm-up,
+    then one timed forward each. Returns the report's "hf_sdpa" dict."""
+    bar.set_description("HF SDPA")
+    seconds, argmax = {}, {}
+    with HFSDPABaseline(model_dir, config.device, config.dtype) as hf:
+        for task, pairs in ids.items():
+            seconds[task], argmax[task] = [], []
+            for doc_ids, query_ids in pairs:
+                timing = hf.time(doc_ids, query_ids, repeats=1)
+                seconds[task].append(timing.median_s)
+                argmax[task].append(timing.argmax)
+                bar.update(1)
+    every = [value for values in seconds.values() for value in values]
+    return {"mean_s": _mean(every), "seconds": seconds, "argmax": argmax, "threads": timing.threads,
+            "device": timing.device, "dtype": timing.dtype}
+
+
 def _progress_bar(total, enabled):
     from tqdm import tqdm
 
@@ -180,10 +223,12 @@ def _progress_bar(total, enabled):
 
 
 def format_report(report):
-    """The report as a human-readable table: accuracy per task x method, then timings."""
+    """The report as a human-readable table: accuracy per task x method, then timings and the
+    speed-up against HF SDPA (when the baseline was measured)."""
     methods = report["methods"]
     width = max(9, *(len(method) + 1 for method in methods))
-    label = max(14, *(len(task) + 1 for task in report["tasks"]))
+    label = max(15, *(len(task) + 1 for task in report["tasks"]))
+    hf = report.get("hf_sdpa")
     lines = [
         f"{', '.join(report['tasks'])}: {report['samples']} samples each at {report['length']} tokens "
         f"(seed {report['seed']}), model {report['model']}",
@@ -191,15 +236,27 @@ def format_report(report):
     ]
     for task in report["tasks"]:
         lines.append(f"{task:<{label}}" + "".join(f"{report['accuracy'][task][m]:>{width}.1%}" for m in methods))
-    rows = (
+    rows = [
         ("mean", lambda m: f"{report['mean_accuracy'][m]:.1%}"),
         ("prefill s", lambda m: f"{report['prefill_s'][m]:.3f}"),
-        ("workers", lambda m: str(report["workers"][m])),
-    )
+        ("1st token s", lambda m: f"{report['ttft_s'][m]:.3f}"),
+    ]
+    if hf:
+        rows.append(("x HF SDPA", lambda m: f"{report['speedup_vs_hf'][m]:.2f}"))
+    rows.append(("workers", lambda m: str(report["workers"][m])))
     for name, cell in rows:
         lines.append(f"{name:<{label}}" + "".join(f"{cell(m):>{width}}" for m in methods))
     others = [m for m in methods if m != report["reference"]]
     if others:
         lines.append(f"samples scored differently from {report['reference']}: "
                      + ", ".join(f"{m} {report['disagreements'][m]}" for m in others))
+    lines.append("1st token s: mean prefill + query pass per sample (the work of HF's one forward over "
+                 "document + question)")
+    if hf:
+        lines.append(f"HF SDPA: mean {hf['mean_s']:.3f} s per sample (unmodified model, one process, "
+                     f"{hf['threads']} threads, {hf['device']} {hf['dtype']}, no workers alive)")
+        lines.append("x HF SDPA = HF SDPA's mean / 1st token s; first token differs from HF SDPA's: "
+                     + ", ".join(f"{m} {report['hf_token_disagreements'][m]}" for m in methods))
+    else:
+        lines.append("HF SDPA baseline not measured (--no-baseline): no speed-ups")
     return "\n".join(lines)
