@@ -73,6 +73,17 @@ class HFSDPABaseline:
         self.model = model.to(self.device).eval()
         self._warm = False
 
+    @classmethod
+    def of_model(cls, model):
+        """A baseline over an already loaded Hugging Face model (e.g. one longctx loaded, so both
+        run the very same weights): its attention is switched to SDPA for each timed call and
+        switched back after. Its device and dtype are the model's; `close()` leaves it alone."""
+        baseline = cls.__new__(cls)
+        parameter = next(model.parameters())
+        baseline.model, baseline.device, baseline.dtype = model, parameter.device, parameter.dtype
+        baseline._warm = False
+        return baseline
+
     def time(self, doc_ids, query_ids, repeats=1, warmup=None):
         """Time `repeats` (>= 1) forwards of `doc_ids + query_ids`; returns a BaselineTiming.
 
@@ -107,8 +118,15 @@ class HFSDPABaseline:
                               tokens=len(ids), argmax=int(logits[0, -1].argmax()))
 
     def _forward(self, input_ids):
-        with torch.inference_mode():
-            return self.model(input_ids=input_ids, use_cache=False, logits_to_keep=1).logits
+        previous = self.model.config._attn_implementation
+        if previous != "sdpa":
+            self.model.set_attn_implementation("sdpa")
+        try:
+            with torch.inference_mode():
+                return self.model(input_ids=input_ids, use_cache=False, logits_to_keep=1).logits
+        finally:
+            if previous != "sdpa":
+                self.model.set_attn_implementation(previous)
 
     def _sync(self):
         if self.device.type == "cuda":

@@ -82,3 +82,21 @@ def test_tiny_demo_reports_burst_against_hf():
     assert hf["argmax"] == generate["tokens"][0]
     assert all(row["tokens_match"] for row in report["compare"]["results"])
     assert "than HF SDPA" in report["text"]
+
+
+def test_of_model_times_sdpa_on_longctx_weights_and_restores_attention(tiny_model):
+    """`of_model` runs HF SDPA on a model loaded for longctx (same weights) and gives the
+    longctx attention back afterwards."""
+    import torch
+
+    from longctx.baseline import HFSDPABaseline
+    from longctx.models import load_model
+
+    model_dir = tiny_model("llama")
+    model = load_model(model_dir, torch.device("cpu"), torch.float32)
+    attention_name = model.config._attn_implementation
+    doc_ids, query_ids = list(range(3, 60)), list(range(60, 66))
+    from_dir = HFSDPABaseline(model_dir).time(doc_ids, query_ids)
+    shared = HFSDPABaseline.of_model(model).time(doc_ids, query_ids)
+    assert shared.argmax == from_dir.argmax
+    assert model.config._attn_implementation == attention_name != "sdpa"

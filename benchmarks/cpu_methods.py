@@ -1,0 +1,159 @@
+"""Every method's prefill on this CPU machine against HF SDPA, measured two ways in one run.
+
+    python benchmarks/cpu_methods.py                 # the committed results (< 20 min on 2 cores)
+    python benchmarks/cpu_methods.py --smoke         # seconds: tiny shapes, for CI
+
+(a) **Local workers** (wall clock): P real worker processes on this machine, torch.distributed
+    over gloo, the cores split evenly between them (so with P > cores they time-share);
+    every method on one pool, time to first token logits = prefill + query pass.
+(b) **Simulated hosts** (`prefill_suite.run_simulated`): each host's real work timed alone
+    with the whole machine, network modelled at `--gb-per-s` (default 10 GB/s, a 100 Gb/s
+    cluster link) and `--latency-us`; see `longctx.simulate` for what is measured and what
+    is modelled.
+
+Both against Hugging Face's SDPA forward of the same model and tokens with every core,
+measured in the same run. The model is a random-weight Llama made on the fly (default 8
+layers, hidden 512, 8 heads / 2 KV heads, MLP 1792). Writes JSON and PNG under
+benchmarks/results/.
+"""
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import time
+
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+import prefill_suite  # noqa: E402
+from longctx.api import LongContextLM  # noqa: E402
+from longctx.baseline import HFSDPABaseline, speedup  # noqa: E402
+from longctx.errors import LongCtxError  # noqa: E402
+from longctx.models import load_model  # noqa: E402
+from prefill_suite import Link  # noqa: E402
+
+RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
+
+
+def parse_args(argv=None):
+    """Command-line options (defaults: the committed run)."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--lengths", type=int, nargs="+", default=[4096, 16384, 32768],
+                        help="document tokens (simulated hosts)")
+    parser.add_argument("--hosts", type=int, nargs="+", default=[2, 4, 8], help="simulated host counts")
+    parser.add_argument("--local-lengths", type=int, nargs="*", default=[4096, 16384],
+                        help="document tokens for real local workers")
+    parser.add_argument("--local-hosts", type=int, nargs="*", default=[2, 4], help="local worker counts")
+    parser.add_argument("--methods", default=",".join(prefill_suite.METHODS))
+    parser.add_argument("--repeats", type=int, default=1, help="timed runs per measurement (median)")
+    parser.add_argument("--gb-per-s", type=float, default=10.0, help="modelled link bandwidth per host")
+    parser.add_argument("--latency-us", type=float, default=20.0, help="modelled latency per message")
+    parser.add_argument("--layers", type=int, default=8)
+    parser.add_argument("--hidden", type=int, default=512)
+    parser.add_argument("--heads", type=int, default=8)
+    parser.add_argument("--kv-heads", type=int, default=2)
+    parser.add_argument("--intermediate", type=int, default=1792)
+    parser.add_argument("--smoke", action="store_true", help="tiny shapes and lengths (CI)")
+    parser.add_argument("--out", default=os.path.join(RESULTS, "cpu_methods.json"))
+    args = parser.parse_args(argv)
+    if args.smoke:
+        args.lengths, args.hosts, args.local_lengths, args.local_hosts = [256], [2], [256], [2]
+        args.layers, args.hidden, args.heads, args.kv_heads, args.intermediate = 2, 64, 4, 2, 128
+    return args
+
+
+def run_local(model, model_dir, lengths, host_counts, methods, repeats, progress=print):
+    """Rows of real local-worker runs (workers load `model_dir`): median prefill + query seconds
+    per (length, hosts, method), with HF SDPA (on `model`, the same weights in this process)
+    measured before the pools start, when no worker is alive."""
+    rows = []
+    cores = os.cpu_count() or 1
+    baseline = HFSDPABaseline.of_model(model)
+    for length in lengths:
+        doc_ids, query_ids = prefill_suite.prompt(model.config.vocab_size, length)
+        progress(f"{length} tokens: HF SDPA baseline (no workers running)")
+        timing = baseline.time(doc_ids, query_ids, repeats=repeats, warmup=True)
+        hf_s = timing.median_s
+        rows.append({"length": length, "method": "hf-sdpa", "hosts": 1, "mode": "local workers", "seconds": hf_s,
+                     "speedup_vs_hf": 1.0, "baseline": timing.to_dict()})
+        for hosts in host_counts:
+            labels = [label for label in methods if label != "apb-balanced"]
+            threads = max(1, cores // hosts)
+            progress(f"{length} tokens: {hosts} local workers, {threads} thread(s) each, on {cores} cores")
+            with LongContextLM(model_dir, method="burst", nproc=hosts, threads=threads, balance="equal") as lm:
+                for label in labels:
+                    try:
+                        lm.run_ids(doc_ids, query_ids, max_new_tokens=1, method=label)  # warm-up
+                    except LongCtxError as exc:
+                        progress(f"  {label}: skipped ({exc})")
+                        continue
+                    times = []
+                    for _ in range(repeats):
+                        raw = lm.run_ids(doc_ids, query_ids, max_new_tokens=1, method=label)
+                        times.append(raw["prefill_s"] + raw["query_s"])
+                    seconds = statistics.median(times)
+                    rows.append({"length": length, "method": label, "hosts": hosts, "mode": "local workers",
+                                 "seconds": seconds, "runs_s": times, "hf_sdpa_s": hf_s,
+                                 "speedup_vs_hf": speedup(hf_s, seconds), "threads_per_worker": threads,
+                                 "cores": cores})
+    return rows
+
+
+def main(argv=None):
+    """Measure, print the tables, write JSON and PNG."""
+    args = parse_args(argv)
+    methods = [name for name in args.methods.split(",") if name]
+    link = Link(gb_per_s=args.gb_per_s, latency_us=args.latency_us)
+    started = time.perf_counter()
+
+    def progress(text):
+        print(f"[{time.perf_counter() - started:7.1f} s] {text}", file=sys.stderr, flush=True)
+
+    max_len = max(args.lengths + args.local_lengths) + prefill_suite.QUESTION_TOKENS + 8
+    with tempfile.TemporaryDirectory(prefix="longctx-bench-") as tmp:
+        model_dir = prefill_suite.make_model(os.path.join(tmp, "model"), args.layers, args.hidden, args.heads,
+                                             args.kv_heads, args.intermediate, max_positions=max_len)
+        torch.set_num_threads(os.cpu_count() or 1)
+        model = load_model(model_dir, torch.device("cpu"), torch.float32)
+        rows = prefill_suite.run_simulated(model, args.lengths, args.hosts, methods, link, args.repeats, progress)
+        local = run_local(model, model_dir, args.local_lengths, args.local_hosts, methods, args.repeats, progress)
+    report = {
+        "benchmark": "cpu_methods",
+        "command": "python benchmarks/cpu_methods.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+        "when": time.strftime("%Y-%m-%d %H:%M:%S"),
+        "machine": {"cores": os.cpu_count(), "platform": platform.platform(), "processor": platform.processor(),
+                    "torch": torch.__version__},
+        "model": {"family": "llama (random weights)", "layers": args.layers, "hidden": args.hidden,
+                  "heads": args.heads, "kv_heads": args.kv_heads, "intermediate": args.intermediate,
+                  "dtype": "float32"},
+        "question_tokens": prefill_suite.QUESTION_TOKENS,
+        "metric": "seconds to the first answer token's logits: HF SDPA one forward over document + question; "
+                  "longctx prefill + query pass",
+        "measured": "HF SDPA and longctx dense (whole machine); every simulated host's compute, alone on the "
+                    "whole machine; local workers' wall clock",
+        "modelled": f"simulated hosts' network: {prefill_suite.link_description(link)}; hosts meet at every "
+                    f"layer with communication",
+        "link": {"gb_per_s": link.gb_per_s, "latency_us": link.latency_us, "overlap": link.overlap},
+        "rows": rows + local,
+        "wall_s": time.perf_counter() - started,
+    }
+    prefill_suite.print_table(rows, "simulated")
+    if local:
+        prefill_suite.print_table(local, "local workers")
+    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
+    with open(args.out, "w") as handle:
+        json.dump(report, handle, indent=1)
+    png = prefill_suite.plot(rows + local, os.path.splitext(args.out)[0] + ".png",
+                             f"CPU ({os.cpu_count()} cores), {args.layers}-layer random Llama, "
+                             f"simulated hosts on {prefill_suite.link_description(link)}")
+    print(f"\nwrote {args.out}" + (f" and {png}" if png else "") + f" in {report['wall_s']:.0f} s")
+    return report
+
+
+if __name__ == "__main__":
+    main()
