@@ -1,23 +1,26 @@
-"""Running (out, lse) over the rows of a local query block, merged exactly as key blocks arrive."""
+"""Running (out, lse) over the rows of a local query block, updated in place as key blocks arrive."""
 
 import torch
 
-from longctx.kernels import merge
+from longctx.kernels import attend_into
 
 
 class Accumulator:
-    """fp32 running attention for queries [B, Hq, S, D]: `add` merges a partial result for some rows."""
+    """fp32 running attention for queries [B, Hq, S, D]: `attend` folds a key block into some rows.
 
-    def __init__(self, q):
-        batch, heads, length, _ = q.shape
-        self.out = torch.zeros(q.shape, dtype=torch.float32, device=q.device)
+    This is BurstAttention's LAO: the Triton kernel continues the running softmax of the
+    rows it is given (row-slice views of the state) instead of returning a partial result
+    for a separate merge pass; the CPU backends compute and merge (`attend_into`).
+    """
+
+    def __init__(self, q, head_dim_v=None):
+        batch, heads, length, head_dim = q.shape
+        self.out = torch.zeros(batch, heads, length, head_dim_v or head_dim, dtype=torch.float32, device=q.device)
         self.lse = torch.full((batch, heads, length), float("-inf"), dtype=torch.float32, device=q.device)
 
-    def add(self, rows, out, lse):
-        """Merge partial attention (out, lse) of query rows `rows` (a slice) over new keys."""
-        merged_out, merged_lse = merge(self.out[:, :, rows], self.lse[:, :, rows], out, lse)
-        self.out[:, :, rows] = merged_out
-        self.lse[:, :, rows] = merged_lse
+    def attend(self, rows, q, k, v, *, causal, scale, backend):
+        """Fold attention of query rows `rows` (a slice; `q` holds those rows) over k/v into the state."""
+        attend_into(self.out[:, :, rows], self.lse[:, :, rows], q, k, v, causal=causal, scale=scale, backend=backend)
 
     def result(self, dtype):
         """The attention output in `dtype`."""

@@ -14,7 +14,6 @@ from burst.blocks import block_items
 from burst.schedules import double_ring, single_ring
 from longctx.costmodel import ring_work
 from longctx.errors import LongCtxError
-from longctx.kernels import attention
 from longctx.method import Method
 
 
@@ -48,7 +47,8 @@ class RingAttention(Method):
         return single_ring(ctx.comm, block, block_shape)
 
     def prefill_attention(self, ctx, layer, q, k, v, scale):
-        """Keep local K/V; rotate [K; V] around the ring and merge each block's partial result."""
+        """Keep local K/V; rotate [K; V] around the ring and fold each block into the running
+        softmax of the rows it concerns (LAO: no separate merge pass on the Triton path)."""
         ctx.cache.store(layer, k, v)
         hosts = ctx.plan.hosts
         my_spans = hosts[ctx.rank].spans
@@ -59,12 +59,11 @@ class RingAttention(Method):
             shape[3] = hosts[rank].num_tokens
             return tuple(shape)
 
-        acc = Accumulator(q)
+        acc = Accumulator(q, v.shape[-1])
         for source, kv in self.schedule(ctx, block, block_shape):
             for item in _items(ctx, my_spans, hosts[source].spans, source):
-                out, lse = attention(q[:, :, item.q_rows], kv[0][:, :, item.k_rows], kv[1][:, :, item.k_rows],
-                                     causal=item.causal, scale=scale, backend=ctx.kernel_backend)
-                acc.add(item.q_rows, out, lse)
+                acc.attend(item.q_rows, q[:, :, item.q_rows], kv[0][:, :, item.k_rows], kv[1][:, :, item.k_rows],
+                           causal=item.causal, scale=scale, backend=ctx.kernel_backend)
         return acc.result(q.dtype)
 
 

@@ -1,4 +1,4 @@
-"""Attention kernels shared by every method: one `attention` entry point and the LSE merge.
+"""Attention kernels shared by every method: `attention`, `attend_into` and the LSE merge.
 
 Backends:
 * "auto": the Triton kernel for CUDA tensors (when Triton is installed), else "torch".
@@ -35,6 +35,30 @@ def attention(q, k, v, *, causal, anchor_len=0, prefix_len=0, scale=None, backen
     return reference_attention(q, k, v, **masks)
 
 
+def attend_into(out, lse, q, k, v, *, causal, anchor_len=0, prefix_len=0, scale=None, backend="auto"):
+    """Fold attention of q over k/v into a running float32 state, in place (BurstAttention's LAO).
+
+    out [B, Hq, Sq, Dv] float32 and lse [B, Hq, Sq] float32 (any strides: row slices of a
+    larger state are fine) hold the attention of these queries over the keys seen so far
+    (out 0, lse -inf before the first keys). Afterwards they hold it over those keys and
+    k/v, as `merge` of the two partial results would. Masks and shapes as in `attention`.
+    The Triton kernel starts its online softmax from the state and writes it back (no merge
+    pass); the torch and reference backends compute (out, lse) and merge.
+    """
+    if backend not in BACKENDS:
+        raise ValueError(f"unknown attention backend {backend!r}; choose one of {', '.join(BACKENDS)}")
+    masks = dict(causal=causal, anchor_len=anchor_len, prefix_len=prefix_len, scale=scale)
+    if backend == "triton" or (backend == "auto" and q.is_cuda and _triton_available()):
+        from longctx.kernels.triton_attention import triton_attend_into
+
+        triton_attend_into(out, lse, q, k, v, **masks)
+        return
+    part_out, part_lse = attention(q, k, v, backend=backend, **masks)
+    merged_out, merged_lse = merge(out, lse, part_out, part_lse)
+    out.copy_(merged_out)
+    lse.copy_(merged_lse)
+
+
 def _triton_available():
     """True when the `triton` package can be imported."""
     try:
@@ -44,4 +68,4 @@ def _triton_available():
     return True
 
 
-__all__ = ["attention", "merge", "merge_many", "reference_attention", "fused_cpu_attention", "BACKENDS"]
+__all__ = ["attention", "attend_into", "merge", "merge_many", "reference_attention", "fused_cpu_attention", "BACKENDS"]
