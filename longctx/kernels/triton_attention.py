@@ -566,6 +566,33 @@ def _kernel_is_interpreted():
     return isinstance(_attention_fwd_kernel, InterpretedFunction)
 
 
+def _backport_interpreter_index():
+    """Let older Triton interpreters take tensor loop bounds under NumPy >= 2.4.
+
+    The interpreter holds scalars as arrays of shape (1,). Triton 3.6 converts a loop bound
+    with int(array), which NumPy 2.4 rejects; later Triton squeezes the array first. This
+    applies that same change (only to interpreted kernels; compiled ones never see it).
+    """
+    import inspect
+
+    from triton.runtime import interpreter
+
+    original = getattr(interpreter, "_patch_lang_tensor", None)
+    if original is None or "squeeze" in inspect.getsource(original) or getattr(original, "squeezes", False):
+        return
+
+    def patch_lang_tensor(tensor, scope):
+        original(tensor, scope)
+        scope.set_attr(tensor, "__index__", lambda self: int(self.handle.data.squeeze()))
+
+    patch_lang_tensor.squeezes = True
+    interpreter._patch_lang_tensor = patch_lang_tensor
+
+
+if _kernel_is_interpreted():
+    _backport_interpreter_index()
+
+
 def _check_inputs(q, k, v):
     """Validate shapes, dtypes, devices and head dims (ValueError / RuntimeError)."""
     if q.dim() != 4 or k.dim() != 4 or v.dim() != 4:
