@@ -363,3 +363,18 @@ def test_ring_accumulator_with_the_triton_kernel(striped):
                 acc.attend(item.q_rows, q[:, :, item.q_rows], k[:, :, item.k_rows], v[:, :, item.k_rows],
                            causal=item.causal, scale=None, backend="triton")
         torch.testing.assert_close(acc.result(torch.float32), want[:, :, mine], atol=1e-4, rtol=1e-4)
+
+
+def test_autotuner_prunes_to_the_planned_candidates(monkeypatch):
+    """The GPU autotuner (not run here: it needs a device to time on) offers exactly the
+    candidates `tune_configs` gives the call's target, keyed on what changes the best one."""
+    monkeypatch.setattr(triton_module, "_target_for", lambda q: triton_module.Target(90, 132))
+    tuned = triton_module._autotuned(triton_module._attention_fwd_kernel)
+    assert {"BLOCK_D", "BLOCK_DV", "CAUSAL", "PACK", "RESUME", "tune_bucket"} <= set(tuned.keys)
+    assert set(tuned.restore_value) == {"Out", "Lse"}
+    q = torch.zeros(1, 8, 4, 128, dtype=torch.bfloat16)
+    tuned.nargs = {}
+    pruned = tuned.prune_configs({"Q": q, "BLOCK_D": 128, "BLOCK_DV": 128})
+    want = triton_module.tune_configs(triton_module.Target(90, 132), torch.bfloat16, 128, 128)
+    assert [(c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"], c.num_warps, c.num_stages) for c in pruned] == \
+        [(c["BLOCK_M"], c["BLOCK_N"], c["num_warps"], c["num_stages"]) for c in want]

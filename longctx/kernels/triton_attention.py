@@ -148,7 +148,7 @@ def _attention_fwd_kernel(
     stride_ls, stride_lb, stride_lh, stride_lm,
     batch_packs, head_packs,  # programs per (tile, split) = batch * head_packs
     q_len, k_len, anchor_len, prefix_len, qk_scale, head_dim_v,
-    num_splits, split_len,  # key shares (split-K) and keys per share (a multiple of BLOCK_N)
+    num_splits, split_len,  # key shares (split-K) and keys per share (a multiple of BLOCK_N if > 1 share)
     tune_bucket,  # autotune key only (a coarse size class of the call); unused here
     GROUP: tl.constexpr,  # query heads per key/value head
     PACK: tl.constexpr,  # query heads of one group sharing a tile (divides GROUP)
@@ -209,20 +209,17 @@ def _attention_fwd_kernel(
     share_hi = share_lo + split_len
 
     # --- 4. online softmax over both ranges, from zero or from the running state ----------
-    offs_dv = tl.arange(0, BLOCK_DV)
-    out_mask = row_ok[:, None] & (offs_dv[None, :] < head_dim_v)
-    o_ptrs = (Out + split.to(tl.int64) * stride_os + batch * stride_ob + heads[:, None] * stride_oh
-              + rows.to(tl.int64)[:, None] * stride_om + offs_dv[None, :] * stride_od)
     l_ptrs = Lse + split.to(tl.int64) * stride_ls + batch * stride_lb + heads * stride_lh + rows.to(tl.int64) * stride_lm
+    acc = tl.zeros([BLOCK_M, BLOCK_DV], dtype=tl.float32)
     if RESUME:
-        # (out, lse) is exactly the state m = lse (base 2), l = 1, acc = out.
+        # (out, lse) is exactly the state m = lse (base 2), l = 1, acc = out. The out part
+        # is only ever rescaled, so it joins after the loop (step 5), keeping registers free.
         lse_in = tl.load(l_ptrs, mask=row_ok, other=float("-inf"))
-        seen = lse_in > float("-inf")
-        m_i = tl.where(seen, lse_in * 1.4426950408889634, float("-inf"))
-        l_i = tl.where(seen, 1.0, 0.0)
-        acc = tl.load(o_ptrs, mask=out_mask & seen[:, None], other=0.0).to(tl.float32)
+        resumed = lse_in > float("-inf")
+        m_i = tl.where(resumed, lse_in * 1.4426950408889634, float("-inf"))
+        l_i = tl.where(resumed, 1.0, 0.0)
+        m_start = m_i
     else:
-        acc = tl.zeros([BLOCK_M, BLOCK_DV], dtype=tl.float32)
         m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
         l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
     acc, m_i, l_i = _attend_key_range(
@@ -239,6 +236,15 @@ def _attention_fwd_kernel(
     )
 
     # --- 5. normalise and store; rows that saw no key: out 0, lse -inf -------------------
+    offs_dv = tl.arange(0, BLOCK_DV)
+    out_mask = row_ok[:, None] & (offs_dv[None, :] < head_dim_v)
+    o_ptrs = (Out + split.to(tl.int64) * stride_os + batch * stride_ob + heads[:, None] * stride_oh
+              + rows.to(tl.int64)[:, None] * stride_om + offs_dv[None, :] * stride_od)
+    if RESUME:
+        # The running output, rescaled as the loop rescaled acc: by exp2(m_start - m_final).
+        out_in = tl.load(o_ptrs, mask=out_mask, other=0.0).to(tl.float32)
+        rescale = tl.where(resumed, tl.math.exp2(m_start - tl.where(resumed, m_i, 0.0)), 0.0)
+        acc += out_in * rescale[:, None]
     saw_key = l_i > 0.0
     l_safe = tl.where(saw_key, l_i, 1.0)
     out = acc / l_safe[:, None]
@@ -324,13 +330,6 @@ def _config(block_m, block_n, num_warps, num_stages):
     return {"BLOCK_M": block_m, "BLOCK_N": block_n, "num_warps": num_warps, "num_stages": num_stages}
 
 
-def choose_launch_config(head_dim, dtype, on_gpu):
-    """The default (first candidate) main-kernel configuration on a Hopper GPU (or the
-    interpreter); see `tune_configs`. Kept for callers that want one configuration."""
-    target = Target(arch=90, num_sms=132) if on_gpu else INTERPRETER
-    return tune_configs(target, dtype, head_dim, head_dim)[0]
-
-
 def tune_configs(target, dtype, block_d, block_dv):
     """Candidate configurations (BLOCK_M, BLOCK_N, num_warps, num_stages) of the main kernel
     for padded head dims on `target`; more than one means the runtime autotunes among them.
@@ -353,12 +352,12 @@ def tune_configs(target, dtype, block_d, block_dv):
             return [_config(128, 64, 4, 3), _config(128, 128, 8, 3)]
         if width <= 128:
             return [_config(128, 64, 8, 3), _config(128, 128, 8, 2), _config(64, 64, 4, 3)]
-        return [_config(64, 64, 4, 2), _config(128, 64, 8, 2)]
+        return [_config(128, 32, 8, 2), _config(64, 64, 8, 2)]
     if width <= 64:
-        return [_config(128, 64, 4, 3), _config(64, 64, 4, 3)]
+        return [_config(128, 64, 8, 3), _config(64, 64, 4, 3)]
     if width <= 128:
-        return [_config(128, 64, 8, 2), _config(64, 64, 4, 3)]
-    return [_config(64, 32, 4, 2), _config(64, 64, 8, 1)]
+        return [_config(128, 64, 8, 2), _config(64, 64, 8, 2)]
+    return [_config(64, 32, 8, 2)]
 
 
 def split_config(target, dtype, block_d, block_dv):
@@ -369,7 +368,9 @@ def split_config(target, dtype, block_d, block_dv):
     width = max(block_d, block_dv)
     if dtype == torch.float32:
         return _fp32_config(width)
-    return _config(64, 64, 4, 3) if width <= 128 else _config(64, 32, 4, 2)
+    if width > 128:
+        return _config(64, 32, 8, 2)
+    return _config(64, 64, 4, 3) if target.arch >= 90 else _config(64, 32, 4, 3)
 
 
 def _fp32_config(width):
@@ -417,8 +418,7 @@ def plan_launch(batch, q_heads, kv_heads, q_len, k_len, block_d, block_dv, dtype
     key_blocks = triton.cdiv(k_len, split["BLOCK_N"])
     splits = choose_splits(batch * (q_heads // pack) * tiles, key_blocks, target)
     if splits == 1:
-        configs = tuple(candidates)
-        return LaunchPlan(pack, configs, 1, triton.cdiv(k_len, configs[0]["BLOCK_N"]) * configs[0]["BLOCK_N"])
+        return LaunchPlan(pack, tuple(candidates), 1, k_len)  # one share: all keys
     blocks_per_split = triton.cdiv(key_blocks, splits)
     splits = triton.cdiv(key_blocks, blocks_per_split)  # no empty shares
     return LaunchPlan(pack, (split,), splits, blocks_per_split * split["BLOCK_N"])
@@ -677,5 +677,5 @@ def triton_attend_into(out, lse, q, k, v, *, causal, anchor_len=0, prefix_len=0,
         _run(launch)
 
 
-__all__ = ["triton_attention", "triton_attend_into", "choose_launch_config", "plan_launch", "build_launches",
+__all__ = ["triton_attention", "triton_attend_into", "plan_launch", "build_launches",
            "tune_configs", "Target", "INTERPRETER"]
