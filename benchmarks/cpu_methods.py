@@ -12,8 +12,10 @@
     is modelled.
 
 Both against Hugging Face's SDPA forward of the same model and tokens with every core,
-measured in the same run. The model is a random-weight Llama made on the fly (default 8
-layers, hidden 512, 8 heads / 2 KV heads, MLP 1792). Writes JSON and PNG under
+measured in the same run. The model is a random-weight Llama made on the fly (default 4
+layers, hidden 512, 8 heads / 2 KV heads, MLP 1792; 4 layers keep the run under 20 minutes on
+2 cores, and every layer does the same work). Simulated grid: 4K and 16K tokens on 2, 4 and 8
+hosts, 32K on 4; local workers: 4K and 8K on 2 and 4. Writes JSON and PNG under
 benchmarks/results/.
 """
 
@@ -43,17 +45,16 @@ RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
 def parse_args(argv=None):
     """Command-line options (defaults: the committed run)."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--lengths", type=int, nargs="+", default=[4096, 16384, 32768],
-                        help="document tokens (simulated hosts)")
-    parser.add_argument("--hosts", type=int, nargs="+", default=[2, 4, 8], help="simulated host counts")
-    parser.add_argument("--local-lengths", type=int, nargs="*", default=[4096, 16384],
-                        help="document tokens for real local workers")
-    parser.add_argument("--local-hosts", type=int, nargs="*", default=[2, 4], help="local worker counts")
+    parser.add_argument("--grid", nargs="+", default=["4096:2,4,8", "16384:2,4,8", "32768:4"],
+                        help="simulated hosts: LENGTH:HOSTS,... (document tokens, host counts)")
+    parser.add_argument("--local-grid", nargs="*", default=["4096:2,4", "8192:2,4"],
+                        help="real local workers: LENGTH:WORKERS,...")
     parser.add_argument("--methods", default=",".join(prefill_suite.METHODS))
     parser.add_argument("--repeats", type=int, default=1, help="timed runs per measurement (median)")
     parser.add_argument("--gb-per-s", type=float, default=10.0, help="modelled link bandwidth per host")
     parser.add_argument("--latency-us", type=float, default=20.0, help="modelled latency per message")
-    parser.add_argument("--layers", type=int, default=8)
+    parser.add_argument("--layers", type=int, default=4,
+                        help="decoder layers (every layer does the same work, so ratios do not depend on it)")
     parser.add_argument("--hidden", type=int, default=512)
     parser.add_argument("--heads", type=int, default=8)
     parser.add_argument("--kv-heads", type=int, default=2)
@@ -61,20 +62,21 @@ def parse_args(argv=None):
     parser.add_argument("--smoke", action="store_true", help="tiny shapes and lengths (CI)")
     parser.add_argument("--out", default=os.path.join(RESULTS, "cpu_methods.json"))
     args = parser.parse_args(argv)
+    args.grid, args.local_grid = prefill_suite.parse_grid(args.grid), prefill_suite.parse_grid(args.local_grid)
     if args.smoke:
-        args.lengths, args.hosts, args.local_lengths, args.local_hosts = [256], [2], [256], [2]
+        args.grid, args.local_grid = [(256, [2])], [(256, [2])]
         args.layers, args.hidden, args.heads, args.kv_heads, args.intermediate = 2, 64, 4, 2, 128
     return args
 
 
-def run_local(model, model_dir, lengths, host_counts, methods, repeats, progress=print):
+def run_local(model, model_dir, grid, methods, repeats, progress=print):
     """Rows of real local-worker runs (workers load `model_dir`): median prefill + query seconds
-    per (length, hosts, method), with HF SDPA (on `model`, the same weights in this process)
+    per (length, workers, method) of `grid`, with HF SDPA (on `model`, the same weights in this process)
     measured before the pools start, when no worker is alive."""
     rows = []
     cores = os.cpu_count() or 1
     baseline = HFSDPABaseline.of_model(model)
-    for length in lengths:
+    for length, host_counts in grid:
         doc_ids, query_ids = prefill_suite.prompt(model.config.vocab_size, length)
         progress(f"{length} tokens: HF SDPA baseline (no workers running)")
         timing = baseline.time(doc_ids, query_ids, repeats=repeats, warmup=True)
@@ -114,14 +116,14 @@ def main(argv=None):
     def progress(text):
         print(f"[{time.perf_counter() - started:7.1f} s] {text}", file=sys.stderr, flush=True)
 
-    max_len = max(args.lengths + args.local_lengths) + prefill_suite.QUESTION_TOKENS + 8
+    max_len = max(length for length, _ in args.grid + args.local_grid) + prefill_suite.QUESTION_TOKENS + 8
     with tempfile.TemporaryDirectory(prefix="longctx-bench-") as tmp:
         model_dir = prefill_suite.make_model(os.path.join(tmp, "model"), args.layers, args.hidden, args.heads,
                                              args.kv_heads, args.intermediate, max_positions=max_len)
         torch.set_num_threads(os.cpu_count() or 1)
         model = load_model(model_dir, torch.device("cpu"), torch.float32)
-        rows = prefill_suite.run_simulated(model, args.lengths, args.hosts, methods, link, args.repeats, progress)
-        local = run_local(model, model_dir, args.local_lengths, args.local_hosts, methods, args.repeats, progress)
+        rows = prefill_suite.run_simulated(model, args.grid, methods, link, args.repeats, progress)
+        local = run_local(model, model_dir, args.local_grid, methods, args.repeats, progress)
     report = {
         "benchmark": "cpu_methods",
         "command": "python benchmarks/cpu_methods.py " + " ".join(argv if argv is not None else sys.argv[1:]),

@@ -36,9 +36,8 @@ def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--smoke", action="store_true", help="tiny shapes on the CPU (CI)")
     parser.add_argument("--kernel-lengths", type=int, nargs="+", default=[16384, 32768, 65536, 131072])
-    parser.add_argument("--lengths", type=int, nargs="+", default=[32768, 65536, 131072],
-                        help="document tokens of the simulated prefill")
-    parser.add_argument("--hosts", type=int, nargs="+", default=[8])
+    parser.add_argument("--grid", nargs="+", default=["32768:8", "65536:8", "131072:8"],
+                        help="simulated prefill: LENGTH:HOSTS,... (document tokens, host counts)")
     parser.add_argument("--gb-per-s", type=float, default=300.0, help="modelled link bandwidth per GPU")
     parser.add_argument("--latency-us", type=float, default=10.0)
     parser.add_argument("--skip", nargs="*", default=[], choices=("kernel", "shaped", "simulated"))
@@ -46,7 +45,7 @@ def parse_args(argv=None):
                                                     "smoke: a temporary file)")
     args = parser.parse_args(argv)
     if args.smoke:
-        args.kernel_lengths, args.lengths, args.hosts = [96, 160], [256], [2]
+        args.kernel_lengths, args.grid = [96, 160], ["256:2"]
     return args
 
 
@@ -65,6 +64,7 @@ from longctx.kernels import attention, reference_attention  # noqa: E402
 from longctx.models.attention import register_attention  # noqa: E402
 from prefill_suite import Link  # noqa: E402
 
+GRID = prefill_suite.parse_grid(ARGS.grid)
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
 
 
@@ -207,7 +207,7 @@ def build_model(device, smoke):
         shape = dict(vocab_size=128256, hidden_size=4096, intermediate_size=14336, num_hidden_layers=32,
                      num_attention_heads=32, num_key_value_heads=8, rope_theta=500000.0)
         dtype = torch.bfloat16
-    config = LlamaConfig(**shape, max_position_embeddings=max(ARGS.lengths) + 1024, tie_word_embeddings=False)
+    config = LlamaConfig(**shape, max_position_embeddings=max(length for length, _ in GRID) + 1024, tie_word_embeddings=False)
     torch.manual_seed(0)
     with torch.device(device):
         model = AutoModelForCausalLM.from_config(config, dtype=dtype)
@@ -255,8 +255,7 @@ def main():
         progress("part 3: simulated hosts")
         link = Link(gb_per_s=ARGS.gb_per_s, latency_us=ARGS.latency_us)
         model, shape, dtype = build_model(device, ARGS.smoke)
-        rows = prefill_suite.run_simulated(model, ARGS.lengths, ARGS.hosts, list(prefill_suite.METHODS), link, 1,
-                                           progress)
+        rows = prefill_suite.run_simulated(model, GRID, list(prefill_suite.METHODS), link, 1, progress)
         report["simulated"] = {"model": {**shape, "dtype": dtype, "weights": "random"},
                                "modelled": f"network: {prefill_suite.link_description(link)}; hosts meet at "
                                            f"every layer with communication",

@@ -74,8 +74,21 @@ def simulate_method(model, label, doc_ids, query_ids, hosts, link, repeats):
     }
 
 
-def run_simulated(model, lengths, host_counts, methods, link, repeats, progress=print):
-    """Rows for every length: HF SDPA, longctx dense and every (method, hosts) simulated.
+def parse_grid(items):
+    """[(length, [hosts, ...]), ...] from strings "LENGTH:H1,H2,..." (e.g. "16384:2,4,8")."""
+    grid = []
+    for item in items:
+        length, _, hosts = item.partition(":")
+        try:
+            grid.append((int(length), [int(h) for h in hosts.split(",") if h]))
+        except ValueError:
+            raise SystemExit(f"bad grid entry {item!r}: use LENGTH:HOSTS,HOSTS,... (e.g. 16384:2,4,8)") from None
+    return grid
+
+
+def run_simulated(model, grid, methods, link, repeats, progress=print):
+    """Rows for every (length, host counts) of `grid`: HF SDPA, longctx dense and every
+    (method, hosts) simulated. HF SDPA and dense get one untimed warm-up at the first length.
 
     `model` is a longctx-loaded Hugging Face model (its weights serve the HF SDPA baseline
     too, so both run the very same weights). Each row: {length, method, hosts, mode,
@@ -84,15 +97,16 @@ def run_simulated(model, lengths, host_counts, methods, link, repeats, progress=
     """
     baseline = HFSDPABaseline.of_model(model)
     rows = []
-    for length in lengths:
+    for index, (length, host_counts) in enumerate(grid):
         doc_ids, query_ids = prompt(model.config.vocab_size, length)
         progress(f"{length} tokens: HF SDPA baseline")
-        timing = baseline.time(doc_ids, query_ids, repeats=repeats, warmup=True)
+        timing = baseline.time(doc_ids, query_ids, repeats=repeats, warmup=index == 0)
         hf_s = timing.median_s
         rows.append({"length": length, "method": "hf-sdpa", "hosts": 1, "mode": "measured", "seconds": hf_s,
                      "speedup_vs_hf": 1.0, "baseline": timing.to_dict()})
-        progress(f"{length} tokens: longctx dense (after one untimed warm-up run)")
-        simulate_method(model, "dense", doc_ids, query_ids, 1, link, 1)
+        progress(f"{length} tokens: longctx dense")
+        if index == 0:
+            simulate_method(model, "dense", doc_ids, query_ids, 1, link, 1)
         dense_s, details = simulate_method(model, "dense", doc_ids, query_ids, 1, link, repeats)
         rows.append({"length": length, "method": "dense", "hosts": 1, "mode": "measured", "seconds": dense_s,
                      "speedup_vs_hf": speedup(hf_s, dense_s), **details})
@@ -183,5 +197,5 @@ def plot(rows, path, title):
     return path
 
 
-__all__ = ["run_simulated", "simulate_method", "make_model", "prompt", "print_table", "plot",
+__all__ = ["run_simulated", "parse_grid", "simulate_method", "make_model", "prompt", "print_table", "plot",
            "link_description", "method_options", "runs_on", "METHODS", "Link"]
