@@ -166,30 +166,40 @@ def print_table(rows, mode="simulated"):
 
 
 def plot(rows, path, title):
-    """Speed-up over HF SDPA against host count, one panel per length; PNG at `path` (skipped
-    without matplotlib)."""
+    """Speed-up over HF SDPA against host count, one panel per length: simulated hosts solid,
+    real local workers dashed, one colour per method. PNG at `path` (None without matplotlib)."""
     try:
         import matplotlib
 
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
+        from matplotlib.lines import Line2D
     except ImportError:
         return None
-    lengths = sorted({row["length"] for row in rows})
-    fig, axes = plt.subplots(1, len(lengths), figsize=(4.2 * len(lengths), 3.6), squeeze=False)
+    shown = [row for row in rows if row["method"] not in ("hf-sdpa", "dense")]
+    lengths = sorted({row["length"] for row in shown})
+    methods = list(dict.fromkeys(row["method"] for row in shown))
+    colours = {method: f"C{index}" for index, method in enumerate(methods)}
+    styles = {"simulated": "-", "local workers": "--"}
+    fig, axes = plt.subplots(1, len(lengths), figsize=(4.2 * len(lengths) + 1.5, 3.6), squeeze=False)
     for ax, length in zip(axes[0], lengths):
-        at = [row for row in rows if row["length"] == length and row["method"] not in ("hf-sdpa", "dense")]
-        for (method, mode) in dict.fromkeys((row["method"], row["mode"]) for row in at):
+        at = [row for row in shown if row["length"] == length]
+        for method, mode in dict.fromkeys((row["method"], row["mode"]) for row in at):
             points = sorted((row["hosts"], row["speedup_vs_hf"]) for row in at
                             if row["method"] == method and row["mode"] == mode)
-            ax.plot([p for p, _ in points], [s for _, s in points], marker="o",
-                    linestyle="-" if mode == "simulated" else "--", label=f"{method} ({mode})")
+            ax.plot([p for p, _ in points], [s for _, s in points], marker="o", color=colours[method],
+                    linestyle=styles.get(mode, ":"))
         ax.axhline(1.0, color="grey", linewidth=0.8)
         ax.set_title(f"{length:,} tokens")
         ax.set_xlabel("hosts")
         ax.set_xscale("log", base=2)
+        hosts = sorted({row["hosts"] for row in at})
+        ax.set_xticks(hosts, [str(h) for h in hosts])
         ax.set_ylabel("speed-up over HF SDPA")
-    axes[0][-1].legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1.0))
+    handles = [Line2D([], [], color=colours[m], marker="o", label=m) for m in methods]
+    handles += [Line2D([], [], color="black", linestyle=style, label=mode) for mode, style in styles.items()
+                if any(row["mode"] == mode for row in shown)]
+    axes[0][-1].legend(handles=handles, fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1.0))
     fig.suptitle(title, fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=110)

@@ -10,9 +10,9 @@ DTYPES = ("auto", "float32", "bfloat16", "float16")
 DEVICES = ("auto", "cpu", "cuda")
 DIST_BACKENDS = ("auto", "gloo", "nccl")
 BALANCES = ("equal", "auto")
-# Default block sizing for contiguous layouts: "auto", from benchmarks/results/planner_apb.json
-# (APB, 4 CPU workers, 8K tokens: the slowest host's compute 1.34x shorter than with equal blocks,
-# wall clock 1.05x on an oversubscribed 2-core machine; the same needle accuracy).
+# Default block sizing for contiguous layouts: "auto". Measured (benchmarks/results/cpu_methods.json,
+# simulated hosts): APB balanced vs equal blocks 1.04x at 16K on 4 hosts, 1.53x at 32K on 4 hosts;
+# benchmarks/results/planner_apb.json: the slowest of 4 CPU workers' compute 1.15x shorter at 4K.
 BALANCE_DEFAULT = "auto"
 
 

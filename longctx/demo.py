@@ -7,8 +7,10 @@ dense on one worker, and times Hugging Face's own SDPA forward of the same token
 once every worker pool is closed (`longctx.baseline`). Every speed-up it prints is against that
 HF forward, comparing like with like: HF's one forward over document + question gives the first
 answer token's logits, which a longctx method gets from its prefill plus its query pass ("time
-to first token"). Without the shipped model, a tiny random-weight Llama made on the fly shows
-the exact methods agree with dense.
+to first token"). It also simulates the method on as many hosts as workers, each host with the
+whole machine (`longctx.simulate`: each host's work timed alone, the network modelled), which is
+what a user with one device per worker would see. Without the shipped model, a tiny
+random-weight Llama made on the fly shows the exact methods agree with dense.
 """
 
 import json
@@ -23,11 +25,13 @@ from longctx.config import RunConfig
 from longctx.errors import LongCtxError
 from longctx.models import resolve_device
 from longctx.models.tiny import make_tiny_model
+from longctx.simulate import Link
 
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # the editable checkout
 SHIPPED_MODEL = os.path.join(REPO, "examples", "models", "needle-llama")
 SHIPPED_DATA = os.path.join(REPO, "examples", "data")
+SIMULATED_LINK = Link(gb_per_s=10.0, latency_us=20.0)  # as benchmarks/cpu_methods.py: a 100 Gb/s link
 
 
 def run_demo(nproc=2, model=None, method="apb", repeats=3):
@@ -60,6 +64,32 @@ def hf_baseline(model_dir, tokenizer, document, question, repeats):
     doc_ids, query_ids = encode_prompt(tokenizer, document, question)
     with HFSDPABaseline(model_dir) as hf:
         return hf.time(doc_ids, query_ids, repeats)
+
+
+def hf_and_simulated(model_dir, tokenizer, document, question, method, hosts, repeats):
+    """(HF SDPA BaselineTiming, simulated time to first token of `method` on `hosts` hosts) on the
+    prompt's tokens, both on one copy of the weights in this process with every core (median of
+    `repeats` after a warm-up; `longctx.simulate`, link SIMULATED_LINK). Call it while no worker
+    pool is alive."""
+    import torch
+
+    from longctx.models import load_model
+    from longctx.simulate import critical_path, simulate_hosts
+
+    doc_ids, query_ids = encode_prompt(tokenizer, document, question)
+    device = torch.device("cpu")
+    model = load_model(model_dir, device, torch.float32)
+    baseline = HFSDPABaseline.of_model(model).time(doc_ids, query_ids, repeats)
+    config = RunConfig(model=model_dir, method=method, nproc=hosts)
+    saved = torch.get_num_threads()
+    torch.set_num_threads(os.cpu_count() or 1)
+    try:
+        simulate_hosts(model, config, doc_ids, query_ids, hosts, device)  # warm-up
+        times = sorted(critical_path(simulate_hosts(model, config, doc_ids, query_ids, hosts, device),
+                                     SIMULATED_LINK)["total_s"] for _ in range(repeats))
+    finally:
+        torch.set_num_threads(saved)
+    return baseline, times[(len(times) - 1) // 2]
 
 
 def _count(number, word):
@@ -159,8 +189,9 @@ def _shown(path):
 def needle_demo(model_dir, nproc=4, method="apb", data_dir=SHIPPED_DATA, repeats=3):
     """Answer the shipped needle question with `method` on `nproc` local workers and with dense
     on one worker (one untimed warm-up request, then the median of `repeats`), then, with both
-    pools closed, time HF SDPA on the same tokens. Returns a report dict; every speed-up in it
-    is HF SDPA's forward time / the method's time to first token (prefill + query)."""
+    pools closed, time HF SDPA on the same tokens and simulate `method` on as many hosts, each
+    with the whole machine (`hf_and_simulated`). Returns a report dict; every speed-up in it is
+    HF SDPA's forward time / the method's time to first token (prefill + query)."""
     from longctx.eval.harness import worker_count
     from longctx.eval.tasks import Sample, is_correct
     from longctx.models import check_model_dir, load_tokenizer
@@ -182,7 +213,8 @@ def needle_demo(model_dir, nproc=4, method="apb", data_dir=SHIPPED_DATA, repeats
             startup_s = time.perf_counter() - started
             result = median_request(lm, document, question, max_new_tokens, repeats)
         runs[name] = (result, is_correct(result.text, sample), startup_s)
-    baseline = hf_baseline(model_dir, tokenizer, document, question, repeats)  # every pool is closed
+    baseline, simulated = hf_and_simulated(model_dir, tokenizer, document, question, method,
+                                           runs[method][0].nproc, repeats)  # every pool is closed
     result, correct, startup_s = runs[method]
     dense, dense_correct, _ = runs["dense"]
     ratio, dense_ratio = speedup(baseline.median_s, ttft(result)), speedup(baseline.median_s, ttft(dense))
@@ -201,6 +233,9 @@ def needle_demo(model_dir, nproc=4, method="apb", data_dir=SHIPPED_DATA, repeats
         f"longctx dense on 1 worker: answer {dense.text.strip()!r} -> {'correct' if dense_correct else 'WRONG'}; "
         f"time to first token {ttft(dense):.3f} s, {describe_speedup(dense_ratio)}",
         describe_baseline(baseline, repeats) + f"; its next token {'agrees' if agrees else 'DISAGREES'} with dense's",
+        f"{method} on {result.nproc} simulated hosts with the machine each (each host's work timed alone, network "
+        f"modelled at {SIMULATED_LINK.gb_per_s:g} GB/s): time to first token {simulated:.3f} s, "
+        f"{describe_speedup(speedup(baseline.median_s, simulated))}",
         "(time to first token = prefill + query pass, the work of HF's one forward over document + question;",
         f" longctx times: median of {repeats} requests after one warm-up; everything measured in this run)",
     ]
@@ -208,4 +243,5 @@ def needle_demo(model_dir, nproc=4, method="apb", data_dir=SHIPPED_DATA, repeats
             "correct": correct, "generate": result.to_dict(), "ttft_s": ttft(result), "speedup_vs_hf": ratio,
             "dense_correct": dense_correct, "dense": dense.to_dict(), "dense_ttft_s": ttft(dense),
             "dense_speedup_vs_hf": dense_ratio, "hf_sdpa": baseline.to_dict(), "hf_agrees_with_dense": agrees,
-            "workers_on": describe_workers(result.nproc), "repeats": repeats}
+            "workers_on": describe_workers(result.nproc), "repeats": repeats,
+            "simulated_ttft_s": simulated, "simulated_speedup_vs_hf": speedup(baseline.median_s, simulated)}

@@ -65,6 +65,9 @@ def test_needle_demo_reports_time_to_first_token_against_hf(word_model, tmp_path
     assert report["dense_ttft_s"] == pytest.approx(dense["prefill_s"] + dense["query_s"])
     assert report["speedup_vs_hf"] == pytest.approx(hf["median_s"] / report["ttft_s"])
     assert report["dense_speedup_vs_hf"] == pytest.approx(hf["median_s"] / report["dense_ttft_s"])
+    assert report["simulated_ttft_s"] > 0
+    assert report["simulated_speedup_vs_hf"] == pytest.approx(hf["median_s"] / report["simulated_ttft_s"])
+    assert "2 simulated hosts" in report["text"]
     assert report["hf_agrees_with_dense"] and hf["argmax"] == dense["tokens"][0] == generate["tokens"][0]
     assert hf["tokens"] == generate["doc_tokens"] + generate["question_tokens"]
     assert report["workers_on"] == f"2 workers on {os.cpu_count()} CPU core{'s' * (os.cpu_count() != 1)}"

@@ -23,10 +23,8 @@ def attention(q, k, v, *, causal, anchor_len=0, prefix_len=0, scale=None, backen
     Returns (out [B, Hq, Sq, D] in q.dtype, lse [B, Hq, Sq] float32). `backend` is one of
     BACKENDS (see the module docstring); ValueError for any other.
     """
-    if backend not in BACKENDS:
-        raise ValueError(f"unknown attention backend {backend!r}; choose one of {', '.join(BACKENDS)}")
     masks = dict(causal=causal, anchor_len=anchor_len, prefix_len=prefix_len, scale=scale)
-    if backend == "triton" or (backend == "auto" and q.is_cuda and _triton_available()):
+    if _uses_triton(q, backend):
         from longctx.kernels.triton_attention import triton_attention
 
         return triton_attention(q, k, v, **masks)
@@ -45,10 +43,8 @@ def attend_into(out, lse, q, k, v, *, causal, anchor_len=0, prefix_len=0, scale=
     The Triton kernel starts its online softmax from the state and writes it back (no merge
     pass); the torch and reference backends compute (out, lse) and merge.
     """
-    if backend not in BACKENDS:
-        raise ValueError(f"unknown attention backend {backend!r}; choose one of {', '.join(BACKENDS)}")
     masks = dict(causal=causal, anchor_len=anchor_len, prefix_len=prefix_len, scale=scale)
-    if backend == "triton" or (backend == "auto" and q.is_cuda and _triton_available()):
+    if _uses_triton(q, backend):
         from longctx.kernels.triton_attention import triton_attend_into
 
         triton_attend_into(out, lse, q, k, v, **masks)
@@ -57,6 +53,13 @@ def attend_into(out, lse, q, k, v, *, causal, anchor_len=0, prefix_len=0, scale=
     merged_out, merged_lse = merge(out, lse, part_out, part_lse)
     out.copy_(merged_out)
     lse.copy_(merged_lse)
+
+
+def _uses_triton(q, backend):
+    """Whether `backend` sends this call to the Triton kernel; ValueError for an unknown backend."""
+    if backend not in BACKENDS:
+        raise ValueError(f"unknown attention backend {backend!r}; choose one of {', '.join(BACKENDS)}")
+    return backend == "triton" or (backend == "auto" and q.is_cuda and _triton_available())
 
 
 def _triton_available():
