@@ -121,10 +121,11 @@ def planned(config, model_config, doc_len, query_len):
 def main(argv=None):
     """Calibrate, plan, measure, print, write JSON (+ PNG)."""
     args = parse_args(argv)
-    from longctx.api import LongContextLM, encode_prompt
+    from longctx.api import LongContextLM
     from longctx.config import RunConfig
     from longctx.eval.tasks import is_correct, make_sample
     from longctx.models import check_model_dir, load_tokenizer
+    from longctx.request import encode_prompt
 
     cores = os.cpu_count() or 1
     threads = args.threads or max(1, cores // args.nproc)

@@ -1,15 +1,21 @@
 """Local launcher: N worker processes on this machine, driven over pipes by the Python API.
 
 Each worker joins a gloo (CPU) or nccl (one GPU per worker) group, loads the model once and
-serves requests until closed. If any worker reports an error or dies, every worker is stopped
-and the driver raises one clear error; collective timeouts bound every wait inside workers.
+serves requests until closed. A request arrives as token ids (the driver encoded and validated
+it once), pickled once for all workers. If any worker reports an error or dies, every worker is
+stopped and the driver raises one clear error; collective timeouts bound every wait inside
+workers.
 """
 
 import multiprocessing
 import os
+import pickle
 import socket
 import traceback
 
+import torch
+
+from launch.worker import build_engine, init_worker, shutdown_worker
 from longctx.errors import LongCtxError, WorkerError
 
 POLL_S = 0.05
@@ -18,8 +24,6 @@ POLL_S = 0.05
 def max_local_workers(config):
     """Upper bound on local workers: 8 per GPU on CUDA, else 8 per CPU core (oversubscription
     beyond that only thrashes)."""
-    import torch
-
     if config.device != "cpu" and torch.cuda.is_available():
         return 8 * torch.cuda.device_count()
     return 8 * (os.cpu_count() or 1)
@@ -34,8 +38,6 @@ def _free_port():
 def _serve(rank, world, port, config, conn):
     """Worker process body: start up, then answer ("run", request) messages until ("stop",)."""
     try:
-        from launch.worker import build_engine, init_worker, shutdown_worker
-
         comm, device = init_worker(config, rank, world, init_method=f"tcp://127.0.0.1:{port}")
         engine = build_engine(config, comm, device)
         conn.send(("ready", None))
@@ -85,8 +87,9 @@ class LocalLauncher:
         """Send `request` to every worker and return rank 0's result dict."""
         if not self._procs:
             raise LongCtxError("the workers have been shut down")
+        message = pickle.dumps(("run", request), protocol=pickle.HIGHEST_PROTOCOL)  # once, not per worker
         for conn in self._conns:
-            conn.send(("run", request))
+            conn.send_bytes(message)
         return self._collect("ok")[0]
 
     def _collect(self, expected):

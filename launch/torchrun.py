@@ -11,7 +11,7 @@ import json
 import os
 import sys
 
-from longctx.api import SPMDLongContextLM
+from launch.spmd import SPMDLongContextLM
 from longctx.config import add_run_arguments
 from longctx.errors import LongCtxError
 

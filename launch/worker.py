@@ -11,35 +11,43 @@ from longctx.engine import Engine
 from longctx.models import load_model, resolve_device, resolve_dtype
 
 
-def pick_dist_backend(config, device, world):
-    """'nccl' when every worker has its own GPU, else 'gloo' (CPU, or ranks sharing one GPU)."""
+def pick_dist_backend(config, device, local_world):
+    """'nccl' when every worker on this machine has its own GPU, else 'gloo' (CPU, or ranks
+    sharing a GPU).
+
+    `local_world` is the number of workers on this machine (torchrun's LOCAL_WORLD_SIZE), not
+    the job's world size: a 16-rank job on two 8-GPU nodes has a GPU per worker.
+    """
     if config.dist_backend != "auto":
         return config.dist_backend
-    if device.type == "cuda" and world <= torch.cuda.device_count():
+    if device.type == "cuda" and local_world <= torch.cuda.device_count():
         return "nccl"
     return "gloo"
 
 
-def init_worker(config, rank, world, local_rank=None, init_method="env://"):
+def init_worker(config, rank, world, local_rank=None, local_world=None, init_method="env://"):
     """Join the job's process group (when world > 1) and return (Comm, device) for this worker.
 
-    Sets the CPU thread count (config.threads, or the cores split evenly over the local workers)
-    and the CUDA device. Called by the local launcher, the torchrun entry and Ray actors.
+    `local_rank` / `local_world` are this worker's index and the worker count on this machine
+    (default: `rank` / `world`, every worker local). Sets the CPU thread count (config.threads,
+    or the cores split evenly over the local workers) and the CUDA device. Called by the local
+    launcher and the SPMD runner.
     """
     local_rank = rank if local_rank is None else local_rank
+    local_world = world if local_world is None else local_world
     device = resolve_device(config.device, local_rank)
     if device.type == "cuda":
         torch.cuda.set_device(device)
-    local_workers = int(os.environ.get("LOCAL_WORLD_SIZE", world))
-    torch.set_num_threads(config.threads or max(1, (os.cpu_count() or 1) // max(1, local_workers)))
+    torch.set_num_threads(config.threads or max(1, (os.cpu_count() or 1) // max(1, local_world)))
     if world > 1:
+        backend = pick_dist_backend(config, device, local_world)
         dist.init_process_group(
-            pick_dist_backend(config, device, world),
+            backend,
             init_method=init_method,
             rank=rank,
             world_size=world,
             timeout=timedelta(seconds=config.timeout_s),
-            device_id=device if device.type == "cuda" and config.dist_backend != "gloo" else None,
+            device_id=device if backend == "nccl" else None,
         )
     return Comm(rank=rank, world=world, timeout_s=config.timeout_s), device
 

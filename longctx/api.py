@@ -7,101 +7,25 @@ long documents with any registered method:
         result = lm.generate(document, question, max_new_tokens=32)
         print(result.text, result.prefill_s)
 
-`SPMDLongContextLM` is the same surface for scripts already running under torchrun: every
-rank constructs it and calls `generate` with the same arguments.
+The driver encodes each prompt once, validates the request once (`longctx.request`) and sends
+the workers token ids. `SPMDLongContextLM` (from `launch.spmd`) is the same surface for scripts
+already running under torchrun: every rank constructs it and calls `generate` with the same
+arguments. The request helpers are re-exported here for existing imports.
 """
 
-import os
-from dataclasses import asdict, dataclass, field
-
+from launch.local import LocalLauncher
+from launch.spmd import SPMDLongContextLM
 from longctx.config import RunConfig
-from longctx.engine import Request
 from longctx.errors import LongCtxError
 from longctx.models import check_model_dir, load_tokenizer
 from longctx.registry import get_method
+from longctx.request import (GenerationResult, check_request, encode_prompt, prepare_request, stop_ids,
+                             validate_request)
 
-LAUNCHERS = ("local",)
+__all__ = ["LongContextLM", "SPMDLongContextLM", "GenerationResult", "encode_prompt", "stop_ids",
+           "validate_request", "prepare_request", "check_request"]
 
-
-@dataclass
-class GenerationResult:
-    """What one request produced: the answer text and tokens, timings (seconds) and the plan."""
-
-    text: str
-    tokens: list
-    method: str
-    nproc: int
-    doc_tokens: int
-    question_tokens: int
-    prefill_s: float
-    query_s: float
-    decode_s: float
-    plan: dict = field(default_factory=dict)
-    stats: dict = field(default_factory=dict)
-
-    def to_dict(self):
-        """JSON-ready dict."""
-        return asdict(self)
-
-
-def encode_prompt(tokenizer, document, question):
-    """Token ids (doc_ids, query_ids) for a document and a question.
-
-    The document gets the tokenizer's special prefix (BOS); the question none. An empty
-    question moves the document's last token into the query pass, which needs >= 1 token.
-    """
-    if not document or not document.strip():
-        raise LongCtxError("the document is empty")
-    doc_ids = tokenizer(document, add_special_tokens=True)["input_ids"]
-    query_ids = tokenizer(question, add_special_tokens=False)["input_ids"] if question else []
-    if not query_ids:
-        doc_ids, query_ids = doc_ids[:-1], doc_ids[-1:]
-    if not doc_ids:
-        raise LongCtxError("the document is empty")
-    return doc_ids, query_ids
-
-
-def stop_ids(tokenizer, model_config):
-    """Token ids that end generation (the model's EOS ids, else the tokenizer's)."""
-    eos = getattr(model_config, "eos_token_id", None)
-    if eos is None:
-        eos = tokenizer.eos_token_id
-    if eos is None:
-        return ()
-    return tuple(eos) if isinstance(eos, (list, tuple)) else (eos,)
-
-
-def validate_request(config, model_config, doc_len, query_len, method=None):
-    """Check method, worker count and lengths on the driver, before any worker is involved."""
-    runner = get_method(method or config.method, config)
-    runner.check(model_config, config.nproc)
-    runner.use_model(model_config)
-    runner.plan(doc_len, query_len, config.nproc)
-
-
-def check_request(config, document, question):
-    """Validate a whole request (model, method, worker count vs document length) before any
-    worker starts; returns the (doc_ids, query_ids) it would run."""
-    model_config = check_model_dir(config.model)
-    doc_ids, query_ids = encode_prompt(load_tokenizer(config.model), document, question)
-    validate_request(config, model_config, len(doc_ids), len(query_ids))
-    return doc_ids, query_ids
-
-
-def _result(raw, tokenizer, doc_len, query_len):
-    return GenerationResult(
-        text=tokenizer.decode(raw["tokens"], skip_special_tokens=True),
-        tokens=raw["tokens"],
-        method=raw["method"],
-        nproc=raw["nproc"],
-        doc_tokens=doc_len,
-        question_tokens=query_len,
-        prefill_s=raw["prefill_s"],
-        query_s=raw["query_s"],
-        decode_s=raw["decode_s"],
-        plan=raw["plan"],
-        stats=raw["stats"],
-    )
+LAUNCHERS = {"local": LocalLauncher}
 
 
 class LongContextLM:
@@ -112,26 +36,36 @@ class LongContextLM:
     """
 
     def __init__(self, model, method="burst", nproc=2, launcher="local", **options):
+        if launcher not in LAUNCHERS:
+            raise LongCtxError(f"unknown launcher {launcher!r}; choose one of {', '.join(LAUNCHERS)}")
         self.config = RunConfig(model=model, method=method, nproc=nproc, **options).validate()
         self.model_config = check_model_dir(model)
         get_method(method, self.config).check(self.model_config, nproc)
         self.tokenizer = load_tokenizer(model)
-        self._launcher = _start_launcher(launcher, self.config)
+        self.stop_ids = stop_ids(self.tokenizer, self.model_config)
+        self._launcher = LAUNCHERS[launcher](self.config)
 
     def generate(self, document, question, max_new_tokens=32, method=None):
         """Answer `question` about `document`; returns a GenerationResult (greedy decoding)."""
         doc_ids, query_ids = encode_prompt(self.tokenizer, document, question)
         raw = self.run_ids(doc_ids, query_ids, max_new_tokens=max_new_tokens, method=method)
-        return _result(raw, self.tokenizer, len(doc_ids), len(query_ids))
+        return GenerationResult.from_raw(raw, self.tokenizer, len(doc_ids), len(query_ids))
+
+    def prepare(self, doc_ids, query_ids, max_new_tokens=32, method=None, return_hidden=False):
+        """A validated Request for this pool (method, worker count and lengths checked here,
+        once); `run` sends it without checking again."""
+        return prepare_request(self.config, self.model_config, doc_ids, query_ids, max_new_tokens, method,
+                               return_hidden, self.stop_ids)
+
+    def run(self, request):
+        """Send a Request made by `prepare` to the workers; returns the engine's raw result dict."""
+        if self._launcher is None:
+            raise LongCtxError("the workers have been shut down")
+        return self._launcher.run(request)
 
     def run_ids(self, doc_ids, query_ids, max_new_tokens=32, method=None, return_hidden=False):
         """Low-level: run token ids directly; returns the engine's raw result dict (see Engine.run)."""
-        if max_new_tokens < 0:
-            raise LongCtxError(f"max_new_tokens must be >= 0 (got {max_new_tokens})")
-        validate_request(self.config, self.model_config, len(doc_ids), len(query_ids), method)
-        request = Request(list(doc_ids), list(query_ids), max_new_tokens, method, return_hidden,
-                          stop_ids(self.tokenizer, self.model_config))
-        return self._launcher.run(request)
+        return self.run(self.prepare(doc_ids, query_ids, max_new_tokens, method, return_hidden))
 
     def close(self):
         """Stop the workers."""
@@ -144,45 +78,3 @@ class LongContextLM:
 
     def __exit__(self, *exc_info):
         self.close()
-
-
-def _start_launcher(name, config):
-    if name == "local":
-        from launch.local import LocalLauncher
-
-        return LocalLauncher(config)
-    raise LongCtxError(f"unknown launcher {name!r}; choose one of {', '.join(LAUNCHERS)}")
-
-
-class SPMDLongContextLM:
-    """The API for code already running on every rank (torchrun): no driver, no pipes.
-
-    Every rank constructs it (joining the process group from the torchrun environment) and
-    calls `generate` with the same arguments; every rank gets the same GenerationResult.
-    """
-
-    def __init__(self, model, method="burst", **options):
-        from launch.worker import build_engine, init_worker
-
-        rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
-        local_rank = int(os.environ.get("LOCAL_RANK", rank))
-        self.config = RunConfig(model=model, method=method, nproc=world, **options).validate()
-        self.model_config = check_model_dir(model)
-        self.tokenizer = load_tokenizer(model)
-        comm, device = init_worker(self.config, rank, world, local_rank=local_rank)
-        self.rank = rank
-        self.engine = build_engine(self.config, comm, device)
-
-    def generate(self, document, question, max_new_tokens=32, method=None):
-        """Same contract as LongContextLM.generate; call it on every rank."""
-        doc_ids, query_ids = encode_prompt(self.tokenizer, document, question)
-        validate_request(self.config, self.model_config, len(doc_ids), len(query_ids), method)
-        raw = self.engine.run(Request(doc_ids, query_ids, max_new_tokens, method, False,
-                                      stop_ids(self.tokenizer, self.model_config)))
-        return _result(raw, self.tokenizer, len(doc_ids), len(query_ids))
-
-    def close(self):
-        """Leave the process group."""
-        from launch.worker import shutdown_worker
-
-        shutdown_worker()

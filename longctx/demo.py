@@ -18,13 +18,14 @@ import os
 import tempfile
 import time
 
-from longctx.api import LongContextLM, encode_prompt
+from longctx.api import LongContextLM
 from longctx.baseline import NAME as HF, HFSDPABaseline, describe_speedup, speedup
 from longctx.compare import compare_methods
 from longctx.config import RunConfig
 from longctx.errors import LongCtxError
 from longctx.models import resolve_device
 from longctx.models.tiny import make_tiny_model
+from longctx.request import encode_prompt
 from longctx.simulate import Link
 
 

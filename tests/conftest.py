@@ -1,4 +1,4 @@
-"""Shared fixtures: tiny random-weight models (written once per session) and worker pools."""
+"""Shared fixtures: tiny random-weight models, written once per session (helpers live in helpers.py)."""
 
 import os
 
@@ -9,11 +9,8 @@ os.environ.setdefault("TRITON_INTERPRET", "1")
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
-from longctx.comm import Comm  # noqa: E402
-from longctx.config import RunConfig
-from longctx.engine import Engine, Request
-from longctx.models import load_model
-from longctx.models.tiny import make_tiny_model
+from helpers import dense_result, relative_error  # noqa: E402,F401  (re-exported: some modules import them from here)
+from longctx.models.tiny import make_tiny_model  # noqa: E402
 
 # name -> (family, hidden, layers, heads, kv_heads)
 TINY_MODELS = {
@@ -40,15 +37,23 @@ def tiny_model(tmp_path_factory):
     return get
 
 
-def dense_result(model_dir, doc_ids, query_ids, max_new_tokens=6):
-    """Single-process dense engine result with hidden states (the exactness reference)."""
-    model = load_model(model_dir, torch.device("cpu"), torch.float32)
-    engine = Engine(model, Comm(), RunConfig(model=model_dir, method="dense", nproc=1), torch.device("cpu"))
-    return engine.run(Request(doc_ids, query_ids, max_new_tokens, "dense", True))
+@pytest.fixture(scope="session")
+def word_model(tmp_path_factory):
+    """A tiny random Llama with the eval word-level tokenizer (so ~300 tokens hold a needle task)."""
+    from transformers import LlamaConfig, LlamaForCausalLM
 
+    from longctx.eval.tokenizer import save_tokenizer
 
-def relative_error(result, reference):
-    """Relative error of document + question final hidden states."""
-    value = torch.cat([result["doc_hidden"], result["query_hidden"]])
-    ref = torch.cat([reference["doc_hidden"], reference["query_hidden"]])
-    return float((value - ref).norm() / ref.norm())
+    out = str(tmp_path_factory.mktemp("tiny-word-llama"))
+    tokenizer = save_tokenizer(out)
+    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=4096,
+                         bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+                         pad_token_id=tokenizer.pad_token_id, tie_word_embeddings=False)
+    with torch.random.fork_rng():  # seeded weights, the calling test's RNG untouched
+        torch.manual_seed(3)
+        model = LlamaForCausalLM(config)
+    with torch.no_grad():  # never end at once, so the answers compared below are real tokens
+        model.lm_head.weight[tokenizer.eos_token_id] = 0
+    model.save_pretrained(out)
+    return out

@@ -9,12 +9,11 @@ import statistics
 import pytest
 import torch
 
-from conftest import dense_result
+from helpers import dense_result
 from longctx.baseline import HFSDPABaseline, describe_speedup, speedup
 from longctx.compare import random_prompt
 from longctx.errors import LongCtxError
 from longctx.models import check_model_dir
-from test_eval_harness import word_model  # noqa: F401  (fixture)
 
 
 @pytest.mark.parametrize("name", ["llama", "qwen2"])
@@ -50,7 +49,7 @@ def test_speedup_is_hf_time_over_method_time():
     assert describe_speedup(0.5) == "2.00x slower than HF SDPA"
 
 
-def test_needle_demo_reports_time_to_first_token_against_hf(word_model, tmp_path):  # noqa: F811
+def test_needle_demo_reports_time_to_first_token_against_hf(word_model, tmp_path):
     from longctx.demo import needle_demo
     from longctx.eval.tasks import make_sample
     from longctx.models import load_tokenizer

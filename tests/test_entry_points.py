@@ -9,9 +9,8 @@ import sys
 import pytest
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from conftest import dense_result
-from longctx.api import encode_prompt
-from test_bad_input import REPO, run_cli
+from helpers import REPO, dense_result, run_cli
+from longctx.request import encode_prompt
 
 
 def test_compare_json_reports_exact_agreement(tiny_model):

@@ -7,34 +7,12 @@ import json
 import os
 
 import pytest
-import torch
 
+from helpers import REPO
 from longctx.cli import main
-from longctx.eval.harness import format_report
+from longctx.eval.harness import disagreements, format_report
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NEEDLE_MODEL = os.path.join(REPO, "examples", "models", "needle-llama")
-
-
-@pytest.fixture(scope="module")
-def word_model(tmp_path_factory):
-    """A tiny random Llama with the eval word-level tokenizer (so ~300 tokens hold a needle task)."""
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    from longctx.eval.tokenizer import save_tokenizer
-
-    out = str(tmp_path_factory.mktemp("tiny-word-llama"))
-    tokenizer = save_tokenizer(out)
-    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=4096,
-                         bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
-                         pad_token_id=tokenizer.pad_token_id, tie_word_embeddings=False)
-    torch.manual_seed(3)
-    model = LlamaForCausalLM(config)
-    with torch.no_grad():  # never end at once, so the answers compared below are real tokens
-        model.lm_head.weight[tokenizer.eos_token_id] = 0
-    model.save_pretrained(out)
-    return out
 
 
 def run_main(*argv):
@@ -91,7 +69,16 @@ def test_exact_methods_score_sample_for_sample_like_dense(report):
             assert report["correct"][task][method] == report["correct"][task]["dense"]
             assert report["predictions"][task][method] == report["predictions"][task]["dense"]
         assert all(report["predictions"][task]["dense"])
-    assert report["disagreements"] == {"dense": 0, "burst": 0, "ulysses": 0}
+    assert report["reference"] == "dense"
+    assert report["disagreements"] == disagreements(report["correct"], report["methods"], "dense")
+    assert report["disagreements"]["burst"] == report["disagreements"]["ulysses"] == 0
+
+
+def test_disagreements_count_samples_scored_differently_from_the_reference():
+    correct = {"niah_single": {"dense": [True, False, True], "star": [True, True, False], "burst": [True, False, True]},
+               "niah_multikey": {"dense": [False], "star": [True], "burst": [False]}}
+    assert disagreements(correct, ["dense", "star", "burst"], "dense") == {"dense": 0, "star": 3, "burst": 0}
+    assert disagreements(correct, ["dense", "star"], "star") == {"dense": 3, "star": 0}
 
 
 def test_text_table_lists_every_task_and_method(report):

@@ -20,16 +20,18 @@ pass for them, so the comparison is HF's mean forward time / the method's mean t
 token (prefill + query). `longctx eval` is the CLI.
 """
 
+import dataclasses
 import sys
 import time
 
-from longctx.api import LongContextLM, encode_prompt, validate_request
+from longctx.api import LongContextLM
 from longctx.baseline import HFSDPABaseline, speedup
 from longctx.config import RunConfig
 from longctx.errors import LongCtxError
 from longctx.eval.tasks import TASKS, is_correct, make_samples
 from longctx.models import check_model_dir, load_tokenizer
 from longctx.registry import get_method
+from longctx.request import encode_prompt, prepare_request, stop_ids
 
 
 def parse_names(value, what):
@@ -124,11 +126,13 @@ def evaluate(model_dir, tasks, length, nproc, methods, samples, seed=0, max_new_
     ids = {task: [prompt_ids(tokenizer, sample) for sample in task_samples[task]] for task in tasks}
     if max_new_tokens is None:
         max_new_tokens = default_max_new_tokens(tokenizer, task_samples)
-    for method in methods:  # every request is checked before any worker starts
+    stop = stop_ids(tokenizer, model_config)
+    requests = {}  # every request is validated once, here, before any worker starts
+    for method in methods:
         method_config = config.replace(method=method, nproc=workers[method])
-        for task in tasks:
-            for doc_ids, query_ids in ids[task]:
-                validate_request(method_config, model_config, len(doc_ids), len(query_ids), method)
+        requests[method] = {task: [prepare_request(method_config, model_config, doc_ids, query_ids, max_new_tokens,
+                                                   method, stop=stop)
+                                   for doc_ids, query_ids in ids[task]] for task in tasks}
 
     correct = {task: {} for task in tasks}
     predictions = {task: {} for task in tasks}
@@ -143,12 +147,12 @@ def evaluate(model_dir, tasks, length, nproc, methods, samples, seed=0, max_new_
             with LongContextLM(model_dir, method=group[0], nproc=pool_size, **run_options) as lm:
                 for method in group:
                     bar.set_description(method)
-                    doc_ids, query_ids = ids[tasks[0]][0]  # warm-up (lazy init, kernels), not timed
-                    lm.run_ids(doc_ids, query_ids, max_new_tokens=1, method=method)
+                    warm_up = dataclasses.replace(requests[method][tasks[0]][0], max_new_tokens=1)
+                    lm.run(warm_up)  # lazy init, kernels; not timed
                     for task in tasks:
                         marks, texts = correct[task].setdefault(method, []), predictions[task].setdefault(method, [])
-                        for sample, (doc_ids, query_ids) in zip(task_samples[task], ids[task]):
-                            raw = lm.run_ids(doc_ids, query_ids, max_new_tokens=max_new_tokens, method=method)
+                        for sample, request in zip(task_samples[task], requests[method][task]):
+                            raw = lm.run(request)
                             text = tokenizer.decode(raw["tokens"], skip_special_tokens=True)
                             texts.append(text)
                             marks.append(is_correct(text, sample))
@@ -184,10 +188,7 @@ def evaluate(model_dir, tasks, length, nproc, methods, samples, seed=0, max_new_
             for method in methods
         },
         "reference": reference,
-        "disagreements": {
-            method: sum(a != b for task in tasks for a, b in zip(correct[task][method], correct[task][reference]))
-            for method in methods
-        },
+        "disagreements": disagreements(correct, methods, reference),
         "correct": correct,
         "predictions": predictions,
         "expected": {task: [sample.answer for sample in task_samples[task]] for task in tasks},
@@ -196,6 +197,13 @@ def evaluate(model_dir, tasks, length, nproc, methods, samples, seed=0, max_new_
                     for key, value in run_options.items()},
         "wall_s": time.perf_counter() - started,
     }
+
+
+def disagreements(correct, methods, reference):
+    """{method: samples scored differently from `reference`} over every task of `correct`
+    ({task: {method: [bool per sample]}}); the reference's own count is 0."""
+    return {method: sum(a != b for marks in correct.values() for a, b in zip(marks[method], marks[reference]))
+            for method in methods}
 
 
 def _hf_baseline(model_dir, config, ids, bar):
