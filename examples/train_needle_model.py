@@ -1,66 +1,18 @@
 """Train the tiny needle-retrieval Llama shipped in examples/models/needle-llama/.
 
-The model is a real Hugging Face ``LlamaForCausalLM`` (GQA, RoPE) with a word-level tokenizer
-(:mod:`longctx.eval.tokenizer`), trained from scratch on the five RULER-style tasks of
-:mod:`longctx.eval.tasks` so that the distributed prefill methods of longctx have a model whose
-long-context answers are right or wrong for a reason.
-
-Recipe (the defaults):
-
-* model: 2 layers, hidden 128, 4 query heads / 2 KV heads (head_dim 32), SwiGLU 384,
-  tied embeddings, init std 0.05, rope_theta 100000, max_position_embeddings 32768
-  (446,848 parameters, 1.8 MB of safetensors);
-* data: fresh samples every step, tasks mixed (multikey 35 %, single 20 %, multivalue 15 %,
-  multiquery 15 %, kv_retrieval 15 %; ``--mix`` changes it), multikey with 1..6
-  distractors, needle depth uniform, each sample's length uniform in [L/2, L] for the
-  current stage length L (multi-needle tasks at least 224 tokens);
-  ``--extra-questions 1`` appends questions about every distractor of a multikey sample;
-* loss: cross-entropy on the answer tokens and the final ``</s>`` only;
-* AdamW (lr 3e-3, betas 0.9/0.98, weight decay 0.01), 100 warm-up steps, cosine decay to
-  10 % over the whole run, gradient clip 1.0, batch = ``--tokens-per-step`` (4096) / L;
-* length curriculum 128 -> 256 -> 512 -> 1024 -> 2048 -> 4096 with 300, 300, 150, 150, 150,
-  150 steps.
-
-What happens with the defaults (one thread): the answer loss sits on a plateau (~2.3 = "some
-number out of 90") for ~230 steps, then falls; niah_single reaches 100 % at 128 tokens by step
-300 and stays there up to 4096 tokens. Key binding (niah_multikey and the other multi-needle
-tasks) does not emerge: the model returns *a* needle's value. The attention shows why: a
-value never learns which key precedes it (two tokens back: "for K is V"), and the question's
-final "is" the key one token back, so the second layer has nothing to match. The options
-below were tried against that (TRAINING.md of the shipped model has each result); the last
-two are what the shipped model uses:
-
-* ``--distractors LO HI``: more needles per multikey sample (denser supervision);
-* ``--extra-questions 1``: ask about every needle of a multikey sample in the same pass;
-* ``--reverse-questions 1``: also ask which key a value belongs to ("... number 42 is for"),
-  whose only solution is a value position that carries its key;
-* ``--layers 3 --init CKPT``: grow a trained 2-layer checkpoint by an identity-initialised
-  middle layer (``grow_from``), a place for a previous-token step;
-* ``--lm-weight W``: add the next-token loss on the text, which grows previous-token heads;
-* ``--group-init 1``, lower ``--lr`` / ``--init-std``: against early saturated heads;
-* ``--recall-steps N``: a warm-up on short needle-only sequences (``recall_batch``): needles,
-  then queries that repeat a needle up to "is" (answer: its value) or, with probability
-  ``--recall-reverse``, give a value (answer: its key). With ``--lr 1e-3 --weight-decay 0.1``
-  the reverse queries are solved (value positions attend their key two tokens back);
-* ``--attention-bias 1 --group-init 1 --nearest-key-head S [--freeze-first-qk N]``: the
-  first layer's head 0 starts as (and for N steps stays) a head that attends the nearest
-  key token, which gives a value *and* the question's final "is" the same copy of their key
-  (``nearest_key_head_init``); with it the forward queries are solved too (0.99 after 1,000
-  warm-up steps), the second layer learning to match the two copies.
-
-The shipped model: the nearest-key head (frozen first-layer q/k), 600 warm-up steps, then
-niah_single + niah_multikey only (``--mix``) at 256 tokens with lr 1e-3 and the curriculum to
-4096, ~14 min on 2 threads, in four chained runs; the exact commands and accuracies (dense
-4096: niah_single 100 %, niah_multikey 94 %) are in examples/models/needle-llama/TRAINING.md.
-
-The run is seeded (``--seed``; torch and data), checkpoints every ``--ckpt-every`` steps
-(``--resume`` continues one) and ``--init`` starts from a saved model directory or a
-checkpoint file (to train more at 2-4K after the fact, or to grow the model). At the end it
-saves the model (safetensors) and tokenizer with ``save_pretrained`` into ``--out`` and writes
-``TRAINING.md`` there. Time of the shipped model and its accuracies: see
-examples/models/needle-llama/TRAINING.md.
+A real Hugging Face ``LlamaForCausalLM`` (GQA, RoPE) with the word-level tokenizer of
+:mod:`longctx.eval.tokenizer`, trained from scratch on the RULER-style tasks of
+:mod:`longctx.eval.tasks`, so that longctx's prefill methods have a model whose long-context
+answers are right or wrong for a reason. Fresh samples every step, loss on the answer tokens,
+a length curriculum up to 4096 tokens; seeded (``--seed``), checkpointed (``--ckpt``,
+``--resume``), ``--init`` starts from a saved model or checkpoint. At the end it saves the model
+and tokenizer into ``--out`` and a record of the run (command, wall time, dense accuracy) as
+``TRAINING_RUN.md`` there.
 
     python examples/train_needle_model.py --out examples/models/needle-llama
+
+examples/models/needle-llama/TRAINING.md has the defaults, what each option was tried for and
+what it did, and the exact commands of the shipped model.
 """
 
 from __future__ import annotations
@@ -384,7 +336,7 @@ def evaluate(model, tok, tasks, length, n, seed):
 def write_training_md(path, args, wall, params, final, argv):
     cmd = "python examples/train_needle_model.py " + " ".join(argv)
     lines = [
-        "# needle-llama: training record", "",
+        "# needle-llama: record of one training run", "",
         "A tiny Llama (GQA, RoPE) with a word-level tokenizer, trained from scratch on the",
         "RULER-style tasks of `longctx/eval/tasks.py` by `examples/train_needle_model.py`.", "",
         f"- parameters: {params:,} ({args.layers} layers, hidden {args.hidden}, "
@@ -510,7 +462,7 @@ def main(argv=None):
         for k, v in acc.items():
             final[(k, L)] = v
         print(f"final len {L}: " + " ".join(f"{k}={v:.2f}" for k, v in acc.items()), flush=True)
-    write_training_md(os.path.join(args.out, "TRAINING.md"), args, wall, params, final, argv)
+    write_training_md(os.path.join(args.out, "TRAINING_RUN.md"), args, wall, params, final, argv)
     print(f"done in {wall / 60:.1f} min", flush=True)
 
 

@@ -1,7 +1,5 @@
 """Per-worker key/value store: the K/V of the tokens this worker keeps, per layer."""
 
-import torch
-
 
 class KVCache:
     """Growable per-layer K/V buffers of shape [B, Hkv, S, D] (post-RoPE).
@@ -38,16 +36,6 @@ class KVCache:
             return None, None
         length = self._lengths[layer]
         return self._keys[layer][:, :, :length], self._values[layer][:, :, :length]
-
-    def num_tokens(self, layer=0):
-        """How many tokens layer `layer` holds."""
-        return self._lengths.get(layer, 0)
-
-    def clear(self):
-        """Drop everything (between requests)."""
-        self._keys.clear()
-        self._values.clear()
-        self._lengths.clear()
 
 
 def _grow(buffer, length, capacity):
