@@ -1,18 +1,25 @@
 """The needle-model training script's data and model-growing pieces (no training)."""
 
+import importlib.util
 import os
 import random
-import sys
 
 import pytest
 import torch
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, os.path.join(REPO, "examples"))
+from helpers import REPO
+from longctx.eval import vocab
+from longctx.eval.tokenizer import build_tokenizer
 
-import train_needle_model as train  # noqa: E402
-from longctx.eval import vocab  # noqa: E402
-from longctx.eval.tokenizer import build_tokenizer  # noqa: E402
+
+def _load_script(path):
+    spec = importlib.util.spec_from_file_location("train_needle_model", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+train = _load_script(os.path.join(REPO, "examples", "train_needle_model.py"))
 
 
 @pytest.fixture(scope="module")
