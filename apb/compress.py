@@ -11,6 +11,7 @@ neighbourhood's evidence), drops the protected rows and keeps the top `sends` pe
 """
 
 import os
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -20,16 +21,26 @@ from apb.taps import ProjectionTaps
 from longctx.errors import LongCtxError
 
 
+@dataclass
+class CompressorState:
+    """What a compressor keeps during one request on one worker (`APBAttention.new_state`):
+    the retaining-heads compressor's projection taps and its heads; None for the others."""
+
+    taps: object = None
+    heads: object = None
+
+
 class HooklessCompressor:
     """Shared surface of compressors that score from post-RoPE q/k alone: no checks, no hooks."""
 
-    def __init__(self, config):
-        self.config = config
+    def __init__(self, options):
+        self.options = options
 
-    def check(self, model_config):
+    @classmethod
+    def check(cls, options, model_config):
         """Nothing to check."""
 
-    def hooks(self, ctx, model):
+    def hooks(self, state, model):
         """No hooks needed (post-RoPE q/k suffice); returns None."""
         return None
 
@@ -41,7 +52,7 @@ class QueryCompressor(HooklessCompressor):
     needs_question = True
     pool = 5
 
-    def scores(self, ctx, layer, host, q, k, v):
+    def scores(self, state, layer, host, q, k, v):
         """[B, Hkv, L] float32 scores of the local keys k[:, :, lead:] from the question rows of q."""
         start = host.head_len
         question = q[:, :, start : start + host.question_len].float()
@@ -52,34 +63,47 @@ class QueryCompressor(HooklessCompressor):
 
 
 class RetainingHeadsCompressor:
-    """Score = trained per-layer MLP on concat(pre-RoPE q, k, v), one score per KV head."""
+    """Score = trained per-layer MLP on concat(pre-RoPE q, k, v), one score per KV head.
+
+    The heads are loaded once per worker (per file, its modification time and the device)
+    and kept by this object, which the worker keeps for all its requests.
+    """
 
     name = "retaining-heads"
     needs_question = False
     pool = 5
 
-    def __init__(self, config):
-        self.config = config
-        self.path = config.retaining_heads
+    def __init__(self, options):
+        self.options = options
+        self.path = options.retaining_heads
+        self._loaded = (None, None)
 
-    def check(self, model_config):
+    @classmethod
+    def check(cls, options, model_config):
         """LongCtxError when the file is missing, unreadable or made for another model."""
-        check_file(self.path, model_config)
+        check_file(options.retaining_heads, model_config)
 
-    def hooks(self, ctx, model):
-        """Load the heads onto the model's device and return the ProjectionTaps the scores read."""
-        ctx.state["retaining_heads"] = _load_heads(self.path, model.config, next(model.parameters()).device)
-        taps = ProjectionTaps(model)
-        ctx.state["taps"] = taps
-        return taps
+    def hooks(self, state, model):
+        """Put the heads (on the model's device) and the ProjectionTaps the scores read in `state`;
+        returns the taps (a context manager)."""
+        state.heads = self._heads(model.config, next(model.parameters()).device)
+        state.taps = ProjectionTaps(model)
+        return state.taps
 
-    def scores(self, ctx, layer, host, q, k, v):
+    def scores(self, state, layer, host, q, k, v):
         """[B, Hkv, L] float32 scores of the local rows from this layer's tapped projections."""
-        pre_q, pre_k, pre_v = ctx.state["taps"].pop(layer)
+        pre_q, pre_k, pre_v = state.taps.pop(layer)
         rows = slice(host.lead_len, None)
         with torch.no_grad():
-            scores = ctx.state["retaining_heads"](layer, pre_q[:, rows], pre_k[:, rows], pre_v[:, rows])
+            scores = state.heads(layer, pre_q[:, rows], pre_k[:, rows], pre_v[:, rows])
         return scores.transpose(1, 2)
+
+    def _heads(self, model_config, device):
+        """RetainingHeads from the file on `device`, loaded again only when the file or device changes."""
+        key = (os.path.abspath(self.path), os.path.getmtime(self.path), str(device))
+        if self._loaded[0] != key:
+            self._loaded = (key, RetainingHeads.load(self.path, model_config).to(device))
+        return self._loaded[1]
 
 
 class RandomCompressor(HooklessCompressor):
@@ -89,7 +113,7 @@ class RandomCompressor(HooklessCompressor):
     needs_question = False
     pool = 1
 
-    def scores(self, ctx, layer, host, q, k, v):
+    def scores(self, state, layer, host, q, k, v):
         """[B, Hkv, L] float32 uniform scores."""
         generator = torch.Generator().manual_seed(1_000_003 * layer + host.rank)
         shape = (k.shape[0], k.shape[1], k.shape[2] - host.lead_len)
@@ -99,11 +123,11 @@ class RandomCompressor(HooklessCompressor):
 COMPRESSORS = {cls.name: cls for cls in (QueryCompressor, RetainingHeadsCompressor, RandomCompressor)}
 
 
-def make_compressor(config):
-    """The compressor named by `config.compressor`; LongCtxError if unknown."""
-    if config.compressor not in COMPRESSORS:
-        raise LongCtxError(f"unknown compressor {config.compressor!r}; choose one of {', '.join(COMPRESSORS)}")
-    return COMPRESSORS[config.compressor](config)
+def make_compressor(options):
+    """The compressor named by `options.compressor` (APB's options); LongCtxError if unknown."""
+    if options.compressor not in COMPRESSORS:
+        raise LongCtxError(f"unknown compressor {options.compressor!r}; choose one of {', '.join(COMPRESSORS)}")
+    return COMPRESSORS[options.compressor](options)
 
 
 def select(scores, host, pool):
@@ -121,15 +145,3 @@ def select(scores, host, pool):
         scores = F.max_pool1d(scores, kernel_size=pool, stride=1, padding=pool // 2)
         scores[..., protected] = float("-inf")
     return scores.topk(host.sends, dim=-1).indices.sort(dim=-1).values
-
-
-_LOADED = {}
-
-
-def _load_heads(path, model_config, device):
-    """RetainingHeads from `path` on `device`; the last file loaded is kept (per process) until it changes."""
-    key = (os.path.abspath(path), os.path.getmtime(path), str(device))
-    if key not in _LOADED:
-        _LOADED.clear()
-        _LOADED[key] = RetainingHeads.load(path, model_config).to(device)
-    return _LOADED[key]

@@ -1,10 +1,10 @@
-"""APB / StarAttention planning: block, anchor and passing sizes, and each host's lead rows.
+"""APB / StarAttention layout: block, anchor and passing sizes, each host's lead rows, its kernel calls.
 
-Pure Python (no torch.distributed), so the driver can validate a request before any worker
-is involved. The document is split contiguously into one block per host: as equally as
+Pure Python (no torch), so the driver can validate a request before any worker is
+involved. The document is split contiguously into one block per host: as equally as
 possible (`split_sizes`), or balanced so every host's estimated time is the same (host h
 attends to h*l_p more passing keys than host 0, and hosts > 0 also run the anchor, so later
-hosts get shorter blocks; `build_plan(..., host_ms=...)`). l_b, the block the size rule
+hosts get shorter blocks; `APBPlanner.balanced_sizes`). l_b, the block the size rule
 starts from, is the *equal* split's largest block, ceil(doc_len / hosts), whichever way the
 blocks are sized: l_a and l_p do not change when the plan is balanced, so the published
 setting (128K on 8 hosts: l_a = 4K, l_p = 2K) stays what it is. A block shorter than l_p
@@ -22,7 +22,7 @@ positions 0..lead_len-1, whose rows are dropped after prefill:
 from dataclasses import dataclass
 
 from longctx.errors import LongCtxError
-from longctx.plan import HostPlan, Plan, Span, balanced_block_sizes, check_sizes, split_sizes
+from longctx.plan import HostPlan, Plan, Span, check_sizes, split_sizes
 
 
 @dataclass
@@ -86,17 +86,17 @@ def _explicit(value, ratio, block):
     return None
 
 
-def resolve_sizes(config, doc_len, query_len, world, *, star):
+def resolve_sizes(options, doc_len, query_len, world, *, star):
     """l_b, l_a, l_p for a run; LongCtxError (one line) on a bad combination.
 
-    `config` is a RunConfig (anchor_len / passing_len / their ratios, anchor_head_tokens).
+    `options` are APB's options (anchor_len / passing_len / their ratios, anchor_head_tokens).
     APB defaults: l_a = l_b/4, l_p = l_b/8 (`rule_length`); Star: l_a = l_b, no passing. When
     the default APB anchor is too short for the question it grows to hold the question plus up
     to `anchor_head_tokens` document tokens (said in `note`); an explicit one is an error.
     """
     block = split_sizes(doc_len, world)[0]
-    anchor = _explicit(config.anchor_len, config.anchor_ratio, block)
-    passing = _explicit(config.passing_len, config.passing_ratio, block)
+    anchor = _explicit(options.anchor_len, options.anchor_ratio, block)
+    passing = _explicit(options.passing_len, options.passing_ratio, block)
     if star and passing:
         raise LongCtxError("method 'star' passes no blocks; drop --passing-len / --passing-ratio (or use --method apb)")
     anchor_given = anchor is not None
@@ -121,72 +121,114 @@ def resolve_sizes(config, doc_len, query_len, world, *, star):
                 f"the question ({query_len} tokens) does not fit in an anchor of at most one block "
                 f"({block} tokens); use fewer workers or a longer document"
             )
-        grown = min(block, query_len + config.anchor_head_tokens)
+        grown = min(block, query_len + options.anchor_head_tokens)
         note = f"anchor grown from {anchor} to {grown} tokens to hold the {query_len}-token question"
         anchor = grown
     return Sizes(block, anchor, passing, note)
 
 
-def _host(rank, start, size, sizes, doc_len, query_len, world, question, needs_question, head_tokens):
-    """Host `rank` owning [start, start + size): lead rows, protected rows, keys it sends (not passing_len)."""
-    host = APBHostPlan(rank, (Span(start, start + size),))
-    if rank > 0 and sizes.anchor > 0:
-        host.anchor_len, host.question_len = sizes.anchor, question
-    if rank < world - 1:
-        host.protected = min(size, sizes.anchor) if rank == 0 else 0
-        host.sends = min(sizes.passing, host.candidates)
-    if needs_question and host.selects and host.anchor_len == 0:
-        host.question_len = query_len
-        host.probe_len = min(head_tokens, doc_len) + query_len
-    host.head_len = min(head_tokens, host.lead_len - host.question_len)
-    return host
+@dataclass(frozen=True)
+class APBLayout:
+    """APB's layout of one run: contiguous blocks (`split_sizes`, or `block_sizes` from the
+    planner), each host with its lead rows, the keys it sends and the passing block it receives.
 
+    3 hosts, document d0..d11, question q (2 tokens), l_a = 4 with 2 head tokens, l_p = 2:
 
-def build_plan(name, sizes, doc_len, query_len, world, *, question_in_anchor, needs_question, head_tokens,
-               block_sizes=None, host_ms=None, tile=1, speeds=None):
-    """The validated contiguous Plan with APBHostPlan hosts; append_rank is the last host.
+                 lead rows (dropped after prefill)   block (cached)    keys P_h per layer
+        host 0   d0 d1 q  q    probe, not attended   d0  d1  d2  d3    -
+        host 1   d0 d1 q  q    anchor                d4  d5  d6  d7    2 of host 0's
+        host 2   d0 d1 q  q    anchor                d8  d9  d10 d11   2 of host 0's + 2 of host 1's
 
-    `question_in_anchor`: APB's anchor holds the question (Star's does not).
-    `needs_question`: the compressor scores keys with the question's queries, so hosts that
-    select keys but have no anchor get a probe.
-    Block sizes: `block_sizes` when given; else, with `host_ms(host) -> estimated ms` (a trial
-    APBHostPlan at speed 1), the planner's `balanced_block_sizes` (equal time per host, block
-    boundaries on multiples of `tile`, relative `speeds`); else as equal as possible. While
-    balancing, a trial host's passing block is taken as min(rank * l_p, keys before it that
-    may be passed) (exact unless an earlier block is shorter than l_p).
+    Host 0 never passes its first l_a tokens (the anchors hold them); the last host passes
+    nothing; Star's anchor holds document tokens only and nothing is passed.
+    `question` is the question's length in the anchor (0 for Star); `needs_question`: hosts
+    that select keys without an anchor run a probe with the question.
     """
-    if doc_len < world:
-        raise LongCtxError(f"a document of {doc_len} tokens is too short for {world} workers (needs at least {world})")
-    question = query_len if question_in_anchor else 0
-    rules = (sizes, doc_len, query_len, world, question, needs_question, head_tokens)
-    if block_sizes is not None:
-        block_sizes = check_sizes(block_sizes, doc_len, world)
-    elif host_ms is not None:
-        def trial_ms(rank, start, size):
-            host = _host(rank, start, size, *rules)
-            host.passing_len = min(rank * sizes.passing, start - min(start, sizes.anchor))
-            return host_ms(host)
 
-        block_sizes = balanced_block_sizes(doc_len, world, trial_ms, tile=tile, speeds=speeds)
-    else:
-        block_sizes = split_sizes(doc_len, world)
-    hosts, start = [], 0
-    for rank, size in enumerate(block_sizes):
-        hosts.append(_host(rank, start, size, *rules))
-        start += size
-    for host in hosts:
-        host.passing_len = sum(other.sends for other in hosts[: host.rank])
-    details = {
-        "anchor_len": sizes.anchor if world > 1 else 0,
-        "passing_len": sizes.passing if world > 1 else 0,
-        "block_sizes": [host.num_tokens for host in hosts],
-        "passing_tokens": [host.sends for host in hosts],
-        "question_in_anchor": bool(question and world > 1 and sizes.anchor),
-    }
-    if sizes.note:
-        details["note"] = sizes.note
-    return Plan(name, doc_len, query_len, world, hosts, layout="contiguous", append_rank=world - 1,
-                details=details).validate()
+    sizes: Sizes
+    doc_len: int
+    query_len: int
+    world: int
+    question: int
+    needs_question: bool
+    head_tokens: int
+
+    def host(self, rank, start, size):
+        """Host `rank` owning [start, start + size): lead rows, protected rows, keys it sends
+        (its `passing_len` is set by `plan`)."""
+        sizes = self.sizes
+        host = APBHostPlan(rank, (Span(start, start + size),))
+        if rank > 0 and sizes.anchor > 0:
+            host.anchor_len, host.question_len = sizes.anchor, self.question
+        if rank < self.world - 1:
+            host.protected = min(size, sizes.anchor) if rank == 0 else 0
+            host.sends = min(sizes.passing, host.candidates)
+        if self.needs_question and host.selects and host.anchor_len == 0:
+            host.question_len = self.query_len
+            host.probe_len = min(self.head_tokens, self.doc_len) + self.query_len
+        host.head_len = min(self.head_tokens, host.lead_len - host.question_len)
+        return host
+
+    def trial_host(self, rank, start, size):
+        """`host`, while blocks are being sized: its passing block is taken as min(rank * l_p,
+        keys before it that may be passed) (exact unless an earlier block is shorter than l_p)."""
+        host = self.host(rank, start, size)
+        host.passing_len = min(rank * self.sizes.passing, start - min(start, self.sizes.anchor))
+        return host
+
+    def plan(self, name, block_sizes=None):
+        """The validated Plan with APBHostPlan hosts (equal blocks unless `block_sizes`);
+        append_rank is the last host."""
+        doc_len, world, sizes = self.doc_len, self.world, self.sizes
+        if doc_len < world:
+            raise LongCtxError(f"a document of {doc_len} tokens is too short for {world} workers "
+                               f"(needs at least {world})")
+        block_sizes = split_sizes(doc_len, world) if block_sizes is None else check_sizes(block_sizes, doc_len, world)
+        hosts, start = [], 0
+        for rank, size in enumerate(block_sizes):
+            hosts.append(self.host(rank, start, size))
+            start += size
+        for host in hosts:
+            host.passing_len = sum(other.sends for other in hosts[: host.rank])
+        details = {
+            "anchor_len": sizes.anchor if world > 1 else 0,
+            "passing_len": sizes.passing if world > 1 else 0,
+            "block_sizes": [host.num_tokens for host in hosts],
+            "passing_tokens": [host.sends for host in hosts],
+            "question_in_anchor": bool(self.question and world > 1 and sizes.anchor),
+        }
+        if sizes.note:
+            details["note"] = sizes.note
+        return Plan(name, doc_len, self.query_len, world, hosts, layout="contiguous", append_rank=world - 1,
+                    details=details).validate()
+
+
+@dataclass(frozen=True)
+class AttendCall:
+    """One kernel call of an APB host's layer, in rows of its local sequence [lead ; local]:
+    queries `q_rows` over keys `k_rows`, bottom-right causal, after the passing block P_h when
+    `passing`; query rows below `anchor_len` do not see P_h."""
+
+    q_rows: slice
+    k_rows: slice
+    passing: bool
+    anchor_len: int = 0
+
+
+def attention_calls(host):
+    """What host h attends to in one layer (`APBAttention.prefill_attention` runs these calls,
+    the planner counts them):
+
+      with an anchor:  [anchor ; local] x [P_h ; anchor ; local], anchor rows skip P_h:
+                       anchor rows see the anchor causally, local rows see all of P_h, all of
+                       the anchor and their block causally (one call);
+      without:         local x [P_h ; local], and a probe's rows causally over the probe only.
+    """
+    lead, end = host.lead_len, host.lead_len + host.num_tokens
+    if host.anchor_len:
+        return [AttendCall(slice(0, end), slice(0, end), True, lead)]
+    probe = [AttendCall(slice(0, lead), slice(0, lead), False)] if lead else []
+    return probe + [AttendCall(slice(lead, end), slice(lead, end), True)]
 
 
 def lead_inputs(host, doc_ids, query_ids):

@@ -4,82 +4,153 @@ Host h holds block h of the document. Hosts > 0 put an anchor in front of their 
 first document tokens, the question, more leading document tokens; positions 0..l_a-1).
 Each layer, every host but the last scores its local keys, keeps the top l_p per KV head and
 all-gathers them; host h then attends with keys [P_h ; anchor ; local] where P_h holds the
-compressed blocks of hosts 0..h-1. Anchor rows are dropped after prefill; only the local
-block's K/V is cached, and the question and generated tokens attend to every host's cache
-through the exact merge of `Method.decode_attention` (the last host appends them).
+compressed blocks of hosts 0..h-1 (`apb.layout.attention_calls`). Anchor rows are dropped
+after prefill; only the local block's K/V is cached, and the question and generated tokens
+attend to every host's cache through the exact merge of `Method.decode_attention` (the last
+host appends them).
 """
 
 from contextlib import nullcontext
+from dataclasses import dataclass
+from types import SimpleNamespace
 
 import torch
 
-from apb.compress import make_compressor
-from apb.layout import build_plan, lead_inputs, resolve_sizes
+from apb.compress import COMPRESSORS, CompressorState, QueryCompressor, make_compressor, select
+from apb.layout import APBLayout, attention_calls, lead_inputs, resolve_sizes
 from apb.passing import all_gather_blocks, compressed_block
-from longctx.costmodel import apb_work
+from longctx.config import option
+from longctx.costmodel import HostWork, KernelCall
 from longctx.errors import LongCtxError
 from longctx.kernels import attention
 from longctx.method import Method
+from longctx.plan import balanced_block_sizes
+from longctx.planner import Planner
+
+
+@dataclass(frozen=True)
+class APBOptions:
+    """Options of apb and star: sizes in tokens or as fractions of the block l_b (`apb.layout`)."""
+
+    anchor_len: int = option(None, "apb/star: anchor tokens (default: apb l_b/4, star the first block)", minimum=0)
+    passing_len: int = option(None, "apb: passing tokens each host sends per KV head (default l_b/8)", minimum=0)
+    anchor_ratio: float = option(None, "apb/star: anchor as a fraction of the block", minimum=0, maximum=1)
+    passing_ratio: float = option(None, "apb: passing as a fraction of the block", minimum=0, maximum=1)
+    anchor_head_tokens: int = option(16, "apb: leading document tokens placed before the question in the anchor",
+                                     minimum=0)
+    compressor: str = option("query", "apb: how passing blocks are chosen: query, retaining-heads or random")
+    retaining_heads: str = option(None, "apb: safetensors file of retaining heads (python -m apb.train_heads)",
+                                  metavar="FILE")
+
+    def __post_init__(self):
+        if self.compressor not in COMPRESSORS:
+            raise LongCtxError(f"unknown compressor {self.compressor!r}; choose one of {', '.join(COMPRESSORS)}")
+
+
+class APBPlanner(Planner):
+    """Contiguous blocks with anchor / probe rows and passing sizes (`apb.layout.APBLayout`).
+
+    `config.balance` "auto" sizes the blocks so every host's estimated time is the same, kept
+    only when its estimated critical path is not longer than the equal split's;
+    `details["balance"]` says which plan was used and `details["equal_critical_ms"]` what the
+    equal split would take.
+    """
+
+    star = False
+
+    def __init__(self, name, config, options):
+        super().__init__(name, config, options)
+        self.compressor = None if self.star else COMPRESSORS[options.compressor]
+
+    def check(self, model_config, world):
+        """Contiguous layout only; the compressor's own checks (e.g. the retaining-heads file)."""
+        super().check(model_config, world)
+        if self.compressor is not None:
+            self.compressor.check(self.options, model_config)
+
+    def apb_layout(self, doc_len, query_len, world):
+        """This run's `APBLayout` (sizes by the published rule or the options)."""
+        if doc_len < 1:
+            raise LongCtxError("the document is empty")
+        sizes = resolve_sizes(self.options, doc_len, query_len, world, star=self.star)
+        return APBLayout(sizes, doc_len, query_len, world, question=0 if self.star else query_len,
+                         needs_question=self.compressor is not None and self.compressor.needs_question,
+                         head_tokens=self.options.anchor_head_tokens)
+
+    def build(self, doc_len, query_len, world, sizes=None):
+        """The validated plan, equal blocks unless `sizes`."""
+        return self.apb_layout(doc_len, query_len, world).plan(self.name, sizes)
+
+    def balanced_sizes(self, doc_len, query_len, world):
+        """Block sizes for equal estimated times, each block estimated on `APBLayout.trial_host`
+        with an all-gather padded to l_p."""
+        layout, model = self.apb_layout(doc_len, query_len, world), self.cost_model()
+
+        def host_ms(rank, start, size):
+            return model.host_ms(self.work(layout.trial_host(rank, start, size), world, layout.sizes.passing))
+
+        return balanced_block_sizes(doc_len, world, host_ms, tile=model.coeffs.tile, speeds=model.speeds)
+
+    def describe(self, plan, equal, balanced):
+        """`equal_critical_ms` (when balanced), `balance` and the compressor, after the estimate."""
+        if balanced is not None:
+            plan.details["equal_critical_ms"] = equal.critical_ms
+        plan.details["balance"] = ("equal" if balanced is None else "auto" if plan is balanced
+                                   else "auto (equal split kept: not faster)")
+        if self.compressor is not None:
+            plan.details["compressor"] = self.compressor.name
+
+    def host_work(self, plan, host):
+        """`work`, the all-gather padded to the longest block sent."""
+        return self.work(host, plan.world, max((other.sends for other in plan.hosts), default=0))
+
+    def work(self, host, world, max_sends):
+        """Lead and local rows; the kernel calls of `attention_calls`; keys scored; the passing
+        all-gather, which pads every host's block to `max_sends` keys per KV head, so each host
+        receives (world - 1) padded blocks when anything is passed."""
+        shape, rows = self.cost_model().shape, host.num_tokens
+        calls = [KernelCall(call.q_rows.stop - call.q_rows.start,
+                            (host.passing_len if call.passing else 0) + call.k_rows.stop - call.k_rows.start,
+                            anchor_len=call.anchor_len, prefix_len=host.passing_len if call.anchor_len else 0)
+                 for call in attention_calls(host)]
+        passing = max_sends > 0 and world > 1
+        return HostWork.of_calls(calls, shape.heads, rows=host.lead_len + rows,
+                                 scored_keys=rows * shape.kv_heads if host.selects else 0,
+                                 recv_bytes=(world - 1) * max_sends * shape.kv_bytes if passing else 0,
+                                 messages=world - 1 if passing else 0)
 
 
 class APBAttention(Method):
     """APB (Huang et al.): anchor with the question + compressed passing blocks; `star` subclasses it."""
 
     name = "apb"
-    exact = False
-    star = False
+    Options = APBOptions
+    Planner = APBPlanner
 
     def __init__(self, config):
         super().__init__(config)
-        self.compressor = None if self.star else make_compressor(config)
+        self.compressor = None if self.planner.star else make_compressor(self.options)
 
-    def check(self, model_config, world):
-        """Contiguous layout only; the compressor's own checks (e.g. the retaining-heads file)."""
-        if self.config.layout not in (None, "contiguous"):
-            raise LongCtxError(f"method {self.name!r} uses the contiguous layout (got --layout {self.config.layout})")
-        if self.compressor is not None:
-            self.compressor.check(model_config)
+    @classmethod
+    def calibrate_costs(cls, bench):
+        """`compress_ns_per_key`: the query compressor's scoring and top-k selection, per key and KV head."""
+        from longctx.calibrate import fit_rate
 
-    def plan(self, doc_len, query_len, world):
-        """Contiguous blocks, anchor / probe rows and passing sizes (see `apb.layout`), estimated.
+        bench.say("compressor")
+        shape, question, compressor = bench.shape, 32, QueryCompressor(None)
+        key_counts, key_s = [], []
+        for n in bench.sizes:
+            q = bench.rand(1, shape.heads, question + n, shape.head_dim)
+            k = bench.rand(1, shape.kv_heads, question + n, shape.head_dim)
+            host = SimpleNamespace(head_len=0, question_len=question, lead_len=question, protected=0,
+                                   sends=max(1, n // 8))
+            key_counts.append(float(n * shape.kv_heads))
+            key_s.append(bench.time(lambda: select(compressor.scores(None, 0, host, q, k, k), host, compressor.pool)))
+        return {"compress_ns_per_key": round(1e9 / fit_rate(key_counts, key_s), 4)}
 
-        `config.balance` "auto" sizes the blocks so every host's estimated time is the same
-        (kept only when its estimated critical path is not longer than the equal split's;
-        `details["balance"]` says which plan was used and `details["equal_critical_ms"]` what
-        the equal split would take).
-        """
-        if doc_len < 1:
-            raise LongCtxError("the document is empty")
-        sizes = resolve_sizes(self.config, doc_len, query_len, world, star=self.star)
-        rules = dict(
-            question_in_anchor=not self.star,
-            needs_question=self.compressor is not None and self.compressor.needs_question,
-            head_tokens=self.config.anchor_head_tokens,
-        )
-        plan = self.estimate(build_plan(self.name, sizes, doc_len, query_len, world, **rules))
-        balance = "equal"
-        if getattr(self.config, "balance", "equal") == "auto" and world > 1:
-            model = self.cost_model()
-            balanced = self.estimate(build_plan(
-                self.name, sizes, doc_len, query_len, world, **rules,
-                host_ms=lambda host: model.host_ms(apb_work(host, world, sizes.passing, model.shape)),
-                tile=model.coeffs.tile, speeds=model.speeds,
-            ))
-            equal_ms = plan.critical_ms
-            if balanced.critical_ms <= equal_ms:
-                plan, balance = balanced, "auto"
-            else:
-                balance = "auto (equal split kept: not faster)"
-            plan.details["equal_critical_ms"] = equal_ms
-        plan.details["balance"] = balance
-        if self.compressor is not None:
-            plan.details["compressor"] = self.compressor.name
-        return plan
-
-    def host_work(self, plan, host):
-        """Lead and local rows, APB's pairs, keys scored, and the padded passing all-gather."""
-        max_sends = max((other.sends for other in plan.hosts), default=0)
-        return apb_work(host, plan.world, max_sends, self.cost_model().shape)
+    def new_state(self, plan, rank):
+        """What the compressor keeps during one request (retaining heads: taps and heads)."""
+        return CompressorState()
 
     def local_inputs(self, plan, rank, doc_ids, query_ids):
         """Lead rows (anchor or probe, positions 0..lead-1) then the owned block at its global positions."""
@@ -88,25 +159,17 @@ class APBAttention(Method):
         owned = host.positions()
         return ids + [doc_ids[pos] for pos in owned], positions + owned
 
-    def owned_rows(self, plan, rank):
-        """The block's rows, after the lead rows."""
-        host = plan.hosts[rank]
-        return slice(host.lead_len, host.lead_len + host.num_tokens)
-
     def prefill_hooks(self, ctx, model):
         """The compressor's hooks (retaining heads tap q/k/v_proj) on hosts that score keys."""
         host = ctx.plan.hosts[ctx.rank]
-        hooks = self.compressor.hooks(ctx, model) if host.selects else None
+        hooks = self.compressor.hooks(ctx.state, model) if host.selects else None
         return hooks or nullcontext()
 
     def prefill_attention(self, ctx, layer, q, k, v, scale):
         """One layer of APB prefill on host h; q [B, Hq, lead + n, D], k/v [B, Hkv, lead + n, D].
 
-        What host h attends to:
-          rows  [lead ; local]          lead = the anchor (hosts > 0), a question probe or nothing
-          keys  [P_h ; lead ; local]    P_h = compressed blocks of hosts 0..h-1, this layer only
-          lead rows see the lead only, causally;
-          local rows see all of P_h, all of the anchor (never a probe) and the local block causally.
+        Keeps the local rows' K/V, passes its compressed block, gathers P_h from hosts
+        0..h-1 (this layer only) and runs `attention_calls(host)`.
         """
         host = ctx.plan.hosts[ctx.rank]
         lead = host.lead_len
@@ -114,22 +177,21 @@ class APBAttention(Method):
         passing_k, passing_v = k[:, :, :0], v[:, :, :0]
         ctx.stats["passing_bytes_per_layer"] = 0
         if any(other.sends for other in ctx.plan.hosts):
-            sent = compressed_block(self.compressor, ctx, layer, host, q, k, v)
+            sent = compressed_block(self.compressor, ctx.state, layer, host, q, k, v)
             blocks = all_gather_blocks(ctx, *sent)[: ctx.rank]
             if blocks:
                 passing_k = torch.cat([block[0] for block in blocks], dim=2)
                 passing_v = torch.cat([block[1] for block in blocks], dim=2)
-        run = dict(scale=scale, backend=ctx.kernel_backend)
-        if host.anchor_len:
-            out, _ = attention(q, _after(passing_k, k), _after(passing_v, v), causal=True,
-                               anchor_len=lead, prefix_len=passing_k.shape[2], **run)
-            return out
-        out, _ = attention(q[:, :, lead:], _after(passing_k, k[:, :, lead:]), _after(passing_v, v[:, :, lead:]),
-                           causal=True, **run)
-        if not lead:
-            return out
-        probe, _ = attention(q[:, :, :lead], k[:, :, :lead], v[:, :, :lead], causal=True, **run)
-        return torch.cat([probe, out], dim=2)
+        outs = []
+        for call in attention_calls(host):
+            keys, values = k[:, :, call.k_rows], v[:, :, call.k_rows]
+            if call.passing:
+                keys, values = _after(passing_k, keys), _after(passing_v, values)
+            out, _ = attention(q[:, :, call.q_rows], keys, values, causal=True, anchor_len=call.anchor_len,
+                               prefix_len=passing_k.shape[2] if call.anchor_len else 0, scale=scale,
+                               backend=ctx.kernel_backend)
+            outs.append(out)
+        return outs[0] if len(outs) == 1 else torch.cat(outs, dim=2)
 
 
 def _after(passing, tensor):

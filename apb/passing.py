@@ -5,18 +5,19 @@ import torch
 from apb.compress import select
 
 
-def compressed_block(compressor, ctx, layer, host, q, k, v):
+def compressed_block(compressor, state, layer, host, q, k, v):
     """This host's compressed (post-RoPE) block: (keys, values) [B, Hkv, host.sends, D].
 
     Rows are local rows (after the host's lead rows). When the host passes all of its
     candidates (or none) no scoring happens; otherwise `compressor` scores the keys and
-    `select` keeps the top `host.sends` per KV head, in position order.
+    `select` keeps the top `host.sends` per KV head, in position order. `state` is the
+    compressor's per-request state (`CompressorState`).
     """
     local_k, local_v = k[:, :, host.lead_len :], v[:, :, host.lead_len :]
     if not host.selects:
         rows = slice(host.protected, host.protected + host.sends)
         return local_k[:, :, rows], local_v[:, :, rows]
-    index = select(compressor.scores(ctx, layer, host, q, k, v), host, compressor.pool)
+    index = select(compressor.scores(state, layer, host, q, k, v), host, compressor.pool)
     index = index[..., None].expand(-1, -1, -1, local_k.shape[-1])
     return local_k.gather(2, index), local_v.gather(2, index)
 

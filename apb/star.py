@@ -6,11 +6,17 @@ the whole first block, `--anchor-len` to change) and run local causal attention 
 query and generated tokens attend to every host's cache exactly, as in APB.
 """
 
-from apb.method import APBAttention
+from apb.method import APBAttention, APBPlanner
+
+
+class StarPlanner(APBPlanner):
+    """APB's plan with anchor = first block (by default), no question, no passing, no compressor."""
+
+    star = True
 
 
 class StarAttention(APBAttention):
     """StarAttention (Acharya et al.) on APB's machinery: anchor = first block, no passing blocks, no compressor."""
 
     name = "star"
-    star = True
+    Planner = StarPlanner

@@ -34,7 +34,18 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from dataclasses import dataclass  # noqa: E402
+
+from apb.compress import CompressorState  # noqa: E402
 from apb.method import APBAttention  # noqa: E402
+
+
+@dataclass
+class TimedState(CompressorState):
+    """APB's per-request state plus the prefill's layer count and starting CPU time."""
+
+    layers: int = 0
+    cpu0: float = 0.0
 
 
 class TimedAPB(APBAttention):
@@ -47,19 +58,23 @@ class TimedAPB(APBAttention):
     def __init__(self, config):
         super().__init__(config.replace(balance=self.balance))
 
+    def new_state(self, plan, rank):
+        """APB's state with room for the clock."""
+        return TimedState()
+
     def prefill_hooks(self, ctx, model):
         """Start the clock (and remember the layer count)."""
-        ctx.state["bench_layers"] = model.config.num_hidden_layers
-        ctx.state["bench_cpu0"] = time.thread_time()
+        ctx.state.layers = model.config.num_hidden_layers
+        ctx.state.cpu0 = time.thread_time()
         return super().prefill_hooks(ctx, model)
 
     def prefill_attention(self, ctx, layer, q, k, v, scale):
         """APB's attention; after the last layer's, every host's CPU seconds are all-gathered."""
         out = super().prefill_attention(ctx, layer, q, k, v, scale)
-        if layer == ctx.state["bench_layers"] - 1:
+        if layer == ctx.state.layers - 1:
             import torch
 
-            spent = torch.tensor([time.thread_time() - ctx.state["bench_cpu0"]], dtype=torch.float64)
+            spent = torch.tensor([time.thread_time() - ctx.state.cpu0], dtype=torch.float64)
             ctx.stats["host_cpu_s"] = [float(part[0]) for part in ctx.comm.all_gather(spent)]
         return out
 
@@ -100,7 +115,8 @@ def calibrate_costs(model_dir, threads, sizes, path):
     import torch
 
     from longctx.calibrate import calibrate
-    from longctx.costmodel import ModelShape, save_costs
+    from longctx.costmodel import ModelShape
+    from longctx.costs import save_costs
     from longctx.models import check_model_dir
 
     torch.set_num_threads(threads)

@@ -5,51 +5,65 @@ ring variant): simple and memory-hungry (each worker holds the whole K/V of a la
 attends). Zigzag split by default so the causal work is balanced.
 """
 
+from dataclasses import dataclass
+
 import torch
 
-from longctx.costmodel import allgather_work
-from longctx.errors import LongCtxError
+from longctx.costmodel import HostWork, KernelCall
 from longctx.kernels import attention
 from longctx.method import Method
+from longctx.planner import Planner
+
+
+def span_calls(spans):
+    """The kernel calls of one host: per local span, (its query rows, keys before its end), the
+    span's queries attending bottom-right causally over keys [0, span.stop) in global order."""
+    calls, row = [], 0
+    for span in spans:
+        calls.append((slice(row, row + len(span)), span.stop))
+        row += len(span)
+    return calls
+
+
+class AllGatherPlanner(Planner):
+    """Zigzag by default, or contiguous blocks sized per `config.balance`."""
+
+    layouts = ("zigzag", "contiguous")
+
+    def host_work(self, plan, host):
+        """`span_calls`; all other K/V gathered before attention (not overlapped)."""
+        shape, rows = self.cost_model().shape, host.num_tokens
+        calls = [KernelCall(local.stop - local.start, keys) for local, keys in span_calls(host.spans)]
+        return HostWork.of_calls(calls, shape.heads, rows=rows, recv_bytes=(plan.doc_len - rows) * shape.kv_bytes,
+                                 messages=plan.world - 1)
+
+
+@dataclass
+class AllGatherState:
+    """Per request: the index sorting the gathered tokens (hosts in rank order) into global order."""
+
+    order: torch.Tensor
 
 
 class AllGatherAttention(Method):
     """Exact attention over all-gathered K/V with bottom-right causal masks per local span."""
 
     name = "allgather"
+    Planner = AllGatherPlanner
 
-    def check(self, model_config, world):
-        """Contiguous or zigzag layouts only (each local span needs a prefix of the keys)."""
-        if self.config.layout not in (None, "zigzag", "contiguous"):
-            raise LongCtxError("allgather supports the zigzag and contiguous layouts")
-
-    def plan(self, doc_len, query_len, world):
-        """Zigzag by default; contiguous blocks are sized per `config.balance`."""
-        return self.layout_plan(doc_len, query_len, world, self.config.layout or "zigzag")
-
-    def host_work(self, plan, host):
-        """Causal pairs of the owned queries; all other K/V gathered before attention."""
-        return allgather_work(host.spans, plan.doc_len, plan.world, self.cost_model().shape)
+    def new_state(self, plan, rank):
+        """The global order of every host's tokens."""
+        positions = [pos for host in plan.hosts for pos in host.positions()]
+        return AllGatherState(torch.argsort(torch.tensor(positions)))
 
     def prefill_attention(self, ctx, layer, q, k, v, scale):
         """Gather [K; V] from every worker into global order, then attend each local span."""
         ctx.cache.store(layer, k, v)
         hosts = ctx.plan.hosts
         parts = ctx.comm.all_gather(torch.stack([k, v]), sizes=[host.num_tokens for host in hosts], dim=3)
-        full = torch.cat(parts, dim=3).index_select(3, _global_order(ctx).to(q.device))
+        full = torch.cat(parts, dim=3).index_select(3, ctx.state.order.to(q.device))
         output = torch.empty_like(q)
-        row = 0
-        for span in hosts[ctx.rank].spans:
-            rows = slice(row, row + len(span))
-            output[:, :, rows], _ = attention(q[:, :, rows], full[0][:, :, : span.stop], full[1][:, :, : span.stop],
+        for rows, keys in span_calls(hosts[ctx.rank].spans):
+            output[:, :, rows], _ = attention(q[:, :, rows], full[0][:, :, :keys], full[1][:, :, :keys],
                                               causal=True, scale=scale, backend=ctx.kernel_backend)
-            row += len(span)
         return output
-
-
-def _global_order(ctx):
-    """Index that sorts the concatenated gathered tokens into global position order."""
-    if "allgather_order" not in ctx.state:
-        positions = [pos for host in ctx.plan.hosts for pos in host.positions()]
-        ctx.state["allgather_order"] = torch.argsort(torch.tensor(positions))
-    return ctx.state["allgather_order"]

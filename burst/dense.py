@@ -2,22 +2,27 @@
 
 from longctx.errors import LongCtxError
 from longctx.kernels import attention
+from longctx.layouts import CONTIGUOUS
 from longctx.method import Method
+from longctx.planner import Planner
 
 
-class DenseAttention(Method):
-    """Single-worker causal attention over the whole document."""
+class DensePlanner(Planner):
+    """All tokens on host 0, whatever `--layout` says (dense is the reference beside any layout)."""
 
-    name = "dense"
+    layout = CONTIGUOUS
 
     def check(self, model_config, world):
         """Dense runs on exactly one worker."""
         if world != 1:
             raise LongCtxError(f"method 'dense' runs on one worker (got --nproc {world})")
 
-    def plan(self, doc_len, query_len, world):
-        """All tokens on host 0."""
-        return self.layout_plan(doc_len, query_len, world, "contiguous")
+
+class DenseAttention(Method):
+    """Single-worker causal attention over the whole document."""
+
+    name = "dense"
+    Planner = DensePlanner
 
     def prefill_attention(self, ctx, layer, q, k, v, scale):
         """Keep all K/V; causal attention over the local block."""

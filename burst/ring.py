@@ -7,40 +7,77 @@ the zigzag (default) or striped layout and can run BurstAttention's double ring
 (`intra_size` ranks per inner ring).
 """
 
+from dataclasses import dataclass
+
 import torch
 
 from burst.accumulator import Accumulator
 from burst.blocks import block_items
 from burst.schedules import double_ring, single_ring
-from longctx.costmodel import ring_work
+from longctx.config import option
+from longctx.costmodel import HostWork, KernelCall
 from longctx.errors import LongCtxError
 from longctx.method import Method
+from longctx.planner import Planner
+
+
+@dataclass(frozen=True)
+class RingOptions:
+    """Options of ring and burst."""
+
+    intra_size: int = option(0, "burst: ranks per inner ring of the double ring (0 = single ring)", minimum=0)
+
+
+class RingPlanner(Planner):
+    """The textbook ring's plan: contiguous blocks (sized per `config.balance`)."""
+
+    layouts = ("contiguous",)
+    double_ring = False
+
+    def check(self, model_config, world):
+        """The layout; `intra_size`, when set, needs a double ring and must divide the worker count."""
+        super().check(model_config, world)
+        inner = self.options.intra_size
+        if inner and not self.double_ring:
+            raise LongCtxError("--intra-size (double ring) applies to method 'burst' only")
+        if inner and world % inner:
+            raise LongCtxError(f"--intra-size {inner} must divide --nproc {world}")
+
+    def host_work(self, plan, host):
+        """The kernel calls of the ring's work items (`block_items`, as the attention runs them)
+        against every host's block; every other block arrives once, overlapped with compute."""
+        shape, rows = self.cost_model().shape, host.num_tokens
+        calls = [KernelCall(item.q_rows.stop - item.q_rows.start, item.k_rows.stop - item.k_rows.start, item.causal)
+                 for other in plan.hosts for item in block_items(host.spans, other.spans)]
+        return HostWork.of_calls(calls, shape.heads, rows=rows, recv_bytes=(plan.doc_len - rows) * shape.kv_bytes,
+                                 messages=plan.world - 1, overlapped=True)
+
+
+class BurstPlanner(RingPlanner):
+    """BurstAttention's plan: zigzag (default), striped or contiguous; the double ring allowed."""
+
+    layouts = ("zigzag", "striped", "contiguous")
+    double_ring = True
+
+
+@dataclass
+class RingState:
+    """Per request: this worker's work items against each rank's block (`block_items`)."""
+
+    items: list
 
 
 class RingAttention(Method):
     """Plain K/V ring over a contiguous split."""
 
     name = "ring"
-    default_layout = "contiguous"
-    layouts = ("contiguous",)
+    Options = RingOptions
+    Planner = RingPlanner
 
-    def check(self, model_config, world):
-        """Only the layouts this class supports; double ring only for burst."""
-        layout = self.config.layout or self.default_layout
-        if layout not in self.layouts:
-            raise LongCtxError(f"method {self.name!r} supports layouts {', '.join(self.layouts)} (got {layout!r})")
-        if self.config.intra_size and self.name != "burst":
-            raise LongCtxError("--intra-size (double ring) applies to method 'burst' only")
-
-    def plan(self, doc_len, query_len, world):
-        """Spans from the layout helpers (contiguous blocks sized per `config.balance`); each
-        worker keeps the K/V of the tokens it holds."""
-        return self.layout_plan(doc_len, query_len, world, self.config.layout or self.default_layout)
-
-    def host_work(self, plan, host):
-        """Causal pairs of the owned queries; every other host's K/V arrives once, overlapped with compute."""
-        sources = [span for other in plan.hosts for span in other.spans]
-        return ring_work(host.spans, plan.doc_len, plan.world, self.cost_model().shape, sources)
+    def new_state(self, plan, rank):
+        """The work items of this rank's spans against every rank's, computed once per request."""
+        mine = plan.hosts[rank].spans
+        return RingState([block_items(mine, host.spans) for host in plan.hosts])
 
     def schedule(self, ctx, block, block_shape):
         """The order blocks arrive in: a single ring."""
@@ -51,7 +88,6 @@ class RingAttention(Method):
         softmax of the rows it concerns (LAO: no separate merge pass on the Triton path)."""
         ctx.cache.store(layer, k, v)
         hosts = ctx.plan.hosts
-        my_spans = hosts[ctx.rank].spans
         block = torch.stack([k, v])
 
         def block_shape(rank):
@@ -61,7 +97,7 @@ class RingAttention(Method):
 
         acc = Accumulator(q, v.shape[-1])
         for source, kv in self.schedule(ctx, block, block_shape):
-            for item in _items(ctx, my_spans, hosts[source].spans, source):
+            for item in ctx.state.items[source]:
                 acc.attend(item.q_rows, q[:, :, item.q_rows], kv[0][:, :, item.k_rows], kv[1][:, :, item.k_rows],
                            causal=item.causal, scale=scale, backend=ctx.kernel_backend)
         return acc.result(q.dtype)
@@ -71,26 +107,11 @@ class BurstAttention(RingAttention):
     """BurstAttention forward: balanced layout, overlapped transfers, optional double ring."""
 
     name = "burst"
-    default_layout = "zigzag"
-    layouts = ("zigzag", "striped", "contiguous")
-
-    def check(self, model_config, world):
-        """Layout must be known; `intra_size`, when set, must divide the worker count."""
-        super().check(model_config, world)
-        if self.config.intra_size and world % self.config.intra_size:
-            raise LongCtxError(f"--intra-size {self.config.intra_size} must divide --nproc {world}")
+    Planner = BurstPlanner
 
     def schedule(self, ctx, block, block_shape):
         """Double ring when `intra_size` is set (and smaller than the world), else a single ring."""
-        inner = self.config.intra_size
+        inner = self.options.intra_size
         if inner and inner < ctx.comm.world:
             return double_ring(ctx.comm, block, block_shape, inner)
         return single_ring(ctx.comm, block, block_shape)
-
-
-def _items(ctx, my_spans, source_spans, source):
-    """Work items for (this rank, source), computed once per request."""
-    memo = ctx.state.setdefault("ring_items", {})
-    if source not in memo:
-        memo[source] = block_items(my_spans, source_spans)
-    return memo[source]

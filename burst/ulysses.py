@@ -8,10 +8,11 @@ attention runs causally on the full sequence; a second all-to-all returns the ou
 
 import torch
 
-from longctx.costmodel import ulysses_work
+from longctx.costmodel import HostWork, KernelCall
 from longctx.errors import LongCtxError
 from longctx.kernels import attention
 from longctx.method import Method
+from longctx.planner import Planner
 
 
 def head_ranges(q_heads, kv_heads, world):
@@ -25,10 +26,8 @@ def head_ranges(q_heads, kv_heads, world):
     return ranges
 
 
-class UlyssesAttention(Method):
-    """Exact attention by head-parallel all-to-all."""
-
-    name = "ulysses"
+class UlyssesPlanner(Planner):
+    """Contiguous shards, sized per `config.balance`; the worker count must split the heads."""
 
     def check(self, model_config, world):
         """P must divide the query heads, and each worker's heads must map evenly to KV heads."""
@@ -43,16 +42,25 @@ class UlyssesAttention(Method):
             raise LongCtxError(
                 f"ulysses cannot split {q_heads} query heads over {kv_heads} KV heads on {world} workers evenly"
             )
-        if self.config.layout not in (None, "contiguous"):
-            raise LongCtxError("ulysses uses the contiguous layout only")
-
-    def plan(self, doc_len, query_len, world):
-        """Contiguous shards, sized per `config.balance`."""
-        return self.layout_plan(doc_len, query_len, world, "contiguous")
+        super().check(model_config, world)
 
     def host_work(self, plan, host):
-        """Causal attention over the whole document for this rank's heads; three all-to-alls."""
-        return ulysses_work(host.num_tokens, host.rank, plan.doc_len, plan.world, self.cost_model().shape)
+        """Causal attention over the whole document for this rank's heads (`head_ranges`, as the
+        attention splits them); three all-to-alls: q, [k; v] in, the output back."""
+        shape, rows, doc_len = self.cost_model().shape, host.num_tokens, plan.doc_len
+        q_lo, q_hi, kv_lo, kv_hi = head_ranges(shape.heads, shape.kv_heads, plan.world)[host.rank]
+        q_heads, kv_heads = q_hi - q_lo, kv_hi - kv_lo
+        value = shape.head_dim * shape.dtype_bytes
+        received = (doc_len - rows) * (q_heads + 2 * kv_heads) * value + rows * (shape.heads - q_heads) * value
+        return HostWork.of_calls([KernelCall(doc_len, doc_len)], q_heads, rows=rows, recv_bytes=received,
+                                 messages=3 * (plan.world - 1))
+
+
+class UlyssesAttention(Method):
+    """Exact attention by head-parallel all-to-all."""
+
+    name = "ulysses"
+    Planner = UlyssesPlanner
 
     def prefill_attention(self, ctx, layer, q, k, v, scale):
         """Sequence shards -> head shards, causal attention, and back."""
@@ -60,7 +68,6 @@ class UlyssesAttention(Method):
         comm, hosts = ctx.comm, ctx.plan.hosts
         lengths = [host.num_tokens for host in hosts]
         ranges = head_ranges(q.shape[1], k.shape[1], comm.world)
-        q_lo, q_hi, kv_lo, kv_hi = ranges[comm.rank]
         full_q = _to_heads(comm, q, [(lo, hi) for lo, hi, _, _ in ranges], lengths)
         full_kv = _to_heads(comm, torch.stack([k, v]), [(lo, hi) for _, _, lo, hi in ranges], lengths, head_dim=2)
         out, _ = attention(full_q, full_kv[0], full_kv[1], causal=True, scale=scale, backend=ctx.kernel_backend)

@@ -6,7 +6,8 @@ Times, for a few sizes each, on the current device and dtype:
 * `longctx.kernels.attention` (causal, the model's heads / KV heads / head dim): attention
   work, GFLOP/s over the visible query-key pairs (the Triton kernel and the fused CPU path
   compute no score their mask hides);
-* the query compressor's scoring and top-k selection (`apb.compress`): ns per key and KV head;
+* whatever the registered methods measure for their own work (`Method.calibrate_costs`,
+  e.g. the cost of choosing the keys to pass: ns per key and KV head);
 
 and fits time = a + b * work by least squares (rate = 1 / b; the fixed cost a is the same on
 every host and does not move the balance). The link bandwidth and message latency cannot be
@@ -15,13 +16,13 @@ measured from one device: they are kept from the current coefficients unless giv
 
 import statistics
 import time
-from dataclasses import replace
-from types import SimpleNamespace
+from dataclasses import dataclass, replace
 
 import torch
 
-from longctx.costmodel import CostCoefficients, load_costs, resolve_device_type
+from longctx.costs import CostCoefficients, load_costs, resolve_device_type
 from longctx.kernels import attention
+from longctx.registry import method_class, method_names
 
 SIZES = {"cpu": (256, 512, 1024), "cuda": (2048, 4096, 8192)}
 
@@ -39,6 +40,28 @@ def _timed(fn, device, repeats):
             torch.cuda.synchronize(device)
         times.append(time.perf_counter() - start)
     return statistics.median(times)
+
+
+@dataclass
+class Bench:
+    """What a method's `calibrate_costs` measures with: the model shape, the token counts to
+    time, seeded random tensors on the device (`rand`), a timer (`time`) and `say(text)`."""
+
+    shape: object
+    sizes: tuple
+    device: torch.device
+    dtype: torch.dtype
+    repeats: int
+    say: object
+    generator: torch.Generator
+
+    def rand(self, *dims):
+        """Standard normal tensor of `dims` on the device, in the dtype (from the seeded generator)."""
+        return torch.randn(*dims, generator=self.generator).to(self.device, self.dtype)
+
+    def time(self, fn):
+        """Median seconds of `repeats` calls of `fn` after one warm-up call."""
+        return _timed(fn, self.device, self.repeats)
 
 
 def fit_rate(work, seconds):
@@ -67,45 +90,29 @@ def calibrate(shape, device="auto", dtype=None, sizes=None, repeats=3, link_gb_p
     dtype = dtype or (torch.bfloat16 if kind == "cuda" else torch.float32)
     sizes = tuple(sizes or SIZES[kind])
     base = base or load_costs(kind)
-    say = progress or (lambda text: None)
-    generator = torch.Generator(device="cpu").manual_seed(0)
+    bench = Bench(shape, sizes, torch_device, dtype, repeats, progress or (lambda text: None),
+                  torch.Generator(device="cpu").manual_seed(0))
 
-    def rand(*dims):
-        return torch.randn(*dims, generator=generator).to(torch_device, dtype)
-
-    say("linear layer")
-    weight = rand(shape.intermediate, shape.hidden)
+    bench.say("linear layer")
+    weight = bench.rand(shape.intermediate, shape.hidden)
     linear_work, linear_s = [], []
     for n in sizes:
-        x = rand(n, shape.hidden)
+        x = bench.rand(n, shape.hidden)
         linear_work.append(2.0 * n * shape.hidden * shape.intermediate)
-        linear_s.append(_timed(lambda: torch.nn.functional.linear(x, weight), torch_device, repeats))
+        linear_s.append(bench.time(lambda: torch.nn.functional.linear(x, weight)))
 
-    say("attention kernel")
+    bench.say("attention kernel")
     attn_work, attn_s = [], []
     for n in sizes:
-        q = rand(1, shape.heads, n, shape.head_dim)
-        k, v = rand(1, shape.kv_heads, n, shape.head_dim), rand(1, shape.kv_heads, n, shape.head_dim)
+        q = bench.rand(1, shape.heads, n, shape.head_dim)
+        k, v = bench.rand(1, shape.kv_heads, n, shape.head_dim), bench.rand(1, shape.kv_heads, n, shape.head_dim)
         pairs = n * (n + 1) // 2
         attn_work.append(float(shape.heads * pairs * shape.pair_flops))
-        attn_s.append(_timed(lambda: attention(q, k, v, causal=True), torch_device, repeats))
+        attn_s.append(bench.time(lambda: attention(q, k, v, causal=True)))
 
-    say("compressor")
-    from apb.compress import QueryCompressor, select
-
-    compressor = QueryCompressor(None)
-    question = 32
-    key_counts, key_s = [], []
-    for n in sizes:
-        q = rand(1, shape.heads, question + n, shape.head_dim)
-        k = rand(1, shape.kv_heads, question + n, shape.head_dim)
-        host = SimpleNamespace(head_len=0, question_len=question, lead_len=question, protected=0, sends=max(1, n // 8))
-
-        def score_and_select():
-            return select(compressor.scores(None, 0, host, q, k, k), host, compressor.pool)
-
-        key_counts.append(float(n * shape.kv_heads))
-        key_s.append(_timed(score_and_select, torch_device, repeats))
+    measured = {}
+    for calibrate_costs in method_calibrations():
+        measured.update(calibrate_costs(bench))
 
     name = torch.cuda.get_device_name(torch_device) if kind == "cuda" else f"{torch.get_num_threads()} CPU threads"
     return replace(
@@ -114,12 +121,22 @@ def calibrate(shape, device="auto", dtype=None, sizes=None, repeats=3, link_gb_p
         linear_gflops=round(fit_rate(linear_work, linear_s) / 1e9, 3),
         attention_gflops=round(fit_rate(attn_work, attn_s) / 1e9, 3),
         attention_pairs="visible",
-        compress_ns_per_key=round(1e9 / fit_rate(key_counts, key_s), 4),
         link_gb_per_s=link_gb_per_s if link_gb_per_s is not None else base.link_gb_per_s,
         message_us=message_us if message_us is not None else base.message_us,
         source=f"calibrated on {name}, {str(dtype).replace('torch.', '')}, sizes {list(sizes)}, "
                f"{time.strftime('%Y-%m-%d')}",
+        **measured,
     ).validate()
+
+
+def method_calibrations():
+    """Each registered method's distinct `calibrate_costs` (a subclass that does not override
+    it measures nothing more), in registration order."""
+    seen = {}
+    for name in method_names():
+        calibrate_costs = method_class(name).calibrate_costs
+        seen.setdefault(getattr(calibrate_costs, "__func__", calibrate_costs), calibrate_costs)
+    return list(seen.values())
 
 
 __all__ = ["calibrate", "fit_rate", "CostCoefficients"]

@@ -8,13 +8,13 @@ import argparse
 import json
 import sys
 
-from longctx.config import DEVICES, DTYPES, add_planner_arguments, add_run_arguments, config_from_args
+from longctx.config import add_run_arguments, config_from_args
 from longctx.errors import LongCtxError
 
 
-def _add_generate(sub):
+def _add_generate(sub, argv):
     parser = sub.add_parser("generate", help="answer a question about a long document")
-    add_run_arguments(parser)
+    add_run_arguments(parser, argv=argv)
     parser.add_argument("--doc", required=True, help="document file ('-' reads standard input)")
     parser.add_argument("--question", default="", help="question text appended after the document")
     parser.add_argument("--max-new-tokens", type=int, default=32)
@@ -23,9 +23,9 @@ def _add_generate(sub):
     parser.set_defaults(func=cmd_generate)
 
 
-def _add_compare(sub):
+def _add_compare(sub, argv):
     parser = sub.add_parser("compare", help="compare methods with dense on the same random input")
-    add_run_arguments(parser, with_method=False)
+    add_run_arguments(parser, with_method=False, argv=argv)
     parser.add_argument("--methods", default="burst,ring,ulysses,allgather")
     parser.add_argument("--length", type=int, default=1000, help="document tokens")
     parser.add_argument("--query-len", type=int, default=8, help="question tokens")
@@ -37,9 +37,9 @@ def _add_compare(sub):
     parser.set_defaults(func=cmd_compare)
 
 
-def _add_eval(sub):
+def _add_eval(sub, argv):
     parser = sub.add_parser("eval", help="accuracy of methods on RULER-style tasks, same samples for each")
-    add_run_arguments(parser, with_method=False)
+    add_run_arguments(parser, with_method=False, argv=argv)
     parser.add_argument("--tasks", default="niah_single", help="comma-separated task names")
     parser.add_argument("--methods", default="dense,burst", help="comma-separated method names")
     parser.add_argument("--length", type=int, default=4096, help="prompt tokens per sample")
@@ -54,7 +54,7 @@ def _add_eval(sub):
     parser.set_defaults(func=cmd_eval)
 
 
-def _add_tiny_model(sub):
+def _add_tiny_model(sub, argv):
     parser = sub.add_parser("tiny-model", help="write a small random-weight model with a byte-level tokenizer")
     parser.add_argument("out_dir")
     parser.add_argument("--family", default="llama", choices=("llama", "qwen2", "mistral"))
@@ -66,7 +66,7 @@ def _add_tiny_model(sub):
     parser.set_defaults(func=cmd_tiny_model)
 
 
-def _add_demo(sub):
+def _add_demo(sub, argv):
     parser = sub.add_parser("demo", help="run the shipped example end to end on local workers")
     parser.add_argument("--nproc", type=int, default=2)
     parser.add_argument("--model", default=None,
@@ -78,16 +78,15 @@ def _add_demo(sub):
     parser.set_defaults(func=cmd_demo)
 
 
-def _add_plan(sub):
+def _add_plan(sub, argv):
     parser = sub.add_parser("plan", help="who holds which tokens, and the estimated time of every host",
                             description="Plan a run without workers: per-host token ranges, anchor and passing "
                                         "lengths and estimated time, for equal and balanced blocks side by side. "
                                         "--calibrate measures the cost coefficients on this device instead.")
-    parser.add_argument("--method", default="apb", help="method to plan (see `longctx methods`)")
+    add_run_arguments(parser, model_required=False, defaults={"method": "apb", "nproc": 8, "balance": None},
+                      argv=argv)
     parser.add_argument("--length", type=int, default=131072, help="document tokens")
     parser.add_argument("--query-len", type=int, default=32, help="question tokens")
-    parser.add_argument("--nproc", type=int, default=8, help="number of hosts")
-    parser.add_argument("--model", default=None, help="model directory (only its config is read; no weights)")
     shape = parser.add_argument_group("model shape without --model (default: Llama-3.1-8B)")
     shape.add_argument("--layers", type=int, default=32)
     shape.add_argument("--hidden", type=int, default=4096)
@@ -95,41 +94,28 @@ def _add_plan(sub):
     shape.add_argument("--kv-heads", type=int, default=8)
     shape.add_argument("--head-dim", type=int, default=128)
     shape.add_argument("--intermediate", type=int, default=14336, help="MLP width")
-    parser.add_argument("--device", default="auto", choices=DEVICES, help="whose cost coefficients to use")
-    parser.add_argument("--dtype", default="auto", choices=DTYPES, help="auto: bfloat16 on CUDA, float32 on CPU")
-    parser.add_argument("--layout", default=None, help="token layout for exact methods")
-    parser.add_argument("--intra-size", type=int, default=0)
-    parser.add_argument("--anchor-len", type=int, default=None)
-    parser.add_argument("--passing-len", type=int, default=None)
-    parser.add_argument("--anchor-ratio", type=float, default=None)
-    parser.add_argument("--passing-ratio", type=float, default=None)
-    parser.add_argument("--anchor-head-tokens", type=int, default=16)
-    parser.add_argument("--compressor", default="query")
-    parser.add_argument("--retaining-heads", default=None, metavar="FILE")
-    add_planner_arguments(parser, balance_default=None)
     parser.add_argument("--calibrate", action="store_true",
                         help="time the real kernels on this device for the model shape, save the coefficients "
                              "(to --costs FILE, else ~/.cache/longctx/costs.json) and print them")
     parser.add_argument("--calibrate-sizes", type=int, nargs="+", default=None, metavar="N",
                         help="token counts timed by --calibrate (default: 256 512 1024 on CPU, 2048 4096 8192 on CUDA)")
-    parser.add_argument("--threads", type=int, default=None, help="CPU threads while calibrating")
     parser.add_argument("--link-gb-per-s", type=float, default=None, help="--calibrate: link bandwidth to record")
     parser.add_argument("--message-us", type=float, default=None, help="--calibrate: per-message latency to record")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     parser.set_defaults(func=cmd_plan)
 
 
-def _add_methods(sub):
+def _add_methods(sub, argv):
     parser = sub.add_parser("methods", help="list the registered methods")
     parser.set_defaults(func=cmd_methods)
 
 
-def build_parser():
-    """The full `longctx` argument parser."""
+def build_parser(argv=None):
+    """The full `longctx` argument parser (`argv`: the command line, read for plug-in methods' options)."""
     parser = argparse.ArgumentParser(prog="longctx", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
     for add in (_add_generate, _add_compare, _add_eval, _add_tiny_model, _add_demo, _add_plan, _add_methods):
-        add(sub)
+        add(sub, argv)
     return parser
 
 
@@ -232,7 +218,7 @@ def cmd_demo(args):
 
 def cmd_plan(args):
     """`longctx plan`: equal and balanced plans with per-host estimates, or `--calibrate`."""
-    from longctx.costmodel import dtype_bytes, resolve_device_type
+    from longctx.costs import dtype_bytes, resolve_device_type
     from longctx.plan_report import format_plan_report, plan_report, shape_from_args
 
     device = resolve_device_type(args.device)
@@ -252,7 +238,7 @@ def _calibrate(args, device, shape):
     import torch
 
     from longctx.calibrate import calibrate
-    from longctx.costmodel import save_costs
+    from longctx.costs import save_costs
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -278,7 +264,7 @@ def cmd_methods(args):
 
 def main(argv=None):
     """Entry point of the `longctx` console script; returns the exit status."""
-    args = build_parser().parse_args(argv)
+    args = build_parser(argv).parse_args(argv)
     try:
         args.func(args)
     except LongCtxError as exc:

@@ -1,10 +1,12 @@
-"""One run's settings (`RunConfig`) and the argument parser every entry point shares."""
+"""One run's settings (`RunConfig`), methods' own options, and the argument parser every entry point shares."""
 
 import argparse
-from dataclasses import asdict, dataclass, fields
+import sys
+from dataclasses import dataclass, field, fields
 
 from longctx.errors import LongCtxError
 from longctx.kernels import BACKENDS
+from longctx.registry import option_classes
 
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 DEVICES = ("auto", "cpu", "cuda")
@@ -16,25 +18,20 @@ BALANCES = ("equal", "auto")
 BALANCE_DEFAULT = "auto"
 
 
-@dataclass
+@dataclass(init=False)
 class RunConfig:
     """Everything a worker needs to build its engine; picklable, sent to every worker.
 
-    `layout` None means the method's default; `intra_size` > 0 turns on BurstAttention's
-    double ring with that many ranks per inner ring; `threads` None splits the CPU cores
-    evenly over the local workers.
+    Run-wide settings: `layout` None means the method's default; `threads` None splits the
+    CPU cores evenly over the local workers. Planner (`longctx.planner`, `longctx.costmodel`):
+    `balance` sizes contiguous blocks, "equal" (as equal as possible) or "auto" (equal
+    estimated time per host); `host_speeds` gives relative host speeds (host time = cost /
+    speed; None = all equal); `costs` is a cost coefficient file (None: the calibrated
+    ~/.cache/longctx/costs.json, else shipped defaults).
 
-    APB / StarAttention: `anchor_len` / `passing_len` are token counts (None = the published
-    rule, l_a = l_b/4 and l_p = l_b/8 of the block l_b; Star's anchor is the first block);
-    `anchor_ratio` / `passing_ratio` give them as fractions of the block instead;
-    `anchor_head_tokens` leading document tokens precede the question in APB's anchor;
-    `compressor` picks how passing blocks are chosen (query, retaining-heads, random) and
-    `retaining_heads` is the safetensors file of trained retaining heads.
-
-    Planner (`longctx.plan`, `longctx.costmodel`): `balance` sizes contiguous blocks, "equal"
-    (as equal as possible) or "auto" (equal estimated time per host); `host_speeds` gives
-    relative host speeds (host time = cost / speed; None = all equal); `costs` is a cost
-    coefficient file (None: the calibrated ~/.cache/longctx/costs.json, else shipped defaults).
+    `method_options` holds the options given for methods, by name (anchor_len, intra_size,
+    ...): each method declares its own (`Method.Options`) and reads only those. Keywords that
+    are not run-wide fields land there: `RunConfig(method="apb", anchor_len=512)`.
     """
 
     model: str = ""
@@ -46,18 +43,18 @@ class RunConfig:
     kernel_backend: str = "auto"
     timeout_s: float = 300.0
     layout: str = None
-    intra_size: int = 0
     threads: int = None
-    anchor_len: int = None
-    passing_len: int = None
-    anchor_ratio: float = None
-    passing_ratio: float = None
-    anchor_head_tokens: int = 16
-    compressor: str = "query"
-    retaining_heads: str = None
     balance: str = BALANCE_DEFAULT
     host_speeds: tuple = None
     costs: str = None
+    method_options: dict = field(default_factory=dict)
+
+    def __init__(self, **values):
+        options = dict(values.pop("method_options", None) or {})
+        for item in fields(self):
+            if item.name != "method_options":
+                setattr(self, item.name, values.pop(item.name, item.default))
+        self.method_options = {**options, **values}
 
     def validate(self):
         """Raise LongCtxError naming the first bad setting; returns self."""
@@ -68,42 +65,74 @@ class RunConfig:
                 raise LongCtxError(f"--{name.replace('_', '-')} must be one of {', '.join(allowed)}")
         if self.timeout_s <= 0:
             raise LongCtxError(f"--timeout must be positive (got {self.timeout_s})")
-        if self.intra_size < 0:
-            raise LongCtxError(f"--intra-size must be >= 0 (got {self.intra_size})")
-        for name in ("anchor_len", "passing_len", "anchor_head_tokens"):
-            value = getattr(self, name)
-            if value is not None and value < 0:
-                raise LongCtxError(f"--{name.replace('_', '-')} must be >= 0 (got {value})")
         if self.balance not in BALANCES:
             raise LongCtxError(f"--balance must be one of {', '.join(BALANCES)} (got {self.balance!r})")
         if self.host_speeds is not None:
             speeds = tuple(self.host_speeds)
             if not speeds or not all(isinstance(speed, (int, float)) and speed > 0 for speed in speeds):
                 raise LongCtxError(f"--host-speeds must be positive numbers (got {','.join(map(str, speeds))})")
-        for name in ("anchor_ratio", "passing_ratio"):
-            value = getattr(self, name)
-            if value is not None and not 0 <= value <= 1:
-                raise LongCtxError(f"--{name.replace('_', '-')} must be between 0 and 1 (got {value})")
+        classes = option_classes([self.method])
+        known = {item.name for cls in classes for item in fields(cls)}
+        unknown = [name for name in self.method_options if name not in known]
+        if unknown:
+            raise LongCtxError(f"unknown option {unknown[0]!r}: no method takes it (method options: "
+                               f"{', '.join(sorted(known))})")
+        for cls in classes:
+            make_options(cls, self.method_options)
         return self
 
     def pool_options(self):
-        """Every field except model, method and nproc: the keyword options of LongContextLM."""
-        return {key: value for key, value in asdict(self).items() if key not in ("model", "method", "nproc")}
+        """Every setting except model, method and nproc, method options included: the keyword
+        options of LongContextLM."""
+        values = {item.name: getattr(self, item.name) for item in fields(self)
+                  if item.name not in ("model", "method", "nproc", "method_options")}
+        return {**values, **self.method_options}
 
     def replace(self, **changes):
-        """A copy with `changes` applied."""
-        values = asdict(self)
-        values.update(changes)
-        return RunConfig(**values)
+        """A copy with `changes` applied (run-wide fields or method options)."""
+        values = {item.name: getattr(self, item.name) for item in fields(self)}
+        values["method_options"] = dict(self.method_options)
+        return RunConfig(**{**values, **changes})
 
 
-def add_run_arguments(parser, *, with_method=True):
-    """Add the shared run options (model, method, workers, devices, method options) to `parser`."""
-    parser.add_argument("--model", required=True, help="local Hugging Face causal-LM directory")
+def option(default=None, help="", **flags):
+    """A field of a method's options dataclass, with what its `--flag` needs: `help`, argparse
+    keywords (`metavar`, `choices`) and the bounds `make_options` checks (`minimum`, `maximum`)."""
+    return field(default=default, metadata={"help": help, **flags})
+
+
+def make_options(cls, values):
+    """An instance of the options dataclass `cls` from the entries of `values` it declares, its
+    bounds checked (LongCtxError names the flag); None when `cls` is None."""
+    if cls is None:
+        return None
+    declared = fields(cls)
+    options = cls(**{item.name: values[item.name] for item in declared if item.name in values})
+    for item in declared:
+        value, low, high = getattr(options, item.name), item.metadata.get("minimum"), item.metadata.get("maximum")
+        flag = "--" + item.name.replace("_", "-")
+        if value is None or (low is None or value >= low) and (high is None or value <= high):
+            continue
+        if high is None:
+            raise LongCtxError(f"{flag} must be >= {low} (got {value})")
+        raise LongCtxError(f"{flag} must be between {low} and {high} (got {value})")
+    return options
+
+
+def add_run_arguments(parser, *, with_method=True, model_required=True, defaults=None, argv=None):
+    """Add the shared run options to `parser`: model, method, workers, devices, kernels, layout,
+    the planner's options and every method's own options (registered methods, and plug-ins
+    named by --method / --methods in `argv`, default the command line). `defaults` overrides
+    the defaults of method, nproc and balance."""
+    defaults = {"method": "burst", "nproc": 2, "balance": BALANCE_DEFAULT, **(defaults or {})}
+    parser.add_argument("--model", required=model_required, default=None,
+                        help="local Hugging Face causal-LM directory" if model_required else
+                        "model directory (only its config is read; no weights)")
     if with_method:
-        parser.add_argument("--method", default="burst", help="prefill method (see `longctx methods`)")
-    parser.add_argument("--nproc", type=int, default=2, help="number of workers")
-    parser.add_argument("--device", default="auto", choices=DEVICES)
+        parser.add_argument("--method", default=defaults["method"], help="prefill method (see `longctx methods`)")
+    parser.add_argument("--nproc", type=int, default=defaults["nproc"], help="number of workers (hosts)")
+    parser.add_argument("--device", default="auto", choices=DEVICES,
+                        help="auto: CUDA when available; also whose cost coefficients plans use")
     parser.add_argument("--dtype", default="auto", choices=DTYPES, help="auto: bfloat16 on CUDA, float32 on CPU")
     parser.add_argument("--dist-backend", default="auto", choices=DIST_BACKENDS)
     parser.add_argument("--kernel-backend", default="auto", choices=BACKENDS,
@@ -111,24 +140,40 @@ def add_run_arguments(parser, *, with_method=True):
                              "torch, reference (the chunked test oracle) or triton")
     parser.add_argument("--timeout", type=float, default=300.0, dest="timeout_s",
                         help="seconds any collective may wait before the job fails")
-    parser.add_argument("--layout", default=None, help="token layout: contiguous, zigzag or striped")
-    parser.add_argument("--intra-size", type=int, default=0,
-                        help="burst: ranks per inner ring of the double ring (0 = single ring)")
+    parser.add_argument("--layout", default=None,
+                        help="token layout: contiguous, zigzag or striped (default: the method's)")
     parser.add_argument("--threads", type=int, default=None, help="CPU threads per worker")
-    parser.add_argument("--anchor-len", type=int, default=None,
-                        help="apb/star: anchor tokens (default: apb l_b/4, star the first block)")
-    parser.add_argument("--passing-len", type=int, default=None,
-                        help="apb: passing tokens each host sends per KV head (default l_b/8)")
-    parser.add_argument("--anchor-ratio", type=float, default=None, help="apb/star: anchor as a fraction of the block")
-    parser.add_argument("--passing-ratio", type=float, default=None, help="apb: passing as a fraction of the block")
-    parser.add_argument("--anchor-head-tokens", type=int, default=16,
-                        help="apb: leading document tokens placed before the question in the anchor")
-    parser.add_argument("--compressor", default="query",
-                        help="apb: how passing blocks are chosen: query, retaining-heads or random")
-    parser.add_argument("--retaining-heads", default=None, metavar="FILE",
-                        help="apb: safetensors file of retaining heads (python -m apb.train_heads)")
-    add_planner_arguments(parser)
+    add_planner_arguments(parser, defaults["balance"])
+    add_method_arguments(parser, named_methods(argv))
     return parser
+
+
+def named_methods(argv=None):
+    """Method names given by --method / --methods in `argv` (default: the command line)."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    names = []
+    for index, arg in enumerate(argv):
+        flag, _, value = arg.partition("=")
+        if flag in ("--method", "--methods"):
+            value = value or (argv[index + 1] if index + 1 < len(argv) else "")
+            names.extend(name.strip() for name in value.split(","))
+    return names
+
+
+def add_method_arguments(parser, names=()):
+    """One argument group per method options dataclass (see `option_classes`); a flag declared
+    by several methods is added once. Absent flags leave no attribute (their defaults live in
+    the dataclasses)."""
+    for cls, methods in option_classes(names).items():
+        group = parser.add_argument_group(f"options of {', '.join(methods)}")
+        for item in fields(cls):
+            flags = {key: value for key, value in item.metadata.items() if key not in ("help", "minimum", "maximum")}
+            shown = "" if item.default is None else f" (default: {item.default})"
+            try:
+                group.add_argument("--" + item.name.replace("_", "-"), dest=item.name, type=item.type,
+                                   default=argparse.SUPPRESS, help=item.metadata.get("help", "") + shown, **flags)
+            except argparse.ArgumentError:  # declared by an earlier method
+                pass
 
 
 def parse_speeds(text):
@@ -157,10 +202,14 @@ def add_planner_arguments(parser, balance_default=BALANCE_DEFAULT):
 
 
 def config_from_args(args):
-    """Build a validated RunConfig from parsed arguments (fields not present keep defaults)."""
-    names = {item.name for item in fields(RunConfig)}
+    """Build a validated RunConfig from parsed arguments (fields not present keep defaults;
+    the method options given are the attributes named like an option of a known method)."""
+    names = {item.name for item in fields(RunConfig)} - {"method_options"}
     values = {name: getattr(args, name) for name in names if hasattr(args, name)}
-    return RunConfig(**values).validate()
+    methods = [getattr(args, "method", None) or "", *(getattr(args, "methods", None) or "").split(",")]
+    options = {item.name: getattr(args, item.name) for cls in option_classes(methods) for item in fields(cls)
+               if hasattr(args, item.name)}
+    return RunConfig(**values, method_options=options).validate()
 
 
 def make_parser(description):

@@ -3,45 +3,31 @@
 Pure Python (no torch, no torch.distributed), so the driver and `longctx plan` can use it.
 Per host and per layer the estimate adds four parts:
 
-* token work: every row the host runs (owned tokens plus anchor / probe rows) goes through
-  the projections and the MLP, `ModelShape.token_flops` FLOPs per row, at `linear_gflops`;
-* attention work: the query-key pairs the method's kernel calls compute, summed over query
-  heads, 4 * head_dim FLOPs per pair, at `attention_gflops`. A kernel that skips masked
-  blocks (Triton, FlashAttention: `attention_pairs` "visible") computes the pairs visible
-  under the method's mask (`HostWork.head_pairs`); the torch reference (the CPU path,
-  `attention_pairs` "all") computes every query x key score of each call and masks after
+* token work: every row the host runs (owned tokens plus rows run in front of them) goes
+  through the projections and the MLP, `ModelShape.token_flops` FLOPs per row, at `linear_gflops`;
+* attention work: the query-key pairs of the host's kernel calls (`KernelCall`), summed over
+  query heads, 4 * head_dim FLOPs per pair, at `attention_gflops`. A kernel that skips masked
+  blocks (Triton, FlashAttention, the fused CPU path: `attention_pairs` "visible") computes
+  the pairs its mask leaves visible (`HostWork.head_pairs`); the torch reference
+  (`attention_pairs` "all") computes every query x key score of each call and masks after
   (`HostWork.head_rect_pairs`);
-* compressor work: keys scored to choose passing blocks, per KV head, `compress_ns_per_key`;
+* compressor work: keys scored to choose what to pass on, per KV head, `compress_ns_per_key`;
 * communication: bytes received over a link of `link_gb_per_s` plus `message_us` per message;
-  ring schedules overlap it with attention (the larger of the two counts), the other methods
-  wait for it.
+  hidden behind attention when the transfers overlap it (`HostWork.overlapped`: the larger
+  of the two counts), else waited for.
 
 A host's time is the sum over layers divided by its relative speed (`--host-speeds`). What a
-host computes is described by a `HostWork`; each method builds its own (`Method.host_work`)
-from the helpers below, so the counts follow the method's real attention pattern.
-
-Coefficients (`CostCoefficients`) come from `longctx plan --calibrate` (saved to
-`~/.cache/longctx/costs.json`, or `--costs FILE`) or from the defaults shipped per device type
-in `longctx/data/costs.json`.
+host computes is a `HostWork`, which each method's planner builds (`Planner.host_work`) from
+the same helpers its attention runs, so the counts follow the real attention pattern.
+Coefficients: `longctx.costs`.
 """
 
-import json
 import math
-import os
 from dataclasses import asdict, dataclass, field, fields
-from pathlib import Path
 
+from longctx.costs import CostCoefficients, dtype_bytes, load_costs, resolve_device_type
 from longctx.errors import LongCtxError
 from longctx.plan import check_speeds
-
-SHIPPED_COSTS = Path(__file__).resolve().parent / "data" / "costs.json"
-DEVICE_TYPES = ("cpu", "cuda")
-
-
-def cache_costs_path():
-    """Where `longctx plan --calibrate` saves coefficients: $XDG_CACHE_HOME (or ~/.cache)/longctx/costs.json."""
-    root = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(root) / "longctx" / "costs.json"
 
 
 @dataclass(frozen=True)
@@ -103,119 +89,50 @@ class ModelShape:
         return asdict(self)
 
 
-@dataclass(frozen=True)
-class CostCoefficients:
-    """Throughputs and latencies of one device type (see the module docstring for their use).
-
-    `tile` is the kernel's row tile: balanced block boundaries are rounded to it.
-    `attention_pairs`: "visible" when the attention kernel skips masked blocks, "all" when it
-    computes every query x key score of a call (the torch reference).
-    `source` says where the numbers come from (shipped defaults or a calibration).
-    """
-
-    device: str
-    linear_gflops: float
-    attention_gflops: float
-    compress_ns_per_key: float
-    link_gb_per_s: float
-    message_us: float
-    tile: int = 64
-    source: str = "shipped"
-    attention_pairs: str = "visible"
-
-    def validate(self):
-        """LongCtxError unless the rates are positive; returns self."""
-        for name in ("linear_gflops", "attention_gflops", "link_gb_per_s"):
-            if not getattr(self, name) > 0:
-                raise LongCtxError(f"cost coefficients for {self.device}: {name} must be positive")
-        if self.compress_ns_per_key < 0 or self.message_us < 0 or self.tile < 1:
-            raise LongCtxError(f"cost coefficients for {self.device}: negative time or tile < 1")
-        if self.attention_pairs not in ("visible", "all"):
-            raise LongCtxError(f"cost coefficients for {self.device}: attention_pairs must be 'visible' or 'all'")
-        return self
-
-    @classmethod
-    def from_dict(cls, device, values):
-        """Coefficients from a JSON entry (unknown keys are ignored)."""
-        known = {item.name for item in fields(cls)}
-        try:
-            return cls(**{"device": device, **{k: v for k, v in values.items() if k in known and k != "device"}})
-        except TypeError as exc:
-            raise LongCtxError(f"cost coefficients for {device} are incomplete: {exc}") from None
-
-    def to_dict(self):
-        """JSON-ready dict (without the device, which is the key in the file)."""
-        values = asdict(self)
-        values.pop("device")
-        return values
-
-
-def _read_costs_file(path):
-    try:
-        with open(path, encoding="utf-8") as handle:
-            data = json.load(handle)
-    except OSError as exc:
-        raise LongCtxError(f"cannot read cost file {str(path)!r}: {exc.strerror}") from None
-    except json.JSONDecodeError as exc:
-        raise LongCtxError(f"cost file {str(path)!r} is not JSON: {exc.msg} (line {exc.lineno})") from None
-    if not isinstance(data, dict):
-        raise LongCtxError(f"cost file {str(path)!r} must hold an object keyed by device type")
-    return data
-
-
-def load_costs(device, path=None):
-    """Coefficients for `device` ("cpu" or "cuda").
-
-    `path` (--costs FILE) must exist and hold that device; without it the calibrated entry in
-    `cache_costs_path()` is used when present, else the shipped default.
-    """
-    if device not in DEVICE_TYPES:
-        raise LongCtxError(f"no cost model for device {device!r}; choose one of {', '.join(DEVICE_TYPES)}")
-    if path:
-        data = _read_costs_file(path)
-        if device not in data:
-            raise LongCtxError(f"cost file {str(path)!r} has no entry for {device!r}")
-        return CostCoefficients.from_dict(device, data[device]).validate()
-    cached = cache_costs_path()
-    if cached.is_file():
-        data = _read_costs_file(cached)
-        if device in data:
-            return CostCoefficients.from_dict(device, data[device]).validate()
-    return CostCoefficients.from_dict(device, _read_costs_file(SHIPPED_COSTS)[device]).validate()
-
-
-def save_costs(coeffs, path=None):
-    """Write `coeffs` into the cost file (`path`, default `cache_costs_path()`), keeping other devices; returns the path."""
-    path = Path(path) if path else cache_costs_path()
-    data = _read_costs_file(path) if path.is_file() else {}
-    data[coeffs.device] = coeffs.to_dict()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
-    return path
-
-
-def resolve_device_type(device):
-    """'cpu' or 'cuda' for a RunConfig device ('auto' asks torch whether CUDA is available)."""
-    if device != "auto":
-        return device
-    try:
-        import torch
-    except ImportError:
-        return "cpu"
-    return "cuda" if torch.cuda.is_available() else "cpu"
-
-
-def dtype_bytes(dtype, device_type):
-    """Bytes per value for a RunConfig dtype ('auto': bfloat16 on CUDA, float32 on CPU)."""
-    if dtype == "auto":
-        return 2 if device_type == "cuda" else 4
-    return 4 if dtype == "float32" else 2
-
-
 # ---------------------------------------------------------------------------------------------
 # What one host computes (per layer)
+
+
+@dataclass(frozen=True)
+class KernelCall:
+    """One attention kernel call as `longctx.kernels.attention` is called: `q_len` queries over
+    `k_len` keys, bottom-right causal or not; queries below `anchor_len` skip the first
+    `prefix_len` keys (the kernel's arguments of the same names)."""
+
+    q_len: int
+    k_len: int
+    causal: bool = True
+    anchor_len: int = 0
+    prefix_len: int = 0
+
+    @property
+    def scores(self):
+        """Every query x key score of the call (what a kernel that masks after computing pays)."""
+        return self.q_len * self.k_len
+
+    @property
+    def visible(self):
+        """Query-key pairs the mask leaves visible (what a block-skipping kernel computes)."""
+        shift = self.k_len - self.q_len + 1 if self.causal else self.k_len  # row i sees keys < i + shift
+        if self.anchor_len <= 0 or self.prefix_len <= 0:
+            return _ramp(0, self.q_len, shift, self.k_len)
+        anchor, skip = min(self.anchor_len, self.q_len), min(self.prefix_len, self.k_len)
+        return _ramp(0, anchor, shift - skip, self.k_len - skip) + _ramp(anchor, self.q_len, shift, self.k_len)
+
+
+def _ramp(lo, hi, shift, cap):
+    """Sum over rows i in [lo, hi) of min(cap, max(0, i + shift)), in closed form."""
+    if hi <= lo or cap <= 0:
+        return 0
+    first, last = lo + shift, hi + shift  # values first .. last - 1
+    low, high = max(first, 1), min(last, cap + 1)
+    rising = (low + high - 1) * (high - low) // 2 if high > low else 0
+    return rising + cap * max(0, last - max(first, cap + 1))
+
+
+def triangle(count):
+    """Pairs of causal attention within `count` rows: count * (count + 1) / 2."""
+    return count * (count + 1) // 2
 
 
 @dataclass(frozen=True)
@@ -237,119 +154,18 @@ class HostWork:
     messages: int = 0
     overlapped: bool = False
 
-
-def span_causal_pairs(span):
-    """Sum over the span's positions p of (p + 1): keys a causal query at p sees in the whole document."""
-    count = len(span)
-    return count * (span.start + 1) + span.step * count * (count - 1) // 2
-
-
-def causal_pairs(spans):
-    """Causal query-key pairs of all owned positions (any layout: contiguous, zigzag, striped)."""
-    return sum(span_causal_pairs(span) for span in spans)
-
-
-def triangle(count):
-    """Pairs of causal attention within `count` rows: count * (count + 1) / 2."""
-    return count * (count + 1) // 2
-
-
-def prefix_rect_pairs(spans):
-    """Scores of calls where each contiguous span's queries attend to every key before its end
-    (sum of len * stop): all-gather's calls, and the ring's work items when every host's
-    spans are contiguous (a block before a span is attended in full, the span itself causally)."""
-    return sum(len(span) * span.stop for span in spans)
-
-
-def striped_rect_pairs(q_spans, source_spans):
-    """Scores of the ring's work items for striped spans (as `burst.blocks` pairs them):
-    per key stripe a causal square of min(n_k, n_q - shift) rows and, below it, a full block."""
-    total = 0
-    for q_span in q_spans:
-        n_q = len(q_span)
-        for k_span in source_spans:
-            n_k = len(k_span)
-            shift = 1 if k_span.start > q_span.start else 0
-            square = max(0, min(n_k, n_q - shift))
-            total += square * square + max(0, n_q - shift - n_k) * n_k
-    return total
+    @classmethod
+    def of_calls(cls, calls, heads, **values):
+        """HostWork whose attention is the `KernelCall`s `calls`, each run for `heads` query heads."""
+        calls = list(calls)
+        return cls(head_pairs=heads * sum(call.visible for call in calls),
+                   head_rect_pairs=heads * sum(call.scores for call in calls), **values)
 
 
 def local_work(spans, shape):
-    """Causal attention among the host's own tokens only (dense: one host holding everything)."""
+    """Causal attention among the host's own tokens only, no communication (one kernel call)."""
     rows = sum(len(span) for span in spans)
-    return HostWork(rows=rows, head_pairs=shape.heads * triangle(rows), head_rect_pairs=shape.heads * rows * rows)
-
-
-def ring_work(spans, doc_len, world, shape, source_spans=()):
-    """Ring / BurstAttention: causal pairs of the owned queries; every other block arrives once,
-    overlapped. Striped spans need every host's spans (`source_spans`, flattened) to count scores."""
-    rows = sum(len(span) for span in spans)
-    striped = any(span.step != 1 for span in spans)
-    rect = striped_rect_pairs(spans, source_spans) if striped else prefix_rect_pairs(spans)
-    return HostWork(rows=rows, head_pairs=shape.heads * causal_pairs(spans), head_rect_pairs=shape.heads * rect,
-                    recv_bytes=(doc_len - rows) * shape.kv_bytes, messages=world - 1, overlapped=True)
-
-
-def allgather_work(spans, doc_len, world, shape):
-    """All-gather CP: causal pairs of the owned queries; the whole K/V is gathered before attention."""
-    rows = sum(len(span) for span in spans)
-    return HostWork(rows=rows, head_pairs=shape.heads * causal_pairs(spans),
-                    head_rect_pairs=shape.heads * prefix_rect_pairs(spans),
-                    recv_bytes=(doc_len - rows) * shape.kv_bytes, messages=world - 1)
-
-
-def ulysses_heads(shape, world, rank):
-    """(query heads, KV heads) Ulysses rank `rank` attends for (as in `burst.ulysses.head_ranges`)."""
-    per_rank = shape.heads // world if shape.heads >= world else 1
-    group = shape.heads // shape.kv_heads
-    q_lo = rank * per_rank
-    kv_lo, kv_hi = q_lo // group, (q_lo + per_rank - 1) // group + 1
-    return per_rank, kv_hi - kv_lo
-
-
-def ulysses_work(rows, rank, doc_len, world, shape):
-    """Ulysses: causal attention over the whole document for this rank's heads; three all-to-alls."""
-    q_heads, kv_heads = ulysses_heads(shape, world, rank)
-    value = shape.head_dim * shape.dtype_bytes
-    others = doc_len - rows
-    received = others * (q_heads + 2 * kv_heads) * value + rows * (shape.heads - q_heads) * value
-    return HostWork(rows=rows, head_pairs=q_heads * triangle(doc_len), head_rect_pairs=q_heads * doc_len * doc_len,
-                    recv_bytes=received, messages=3 * (world - 1))
-
-
-def apb_pairs(anchor_len, probe_len, passing_len, rows):
-    """Pairs per query head of one APB host (see `apb.method.APBAttention.prefill_attention`).
-
-    Anchor rows see the anchor causally; probe rows see the probe causally; local rows see all
-    of the passing block, all of the anchor (never a probe) and their block causally.
-    """
-    return triangle(anchor_len) + triangle(probe_len) + rows * (passing_len + anchor_len) + triangle(rows)
-
-
-def apb_rect_pairs(anchor_len, probe_len, passing_len, rows):
-    """Scores of one APB host's kernel calls: [anchor ; local] x [P ; anchor ; local] in one
-    call, or a probe call (probe x probe) and a local call (local x [P ; local])."""
-    return (anchor_len + rows) * (passing_len + anchor_len + rows) + probe_len * probe_len
-
-
-def apb_work(host, world, max_sends, shape):
-    """APB / Star host: lead + local rows, APB pairs, compressor scoring, the passing all-gather.
-
-    The all-gather pads every host's block to the longest (`max_sends` keys per KV head), so
-    each host receives (world - 1) padded blocks when anything is passed.
-    """
-    rows = host.num_tokens
-    scored = rows * shape.kv_heads if host.selects else 0
-    passing = max_sends > 0 and world > 1
-    return HostWork(
-        rows=host.lead_len + rows,
-        head_pairs=shape.heads * apb_pairs(host.anchor_len, host.probe_len, host.passing_len, rows),
-        head_rect_pairs=shape.heads * apb_rect_pairs(host.anchor_len, host.probe_len, host.passing_len, rows),
-        scored_keys=scored,
-        recv_bytes=(world - 1) * max_sends * shape.kv_bytes if passing else 0,
-        messages=world - 1 if passing else 0,
-    )
+    return HostWork.of_calls([KernelCall(rows, rows)], shape.heads, rows=rows)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -9,6 +9,7 @@ broadcasts it).
 
 import time
 from dataclasses import dataclass, field
+from enum import Enum
 
 import torch
 
@@ -17,12 +18,19 @@ from longctx.errors import LongCtxError
 from longctx.registry import get_method
 
 
+class Phase(Enum):
+    """Which forward a request is in: the document's prefill, or new tokens (query pass, decoding)."""
+
+    PREFILL = "prefill"
+    DECODE = "decode"
+
+
 @dataclass
 class WorkerContext:
     """What a method's attention sees on one worker during one request.
 
-    `phase` is "prefill" or "decode"; `state` is scratch space the method may fill during a
-    request (cleared with the context); `stats` collects counters for reporting.
+    `state` is the method's per-request state (`Method.new_state`: a small typed object, or
+    None); `stats` collects counters for reporting.
     """
 
     method: object
@@ -32,14 +40,13 @@ class WorkerContext:
     cache: KVCache
     kernel_backend: str
     total_len: int
-    query_ids: list
-    phase: str = "prefill"
-    state: dict = field(default_factory=dict)
+    state: object = None
+    phase: Phase = Phase.PREFILL
     stats: dict = field(default_factory=dict)
 
     def attend(self, layer, q, k, v, scale):
         """Dispatch one layer's attention to the method for the current phase."""
-        if self.phase == "prefill":
+        if self.phase is Phase.PREFILL:
             return self.method.prefill_attention(self, layer, q, k, v, scale)
         return self.method.decode_attention(self, layer, q, k, v, scale)
 
@@ -64,6 +71,13 @@ class Engine:
         self.comm = comm
         self.config = config
         self.device = device
+        self._methods = {}
+
+    def method(self, name):
+        """The method object `name` (one per name for the engine's life: it may keep loaded resources)."""
+        if name not in self._methods:
+            self._methods[name] = get_method(name, self.config)
+        return self._methods[name]
 
     def run(self, request):
         """Prefill, query pass and greedy decoding; returns a result dict (complete on rank 0).
@@ -76,21 +90,22 @@ class Engine:
             raise LongCtxError("the document is empty")
         if not request.query_ids:
             raise LongCtxError("the question is empty")
-        method = get_method(request.method or self.config.method, self.config)
+        method = self.method(request.method or self.config.method)
         world = self.comm.world
-        method.check(self.model.config, world)
-        method.use_model(self.model.config)
-        plan = method.plan(len(request.doc_ids), len(request.query_ids), world)
+        planner = method.planner
+        planner.check(self.model.config, world)
+        planner.use_model(self.model.config)
+        plan = planner.plan(len(request.doc_ids), len(request.query_ids), world)
         # Every worker plans (so bad input fails everywhere alike), but rank 0's plan is the one
         # run: cost files may differ between machines and balanced plans must agree.
         plan = self.comm.broadcast_object(plan, src=0).validate()
         total_len = len(request.doc_ids) + len(request.query_ids) + request.max_new_tokens
-        ctx = WorkerContext(method, plan, self.comm.rank, self.comm, KVCache(),
-                            self.config.kernel_backend, total_len, list(request.query_ids))
+        ctx = WorkerContext(method, plan, self.comm.rank, self.comm, KVCache(), self.config.kernel_backend,
+                            total_len, method.new_state(plan, self.comm.rank))
         result = {"method": method.name, "nproc": world, "plan": plan.summary()}
         with torch.inference_mode():
             doc_hidden, result["prefill_s"] = self._timed(lambda: self._prefill(ctx, request))
-            ctx.phase = "decode"
+            ctx.phase = Phase.DECODE
             query_out, result["query_s"] = self._timed(lambda: self._step(ctx, request.query_ids, len(request.doc_ids),
                                                                          request.return_hidden))
             tokens, result["decode_s"] = self._timed(lambda: self._decode(ctx, request, query_out[0]))

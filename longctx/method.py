@@ -1,104 +1,65 @@
-"""The surface every method implements, and the exact distributed query/decode attention they share."""
+"""The runtime surface every method implements, and the exact distributed query/decode attention they share."""
 
 from abc import ABC, abstractmethod
 from contextlib import nullcontext
 
 import torch
 
-from longctx.costmodel import CostModel, ModelShape, dtype_bytes, local_work, resolve_device_type
+from longctx import planner
+from longctx.config import make_options
 from longctx.kernels import attention, merge_many
-from longctx.plan import HostPlan, Plan, Span, balanced_block_sizes, simple_plan, split_sizes
 
 
 class Method(ABC):
-    """Base class of a sequence-parallel prefill method.
+    """The runtime half of a sequence-parallel prefill method: what one worker feeds the model
+    and how each layer attends.
 
-    Subclasses set `name` and `exact`, and implement `plan` and `prefill_attention`. The engine
-    calls, on every worker: `check(model_config, world)`, `use_model(model_config)`,
-    `plan(doc_len, query_len, world)`, `local_inputs(plan, rank, doc_ids, query_ids)`, then
-    per layer `prefill_attention` during the prefill forward and `decode_attention` during
-    the query pass and decoding.
-
-    Planning: `host_work` says what one host computes and receives per layer (the cost
-    model's input); `estimate` fills every host's `est_ms`; `block_sizes` sizes contiguous
-    blocks per `config.balance` ("equal" or "auto": equal estimated times).
+    Subclasses set `name`, `Options` (a dataclass of their own options, fields made with
+    `longctx.config.option`; None: none) and `Planner` (their planning half, a
+    `longctx.planner.Planner`), and implement `prefill_attention`. The engine calls, on every
+    worker: the planner's `check`, `use_model` and `plan`, then `new_state(plan, rank)` (the
+    method's per-request state, `ctx.state`), `local_inputs`, `prefill_hooks`, per layer
+    `prefill_attention` during the prefill forward and `decode_attention` during the query
+    pass and decoding. A worker keeps one method object per name for all its requests.
     """
 
     name = "base"
-    exact = True
+    Options = None
+    Planner = planner.Planner
 
     def __init__(self, config):
         self.config = config
-        self.shape = None
-        self._cost_model = None
+        self.planner = self.planner_for(config)
+        self.options = self.planner.options
+
+    @classmethod
+    def planner_for(cls, config):
+        """The method's planning half for `config`, with its options (no runtime object needed)."""
+        return cls.Planner(cls.name, config, make_options(cls.Options, config.method_options))
+
+    # The planner's steps, for callers holding the method (kept for the driver's request checks).
+    def check(self, model_config, world):
+        """`Planner.check`."""
+        self.planner.check(model_config, world)
 
     def use_model(self, model_config):
-        """Plan for this model's shape (layers, widths, heads; the run's dtype). Without it the
-        cost model assumes `ModelShape()` (Llama-3.1-8B)."""
-        device = resolve_device_type(self.config.device)
-        self.shape = ModelShape.from_config(model_config, dtype_bytes(self.config.dtype, device))
-        self._cost_model = None
+        """`Planner.use_model`; returns self."""
+        self.planner.use_model(model_config)
         return self
 
-    def cost_model(self):
-        """The `CostModel` plans are estimated and balanced with (built once per method object)."""
-        if self._cost_model is None:
-            self._cost_model = CostModel.for_config(self.config, self.shape)
-        return self._cost_model
-
-    def host_work(self, plan, host):
-        """`HostWork` of `host` in one layer. Default: causal attention over its own tokens, no communication."""
-        return local_work(host.spans, self.cost_model().shape)
-
-    def estimate(self, plan):
-        """Fill every host's `est_ms` (and `plan.details["estimate"]`) from the cost model; returns the plan."""
-        return self.cost_model().annotate(plan, [self.host_work(plan, host) for host in plan.hosts])
-
-    def layout_plan(self, doc_len, query_len, world, layout):
-        """The estimated plan of an exact method: `layout` from `longctx.plan`, contiguous blocks
-        sized by `block_sizes`. `details["balance"]` says how tokens were balanced."""
-        contiguous = layout == "contiguous" and doc_len >= world
-        sizes = self.block_sizes(doc_len, query_len, world) if contiguous else None
-        plan = simple_plan(self.name, doc_len, query_len, world, layout, sizes)
-        if contiguous:
-            plan.details["balance"] = "auto" if sizes != split_sizes(doc_len, world) else "equal"
-        else:
-            plan.details["balance"] = f"{layout} layout"
-            if len(set(getattr(self.config, "host_speeds", None) or ())) > 1:
-                plan.details["note"] = (f"host speeds size contiguous blocks only; the {layout} layout is not "
-                                        f"resized for them (use --layout contiguous)")
-        return self.estimate(plan)
-
-    def block_sizes(self, doc_len, query_len, world):
-        """Contiguous block sizes: as equal as possible (`balance` "equal"), or (`balance` "auto")
-        sized so every host's estimated time is the same, with `config.host_speeds` and the
-        kernel tile, unless that is not faster by the estimate than the equal split."""
-        equal = split_sizes(doc_len, world)
-        if getattr(self.config, "balance", "equal") == "equal" or world == 1 or doc_len < world:
-            return equal
-        model = self.cost_model()
-        stub = Plan(self.name, doc_len, query_len, world, [])
-
-        def work(rank, start, size):
-            return self.host_work(stub, HostPlan(rank, (Span(start, start + size),)))
-
-        def critical(sizes):
-            start, slowest = 0, 0.0
-            for rank, size in enumerate(sizes):
-                slowest = max(slowest, model.host_ms(work(rank, start, size), rank))
-                start += size
-            return slowest
-
-        balanced = balanced_block_sizes(doc_len, world, lambda rank, start, size: model.host_ms(work(rank, start, size)),
-                                        tile=model.coeffs.tile, speeds=model.speeds)
-        return balanced if critical(balanced) <= critical(equal) else equal
-
-    def check(self, model_config, world):
-        """Raise LongCtxError if this method cannot run `model_config` on `world` workers."""
-
-    @abstractmethod
     def plan(self, doc_len, query_len, world):
-        """Return the `Plan` (pure, host side) for a document of `doc_len` tokens."""
+        """`Planner.plan`."""
+        return self.planner.plan(doc_len, query_len, world)
+
+    @classmethod
+    def calibrate_costs(cls, bench):
+        """Cost coefficients this method's own work needs, measured with `bench`
+        (`longctx.calibrate.Bench`): {coefficient name: value}. Default: none."""
+        return {}
+
+    def new_state(self, plan, rank):
+        """This worker's per-request state (a small typed object, or None), made after planning."""
+        return None
 
     def local_inputs(self, plan, rank, doc_ids, query_ids):
         """(input_ids, position_ids) lists this worker feeds the model in prefill.
@@ -118,8 +79,9 @@ class Method(ABC):
         return nullcontext()
 
     def owned_rows(self, plan, rank):
-        """Slice of the prefill rows that are owned document tokens (APB drops anchor rows)."""
-        return slice(0, plan.hosts[rank].num_tokens)
+        """Slice of the prefill rows that are owned document tokens (after the host's lead rows)."""
+        host = plan.hosts[rank]
+        return slice(host.lead_len, host.lead_len + host.num_tokens)
 
     @abstractmethod
     def prefill_attention(self, ctx, layer, q, k, v, scale):

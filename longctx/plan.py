@@ -1,22 +1,18 @@
-"""Host-side planning: which worker holds which tokens of the document.
+"""Host-side plans: which worker holds which tokens of the document.
 
 Pure Python, no torch.distributed. A `Plan` lists for every host the spans of global token
-positions it owns (in the order they are laid out locally), plus per-method sizes (anchor,
-passing) and the cost model's estimate of its time (`longctx.costmodel`). Methods build
-plans with the layout helpers here; the engine only executes them.
+positions it owns (in the order they are laid out locally), plus the rows it runs in front
+of them (anchor), the passing keys it receives and the cost model's estimate of its time.
+Methods' planners (`longctx.planner`) build plans from the layouts (`longctx.layouts`); the
+engine only executes them.
 
 Balancing: `balanced_block_sizes` sizes contiguous blocks so that every host's estimated time
-is the same (bisection on the common time), rounded to the kernel's tile; zigzag and striped
-layouts balance causal work by construction; `pair_virtual_blocks` / `virtual_block_spans`
-give Spava's pairing of virtual blocks (r, 2H-1-r).
+is the same (bisection on the common time), rounded to the kernel's tile.
 """
 
 from dataclasses import dataclass, field
 
 from longctx.errors import LongCtxError
-
-LAYOUTS = ("contiguous", "zigzag", "striped")
-
 
 @dataclass(frozen=True)
 class Span:
@@ -36,7 +32,11 @@ class Span:
 
 @dataclass
 class HostPlan:
-    """One host's share: owned spans in local order, plus method sizes and an estimate."""
+    """One host's share: owned spans in local order, plus method sizes and an estimate.
+
+    `anchor_len` rows run in front of the owned tokens (positions 0..anchor_len-1, dropped
+    after prefill); `passing_len` keys reach the host from others each layer.
+    """
 
     rank: int
     spans: tuple
@@ -49,6 +49,11 @@ class HostPlan:
     def num_tokens(self):
         """How many document tokens this host owns."""
         return sum(len(span) for span in self.spans)
+
+    @property
+    def lead_len(self):
+        """Rows the host runs in front of its owned tokens (a method may add rows to the anchor's)."""
+        return self.anchor_len
 
     def positions(self):
         """Owned global positions in local order (a list of ints)."""
@@ -94,6 +99,10 @@ class Plan:
             raise ValueError(f"position {owned.index(0)} is owned by no host")
         return self
 
+    def block_sizes(self):
+        """Tokens per host, in rank order."""
+        return [host.num_tokens for host in self.hosts]
+
     def estimates(self):
         """Per-host estimated milliseconds (None where a host has no estimate)."""
         return [host.est_ms for host in self.hosts]
@@ -111,11 +120,11 @@ class Plan:
         return sum(values) / len(values) if values else None
 
     def totals(self):
-        """Plan totals: tokens, lead (anchor + probe) rows, received passing keys, estimates."""
+        """Plan totals: tokens, lead rows (in front of the owned tokens), received passing keys, estimates."""
         critical, mean = self.critical_ms, self.mean_ms
         return {
-            "doc_tokens": sum(host.num_tokens for host in self.hosts),
-            "lead_rows": sum(getattr(host, "lead_len", host.anchor_len) for host in self.hosts),
+            "doc_tokens": sum(self.block_sizes()),
+            "lead_rows": sum(host.lead_len for host in self.hosts),
             "passing_received": sum(host.passing_len for host in self.hosts),
             "critical_ms": critical,
             "mean_ms": None if mean is None else round(mean, 4),
@@ -161,11 +170,6 @@ def contiguous_spans(sizes, start=0):
         spans.append(Span(start, start + size))
         start += size
     return spans
-
-
-def _chunk_spans(total, parts):
-    """Contiguous spans covering range(total) with sizes from `split_sizes`."""
-    return contiguous_spans(split_sizes(total, parts))
 
 
 def check_sizes(sizes, doc_len, world):
@@ -274,65 +278,3 @@ def check_speeds(speeds, world):
     if min(speeds) <= 0:
         raise LongCtxError(f"--host-speeds must all be positive (got {min(speeds)})")
     return speeds
-
-
-def pair_virtual_blocks(world):
-    """Spava's pairing of 2*world virtual blocks: physical host r holds virtual blocks r and 2*world-1-r.
-
-    A virtual block's passing work grows with its index, so each pair's sum of indices is the
-    same (2*world - 1) and the pairs' work is balanced.
-    """
-    return [(rank, 2 * world - 1 - rank) for rank in range(world)]
-
-
-def virtual_block_spans(doc_len, world, start=0, sizes=None):
-    """Per host, the two Spans of its virtual blocks, in virtual order (see `pair_virtual_blocks`).
-
-    Positions start..start+doc_len-1 (after Spava's anchor, say) are split into 2*world
-    contiguous virtual blocks, by `sizes` when given (2*world positive sizes) else as equally
-    as possible. LongCtxError when there are fewer tokens than virtual blocks.
-    """
-    blocks = 2 * world
-    if doc_len < blocks:
-        raise LongCtxError(f"{doc_len} tokens are too few for {blocks} virtual blocks on {world} workers "
-                           f"(needs at least {blocks})")
-    sizes = check_sizes(sizes, doc_len, blocks) if sizes is not None else split_sizes(doc_len, blocks)
-    spans = contiguous_spans(sizes, start)
-    return [(spans[first], spans[second]) for first, second in pair_virtual_blocks(world)]
-
-
-def layout_hosts(doc_len, world, layout, sizes=None):
-    """Per-host span tuples for `layout` in LAYOUTS, checking the document is long enough.
-
-    contiguous: host r holds chunk r of `world` chunks (of `sizes` when given, else as equal as
-    possible); zigzag: chunks r and 2*world-1-r of 2*world chunks (balances causal attention);
-    striped: every position p with p % world == r.
-    """
-    if layout not in LAYOUTS:
-        raise LongCtxError(f"unknown layout {layout!r}; choose one of {', '.join(LAYOUTS)}")
-    need = 2 * world if layout == "zigzag" else world
-    if doc_len < need:
-        raise LongCtxError(
-            f"a document of {doc_len} tokens is too short for {world} workers with the {layout} "
-            f"layout (needs at least {need} tokens)"
-        )
-    if sizes is not None and layout != "contiguous":
-        raise LongCtxError(f"block sizes apply to the contiguous layout only (got {layout!r})")
-    if layout == "contiguous":
-        chunks = contiguous_spans(check_sizes(sizes, doc_len, world)) if sizes is not None else _chunk_spans(doc_len, world)
-        return [(span,) for span in chunks]
-    if layout == "zigzag":
-        chunks = _chunk_spans(doc_len, 2 * world)
-        return [(chunks[rank], chunks[2 * world - 1 - rank]) for rank in range(world)]
-    return [(Span(rank, doc_len, world),) for rank in range(world)]
-
-
-def simple_plan(method, doc_len, query_len, world, layout, sizes=None):
-    """A validated plan with hosts from `layout_hosts` and no anchor/passing (exact methods).
-
-    `sizes` gives the contiguous layout's block sizes (default: as equal as possible).
-    """
-    if doc_len < 1:
-        raise LongCtxError("the document is empty")
-    hosts = [HostPlan(rank, spans) for rank, spans in enumerate(layout_hosts(doc_len, world, layout, sizes))]
-    return Plan(method, doc_len, query_len, world, hosts, layout=layout).validate()

@@ -7,13 +7,13 @@ flags). `plan_report` builds the JSON-ready report, `format_plan_report` the tex
 from types import SimpleNamespace
 
 from longctx.costmodel import ModelShape, imbalance
-from longctx.registry import get_method
+from longctx.registry import method_class
 
 BALANCE_CHOICES = ("equal", "auto")
 
 
 def shape_config(shape):
-    """A minimal Hugging Face-like config object for a `ModelShape` (what `Method.check` reads)."""
+    """A minimal Hugging Face-like config object for a `ModelShape` (what `Planner.check` reads)."""
     return SimpleNamespace(
         num_hidden_layers=shape.layers, hidden_size=shape.hidden, num_attention_heads=shape.heads,
         num_key_value_heads=shape.kv_heads, head_dim=shape.head_dim, intermediate_size=shape.intermediate,
@@ -22,11 +22,11 @@ def shape_config(shape):
 
 
 def plan_one(config, model_config, doc_len, query_len):
-    """(method object, estimated Plan) of `config` (a RunConfig) for `model_config`."""
-    runner = get_method(config.method, config)
-    runner.check(model_config, config.nproc)
-    runner.use_model(model_config)
-    return runner, runner.plan(doc_len, query_len, config.nproc)
+    """(planner, estimated Plan) of `config` (a RunConfig) for `model_config`."""
+    planner = method_class(config.method).planner_for(config)
+    planner.check(model_config, config.nproc)
+    planner.use_model(model_config)
+    return planner, planner.plan(doc_len, query_len, config.nproc)
 
 
 def plan_report(config, model_config, doc_len, query_len, balances=BALANCE_CHOICES):
@@ -35,7 +35,7 @@ def plan_report(config, model_config, doc_len, query_len, balances=BALANCE_CHOIC
     report = {"method": config.method, "doc_len": doc_len, "query_len": query_len, "world": config.nproc,
               "plans": {}, "critical_ms": {}, "mean_ms": {}, "imbalance": {}}
     for balance in balances:
-        runner, plan = plan_one(config.replace(balance=balance), model_config, doc_len, query_len)
+        _, plan = plan_one(config.replace(balance=balance), model_config, doc_len, query_len)
         report["plans"][balance] = plan.summary()
         report["critical_ms"][balance] = plan.critical_ms
         report["mean_ms"][balance] = round(plan.mean_ms, 4)

@@ -1,4 +1,9 @@
-"""Method registry: name -> implementing class, imported only when asked for."""
+"""Method registry: name -> implementing class, imported only when asked for.
+
+A method is one package whose `Method` subclass declares its options (`Options`) and its
+planning half (`Planner`); adding one is a line here (or naming it as a plug-in,
+"package.module:ClassName", with no line at all).
+"""
 
 import importlib
 
@@ -20,18 +25,34 @@ def method_names():
     return list(METHODS)
 
 
-def get_method(name, config):
-    """Instantiate method `name` with `config` (a RunConfig).
-
-    `name` is a registered name, or "package.module:ClassName" naming a Method subclass
-    outside longctx (a plug-in; workers import it by that path). LongCtxError if unknown.
-    """
+def method_class(name):
+    """The class of method `name`: a registered name, or "package.module:ClassName" naming a
+    Method subclass outside longctx (a plug-in; workers import it by that path). LongCtxError
+    if unknown or not importable."""
     target = METHODS.get(name) or (name if ":" in name else None)
     if target is None:
         raise LongCtxError(f"unknown method {name!r}; choose one of {', '.join(METHODS)}")
     module_name, class_name = target.split(":", 1)
     try:
-        cls = getattr(importlib.import_module(module_name), class_name)
+        return getattr(importlib.import_module(module_name), class_name)
     except (ImportError, AttributeError):
         raise LongCtxError(f"cannot import method {target!r}") from None
-    return cls(config)
+
+
+def get_method(name, config):
+    """Instantiate method `name` (see `method_class`) with `config` (a RunConfig)."""
+    return method_class(name)(config)
+
+
+def option_classes(names=()):
+    """{options dataclass: [method names]} of the registered methods and of the plug-ins among
+    `names` that import (a name that does not is reported where the method is made)."""
+    found = {}
+    for name in dict.fromkeys([*METHODS, *(name for name in names if name and ":" in name)]):
+        try:
+            options = method_class(name).Options
+        except LongCtxError:
+            continue
+        if options is not None:
+            found.setdefault(options, []).append(name)
+    return found

@@ -9,7 +9,6 @@ os.environ.setdefault("TRITON_INTERPRET", "1")
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
-from helpers import dense_result, relative_error  # noqa: E402,F401  (re-exported: some modules import them from here)
 from longctx.models.tiny import make_tiny_model  # noqa: E402
 
 # name -> (family, hidden, layers, heads, kv_heads)

@@ -3,9 +3,12 @@
 Paths are anchored at the repository root (`REPO`), never at the working directory.
 """
 
+import copy
 import os
 import subprocess
 import sys
+import threading
+import types
 
 import torch
 
@@ -37,3 +40,71 @@ def relative_error(result, reference):
     value = torch.cat([result["doc_hidden"], result["query_hidden"]])
     ref = torch.cat([reference["doc_hidden"], reference["query_hidden"]])
     return float((value - ref).norm() / ref.norm())
+
+
+class ThreadComm(Comm):
+    """Comm for worker threads of one process: every collective meets at a shared barrier (all-gather,
+    broadcast, the ring's point-to-point exchange, all-to-all), so the whole engine runs on simulated
+    workers without process start-up."""
+
+    def __init__(self, rank, hub):
+        self.rank, self.world, self.group, self.timeout_s = rank, hub["world"], None, 60.0
+        self.hub = hub
+
+    def _share(self, value):
+        barrier, slots = self.hub["barrier"], self.hub["slots"]
+        barrier.wait()
+        slots[self.rank] = value
+        barrier.wait()
+        values = list(slots)
+        barrier.wait()
+        return values
+
+    def all_gather(self, tensor, sizes=None, dim=0):
+        """Every rank's tensor (sizes need no padding in one process)."""
+        return [part.clone() for part in self._share(tensor)]
+
+    def broadcast_object(self, obj, src=0):
+        """Rank `src`'s object."""
+        return self._share(obj)[src]
+
+    def barrier(self):
+        """Wait for every thread."""
+        self.hub["barrier"].wait()
+
+    def exchange(self, send, recv_shape, send_to, recv_from):
+        """Every rank posts one send and one receive; all ranks call it at the same step."""
+        parts = self._share((send_to, send))
+        target, tensor = parts[recv_from]
+        assert target == self.rank and tuple(tensor.shape) == tuple(recv_shape)
+        received = tensor.clone()
+        return types.SimpleNamespace(wait=lambda: received)
+
+    def all_to_all(self, send, send_splits, recv_splits):
+        """Piece r of every rank's send goes to rank r."""
+        parts = self._share(list(send.split(send_splits)))
+        return torch.cat([parts[source][self.rank] for source in range(self.world)]).clone()
+
+
+def run_workers(model, config, request, world):
+    """Run `request` on `world` worker threads; returns rank 0's engine result."""
+    hub = {"world": world, "barrier": threading.Barrier(world, timeout=120), "slots": [None] * world}
+    models = [copy.deepcopy(model) for _ in range(world)]  # forward hooks must not be shared
+    results, errors = [None] * world, []
+
+    def work(rank):
+        try:
+            engine = Engine(models[rank], ThreadComm(rank, hub), config.replace(nproc=world), torch.device("cpu"))
+            results[rank] = engine.run(request)
+        except BaseException as exc:  # surface the first failure, release the others
+            errors.append(exc)
+            hub["barrier"].abort()
+
+    threads = [threading.Thread(target=work, args=(rank,)) for rank in range(world)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    if errors:
+        raise errors[0]
+    return results[0]

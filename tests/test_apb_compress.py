@@ -6,8 +6,8 @@ import torch
 from apb.compress import QueryCompressor, RandomCompressor, make_compressor, select
 from apb.heads import RetainingHeads, check_file
 from apb.layout import APBHostPlan
+from apb.method import APBOptions
 from apb.train_heads import main as train_main
-from longctx.config import RunConfig
 from longctx.errors import LongCtxError
 from longctx.plan import Span
 
@@ -24,7 +24,7 @@ def test_query_score_is_mean_over_question_and_group_of_q_dot_k():
     q = torch.randn(1, q_heads, lead + local, dim)
     k = torch.randn(1, kv_heads, lead + local, dim)
     host = host_plan(local, sends=5, lead=lead, head=3, question=4)
-    scores = QueryCompressor(RunConfig()).scores(None, 0, host, q, k, k)
+    scores = QueryCompressor(APBOptions()).scores(None, 0, host, q, k, k)
     group = q_heads // kv_heads
     for kv in range(kv_heads):
         for key in range(local):
@@ -49,16 +49,16 @@ def test_select_pools_neighbours_skips_protected_rows_and_keeps_top_per_head():
 def test_random_compressor_repeats():
     host = host_plan(50, sends=7)
     k = torch.zeros(1, 2, 50, 4)
-    first = RandomCompressor(RunConfig()).scores(None, 3, host, None, k, k)
-    again = RandomCompressor(RunConfig()).scores(None, 3, host, None, k, k)
-    other_layer = RandomCompressor(RunConfig()).scores(None, 4, host, None, k, k)
+    first = RandomCompressor(APBOptions(compressor="random")).scores(None, 3, host, None, k, k)
+    again = RandomCompressor(APBOptions(compressor="random")).scores(None, 3, host, None, k, k)
+    other_layer = RandomCompressor(APBOptions(compressor="random")).scores(None, 4, host, None, k, k)
     assert torch.equal(first, again) and not torch.equal(first, other_layer)
 
 
 def test_compressor_registry():
-    assert make_compressor(RunConfig(compressor="random")).name == "random"
+    assert make_compressor(APBOptions(compressor="random")).name == "random"
     with pytest.raises(LongCtxError, match="unknown compressor"):
-        make_compressor(RunConfig(compressor="oracle"))
+        APBOptions(compressor="oracle")
 
 
 class _Config:

@@ -6,16 +6,14 @@ pass, decoding) runs without process start-up cost. The real multi-process path 
 by tests/test_apb_workers.py.
 """
 
-import copy
 import threading
 
 import pytest
 import torch
 
-from conftest import dense_result, relative_error
 from apb.method import APBAttention
 from apb.train_heads import train_heads
-from longctx.comm import Comm
+from helpers import dense_result, relative_error, run_workers
 from longctx.compare import random_prompt
 from longctx.config import RunConfig
 from longctx.engine import Engine, Request
@@ -23,59 +21,6 @@ from longctx.kernels import attention
 from longctx.models import load_model
 
 TOLERANCE = 1e-4
-
-
-class ThreadComm(Comm):
-    """Comm for worker threads of one process: every collective meets at a shared barrier."""
-
-    def __init__(self, rank, hub):
-        self.rank, self.world, self.group, self.timeout_s = rank, hub["world"], None, 60.0
-        self.hub = hub
-
-    def _share(self, value):
-        barrier, slots = self.hub["barrier"], self.hub["slots"]
-        barrier.wait()
-        slots[self.rank] = value
-        barrier.wait()
-        values = list(slots)
-        barrier.wait()
-        return values
-
-    def all_gather(self, tensor, sizes=None, dim=0):
-        """Every rank's tensor (sizes need no padding in one process)."""
-        return [part.clone() for part in self._share(tensor)]
-
-    def broadcast_object(self, obj, src=0):
-        """Rank `src`'s object."""
-        return self._share(obj)[src]
-
-    def barrier(self):
-        """Wait for every thread."""
-        self.hub["barrier"].wait()
-
-
-def run_workers(model, config, request, world):
-    """Run `request` on `world` worker threads; returns rank 0's engine result."""
-    hub = {"world": world, "barrier": threading.Barrier(world, timeout=120), "slots": [None] * world}
-    models = [copy.deepcopy(model) for _ in range(world)]  # forward hooks must not be shared
-    results, errors = [None] * world, []
-
-    def work(rank):
-        try:
-            engine = Engine(models[rank], ThreadComm(rank, hub), config.replace(nproc=world), torch.device("cpu"))
-            results[rank] = engine.run(request)
-        except BaseException as exc:  # surface the first failure, release the others
-            errors.append(exc)
-            hub["barrier"].abort()
-
-    threads = [threading.Thread(target=work, args=(rank,)) for rank in range(world)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    if errors:
-        raise errors[0]
-    return results[0]
 
 
 @pytest.fixture(scope="module")

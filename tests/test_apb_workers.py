@@ -10,7 +10,7 @@ import json
 
 import pytest
 
-from conftest import dense_result, relative_error
+from helpers import dense_result, relative_error
 from longctx.api import LongContextLM
 from longctx.cli import main as cli_main
 from longctx.compare import random_prompt

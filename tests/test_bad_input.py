@@ -1,23 +1,12 @@
 """Bad input: one clear error line, non-zero exit, and no worker left behind."""
 
 import json
-import os
-import subprocess
-import sys
 
 import pytest
 
+from helpers import run_cli
 from longctx.api import LongContextLM
 from longctx.errors import LongCtxError, WorkerError
-
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def run_cli(*args, timeout=240, stdin=None):
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([REPO, os.path.join(REPO, "tests")]))
-    return subprocess.run([sys.executable, "-m", "longctx.cli", *args], capture_output=True, text=True,
-                          timeout=timeout, env=env, input=stdin)
-
 
 def assert_one_line_error(proc, needle):
     assert proc.returncode == 2, proc.stderr

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from burst.blocks import block_items
-from longctx.plan import LAYOUTS, layout_hosts
+from longctx.layouts import LAYOUTS, get_layout
 
 
 def mask_from_items(items, n_q, n_k):
@@ -24,7 +24,7 @@ def mask_from_items(items, n_q, n_k):
 def test_items_cover_causal_mask_exactly_once(layout, doc_len, world):
     if layout == "zigzag" and doc_len < 2 * world:
         pytest.skip("too short for zigzag")
-    hosts = layout_hosts(doc_len, world, layout)
+    hosts = get_layout(layout).hosts(doc_len, world)
     for mine in hosts:
         q_pos = torch.tensor([p for span in mine for p in span.positions()])
         for theirs in hosts:

@@ -68,3 +68,33 @@ def test_torchrun_entry_matches_dense(tiny_model, tmp_path):
     doc_ids, query_ids = encode_prompt(AutoTokenizer.from_pretrained(model_dir), doc.read_text(), "Next?")
     assert payload["tokens"] == dense_result(model_dir, doc_ids, query_ids, max_new_tokens=5)["tokens"]
     assert payload["nproc"] == 2
+
+
+def test_plugin_method_declares_its_own_option_through_the_cli(tiny_model, tmp_path):
+    """A plug-in (tests/plugins/uneven.py) adds `--uneven-seed` with no edit in longctx: `plan`
+    uses it, and `generate` runs the seeded uneven plan and gives dense's tokens."""
+    from plugins.uneven import random_sizes
+
+    method = "plugins.uneven:UnevenUlysses"
+    for seed in (1, 2):
+        proc = run_cli("plan", "--method", method, "--uneven-seed", str(seed), "--length", "1000", "--nproc", "4",
+                       "--balance", "equal", "--json")
+        assert proc.returncode == 0, proc.stderr
+        hosts = json.loads(proc.stdout)["plans"]["equal"]["hosts"]
+        assert [host["tokens"] for host in hosts] == random_sizes(1000, 4, seed)
+        assert all(host["est_ms"] > 0 for host in hosts)
+    doc = tmp_path / "doc.txt"
+    doc.write_text("Numbers: " + " ".join(str(i) for i in range(90)))
+    common = ("--model", tiny_model("llama"), "--doc", str(doc), "--question", "Next?", "--max-new-tokens", "4",
+              "--json")
+    runs = {}
+    for name, extra in (("dense", ("--method", "dense", "--nproc", "1")),
+                        ("plugin", ("--method", method, "--nproc", "2", "--uneven-seed", "5"))):
+        proc = run_cli("generate", *common, *extra)
+        assert proc.returncode == 0, proc.stderr
+        runs[name] = json.loads(proc.stdout)
+    tokens = runs["dense"]["plan"]["doc_len"]
+    assert [host["tokens"] for host in runs["plugin"]["plan"]["hosts"]] == random_sizes(tokens, 2, 5)
+    assert runs["plugin"]["tokens"] == runs["dense"]["tokens"]
+    bad = run_cli("plan", "--method", method, "--uneven-seed", "-1", "--length", "100", "--nproc", "2")
+    assert bad.returncode == 2 and "--uneven-seed must be >= 0" in bad.stderr

@@ -6,7 +6,7 @@ token <= 1e-4, and identical greedy tokens.
 
 import pytest
 
-from conftest import dense_result, relative_error
+from helpers import dense_result, relative_error
 from longctx.api import LongContextLM
 from longctx.compare import random_prompt
 from longctx.errors import LongCtxError

@@ -1,34 +1,32 @@
 """The host-side planner: cost model, balancing, Spava pairing, `longctx plan`, and uneven plans on the engine.
 
 Pure-planner tests need no workers. Uneven plans run in one process (worker threads with an
-in-process Comm, as in test_apb_inprocess.py) against dense, and once on a real 2-worker pool.
+in-process Comm, `helpers.ThreadComm`) against dense, and once on a real 2-worker pool.
 """
 
 import json
 import math
-import types
 
 import pytest
 import torch
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from conftest import dense_result, relative_error
 from longctx.api import LongContextLM
 from longctx.cli import main as cli_main
 from longctx.compare import random_prompt
 from longctx.config import RunConfig
-from longctx.costmodel import (CostCoefficients, CostModel, HostWork, ModelShape, apb_pairs, apb_rect_pairs,
-                               causal_pairs, load_costs, save_costs, ulysses_heads)
+from longctx.costmodel import CostModel, HostWork, KernelCall, ModelShape
+from longctx.costs import CostCoefficients, load_costs, save_costs
 from longctx.engine import Request
 from longctx.errors import LongCtxError
 from longctx.kernels.reference import _visibility
 from longctx.models import load_model
-from longctx.plan import (Span, balanced_block_sizes, pair_virtual_blocks, round_boundaries, split_sizes,
-                          virtual_block_spans)
+from longctx.layouts import ZIGZAG
+from longctx.plan import Span, balanced_block_sizes, round_boundaries, split_sizes
 from longctx.plan_report import shape_config
 from longctx.registry import get_method
-from test_apb_inprocess import ThreadComm, run_workers
+from helpers import dense_result, relative_error, run_workers
 
 SHAPE = ModelShape()  # Llama-3.1-8B: 32 heads, 8 KV heads
 MODEL_CONFIG = shape_config(SHAPE)
@@ -39,6 +37,11 @@ METHODS = ["dense", "ring", "burst", "ulysses", "allgather", "apb", "star"]
 def no_calibrated_costs(tmp_path, monkeypatch):
     """Plans use the shipped coefficients unless a test says otherwise (no ~/.cache leaking in)."""
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+
+
+def causal_pairs(spans):
+    """Sum over owned positions p of (p + 1): the keys a causal query at p sees in the whole document."""
+    return sum(pos + 1 for span in spans for pos in span.positions())
 
 
 def make_plan(method, doc_len, world, query_len=16, **options):
@@ -83,40 +86,41 @@ def test_speeds_and_tiles():
 
 
 def test_causal_ring_cost_gives_the_first_host_the_most_tokens():
-    sizes = balanced_block_sizes(10000, 4, lambda rank, start, size: causal_pairs([Span(start, start + size)]))
+    sizes = balanced_block_sizes(10000, 4, lambda rank, start, size: KernelCall(size, start + size).visible)
     assert sizes[0] > sizes[1] > sizes[2] > sizes[3] and sum(sizes) == 10000
     assert sizes[0] == pytest.approx(5000, rel=0.01)  # pairs grow as the square of the end position
 
 
 # ---------------------------------------------------------------------------------------------
-# Spava's virtual-block pairing
+# Zigzag pairing of virtual blocks (r, 2H-1-r)
 
 
 @pytest.mark.parametrize("world", [1, 2, 3, 8, 16])
-def test_spava_pairs_virtual_blocks_r_and_2h_minus_1_minus_r(world):
-    pairs = pair_virtual_blocks(world)
+def test_zigzag_pairs_virtual_blocks_r_and_2h_minus_1_minus_r(world):
+    pairs = ZIGZAG.pairs(world)
     assert [first for first, _ in pairs] == list(range(world))
     assert all(first + second == 2 * world - 1 for first, second in pairs)
     assert sorted(block for pair in pairs for block in pair) == list(range(2 * world))
-    hosts = virtual_block_spans(64 * world + 5, world, start=100)
+    hosts = ZIGZAG.virtual_blocks(64 * world + 5, world, start=100)
     owned = sorted(pos for spans in hosts for span in spans for pos in span.positions())
     assert owned == list(range(100, 100 + 64 * world + 5))
     assert all(first.stop <= second.start for first, second in hosts)
 
 
-def test_spava_pairing_balances_passing_work():
-    """Virtual block v receives v * l_p passing keys: pairs (r, 2H-1-r) all do the same work,
-    one block per host in order does not."""
+def test_zigzag_pairing_balances_passing_work():
+    """Virtual block v receives v * l_p passing keys: pairs (r, 2H-1-r) all do the same work
+    (APB's mask: anchor rows skip the passing keys), one block per host in order does not."""
     world, block, anchor, passing = 8, 2048, 512, 256
-    virtual = [apb_pairs(anchor, 0, v * passing, block) for v in range(2 * world)]
-    paired = [virtual[a] + virtual[b] for a, b in pair_virtual_blocks(world)]
+    virtual = [KernelCall(anchor + block, v * passing + anchor + block, anchor_len=anchor, prefix_len=v * passing).visible
+               for v in range(2 * world)]
+    paired = [virtual[a] + virtual[b] for a, b in ZIGZAG.pairs(world)]
     in_order = [virtual[2 * r] + virtual[2 * r + 1] for r in range(world)]
     assert max(paired) == min(paired)
     assert max(in_order) / min(in_order) > 1.5
-    with pytest.raises(LongCtxError, match="too few for 8 virtual blocks"):
-        virtual_block_spans(7, 4)
+    with pytest.raises(LongCtxError, match="too short for 4 workers with the zigzag layout"):
+        ZIGZAG.virtual_blocks(7, 4)
     with pytest.raises(LongCtxError, match="do not give 4 non-empty blocks"):
-        virtual_block_spans(10, 2, sizes=[5, 5, 0, 0])
+        ZIGZAG.virtual_blocks(10, 2, sizes=[5, 5, 0, 0])
 
 
 # ---------------------------------------------------------------------------------------------
@@ -129,7 +133,7 @@ def _bottom_right_pairs(n_q, n_k):
 
 @pytest.mark.parametrize("layout", ["contiguous", "zigzag", "striped"])
 @pytest.mark.parametrize("doc_len,world", [(37, 3), (64, 4), (101, 5)])
-def test_ring_pairs_match_the_work_items(layout, doc_len, world):
+def test_ring_pairs_are_the_causal_mask_and_the_work_items(layout, doc_len, world):
     from burst.blocks import block_items
 
     runner, plan = make_plan("burst", doc_len, world, layout=layout)
@@ -141,7 +145,7 @@ def test_ring_pairs_match_the_work_items(layout, doc_len, world):
                 n_k = item.k_rows.stop - item.k_rows.start
                 computed += _bottom_right_pairs(n_q, n_k) if item.causal else n_q * n_k
                 scores += n_q * n_k
-        work = runner.host_work(plan, host)
+        work = runner.planner.host_work(plan, host)
         assert computed == causal_pairs(host.spans) == work.head_pairs // SHAPE.heads
         assert scores == work.head_rect_pairs // SHAPE.heads
 
@@ -150,33 +154,44 @@ def test_ring_pairs_match_the_work_items(layout, doc_len, world):
 def test_allgather_pairs_match_its_calls(layout):
     runner, plan = make_plan("allgather", 97, 3, layout=layout)
     for host in plan.hosts:
-        work = runner.host_work(plan, host)
+        work = runner.planner.host_work(plan, host)
         calls = [(len(span), span.stop) for span in host.spans]  # queries of a span over keys [0, stop)
         assert work.head_pairs // SHAPE.heads == sum(_bottom_right_pairs(n_q, n_k) for n_q, n_k in calls)
         assert work.head_rect_pairs // SHAPE.heads == sum(n_q * n_k for n_q, n_k in calls)
 
 
+def test_kernel_call_counts_the_kernel_mask():
+    """`KernelCall.visible` / `.scores` against the kernel's mask, entry by entry."""
+    for q_len, k_len, causal, anchor, prefix in [(9, 9, True, 0, 0), (7, 12, True, 5, 4), (12, 7, True, 0, 0),
+                                                 (5, 30, True, 6, 30), (6, 4, False, 3, 2), (0, 5, True, 0, 0),
+                                                 (4, 9, True, 9, 2), (8, 3, True, 2, 5)]:
+        mask = _visibility(q_len, k_len, causal, anchor, prefix, torch.device("cpu"))
+        call = KernelCall(q_len, k_len, causal, anchor, prefix)
+        assert (call.visible, call.scores) == (int(mask.sum()), mask.numel()), (q_len, k_len, causal, anchor, prefix)
+
+
 @pytest.mark.parametrize("anchor,passing,rows", [(0, 0, 9), (5, 0, 7), (5, 12, 7), (0, 12, 7), (6, 30, 1)])
-def test_apb_pairs_match_the_kernel_mask(anchor, passing, rows):
-    """The mask `APBAttention.prefill_attention` asks the kernel for, counted entry by entry."""
-    q_len, k_len = anchor + rows, passing + anchor + rows
-    mask = _visibility(q_len, k_len, True, anchor, passing, torch.device("cpu"))
-    assert int(mask.sum()) == apb_pairs(anchor, 0, passing, rows)
-    assert mask.numel() == apb_rect_pairs(anchor, 0, passing, rows)
-    # a probe is attended separately: probe rows causal over the probe, local rows over [P ; local]
-    probe = 4
-    local = _visibility(rows, passing + rows, True, 0, 0, torch.device("cpu"))
-    assert int(local.sum()) + probe * (probe + 1) // 2 == apb_pairs(0, probe, passing, rows)
-    assert local.numel() + probe * probe == apb_rect_pairs(0, probe, passing, rows)
+def test_apb_work_is_the_published_pattern(anchor, passing, rows):
+    """An APB host's counted pairs: anchor rows see the anchor causally, a probe its own rows,
+    local rows all of the passing block and anchor and their block causally."""
+    from apb.layout import APBHostPlan
+
+    planner = get_method("apb", RunConfig(method="apb", device="cpu")).planner
+    for probe in (0, 4) if anchor == 0 else (0,):
+        host = APBHostPlan(1, (Span(100, 100 + rows),), anchor_len=anchor, passing_len=passing, probe_len=probe)
+        work = planner.work(host, 3, 0)
+        tri = lambda n: n * (n + 1) // 2  # noqa: E731
+        assert work.head_pairs == SHAPE.heads * (tri(anchor) + tri(probe) + rows * (passing + anchor) + tri(rows))
+        assert work.head_rect_pairs == SHAPE.heads * ((anchor + rows) * (passing + anchor + rows) + probe * probe)
+        assert work.rows == anchor + probe + rows
 
 
-@pytest.mark.parametrize("heads,kv_heads,world", [(32, 8, 8), (32, 8, 16), (8, 2, 4), (4, 4, 2), (4, 2, 4)])
-def test_ulysses_heads_match_the_method(heads, kv_heads, world):
-    from burst.ulysses import head_ranges
-
-    shape = ModelShape(heads=heads, kv_heads=kv_heads)
-    for rank, (q_lo, q_hi, kv_lo, kv_hi) in enumerate(head_ranges(heads, kv_heads, world)):
-        assert ulysses_heads(shape, world, rank) == (q_hi - q_lo, kv_hi - kv_lo)
+@pytest.mark.parametrize("world", [2, 4, 8])
+def test_ulysses_work_follows_its_head_ranges(world):
+    runner, plan = make_plan("ulysses", 1000, world)
+    for host in plan.hosts:
+        work = runner.planner.host_work(plan, host)
+        assert work.head_pairs == SHAPE.heads // world * 1000 * 1001 // 2 and work.messages == 3 * (world - 1)
 
 
 def test_apb_estimate_parts():
@@ -272,6 +287,9 @@ def test_unavoidable_empty_host_is_a_clear_error():
         with pytest.raises(LongCtxError, match=r"too short for \d+ workers") as info:
             make_plan(method, length, world, query_len=1, balance="auto")
         assert "\n" not in str(info.value)
+    for method in ("ring", "apb"):
+        with pytest.raises(LongCtxError, match="the document is empty"):
+            make_plan(method, 0, 1)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -280,7 +298,7 @@ def test_unavoidable_empty_host_is_a_clear_error():
 
 @pytest.mark.parametrize("device", ["cpu", "cuda"])
 def test_apb_128k_on_8_hosts_balanced_within_5_percent_of_the_mean(device):
-    runner = get_method("apb", RunConfig(method="apb", nproc=8, device=device, balance="auto"))
+    runner = get_method("apb", RunConfig(method="apb", nproc=8, device=device, balance="auto")).planner
     balanced = runner.plan(131072, 32, 8)
     equal = get_method("apb", RunConfig(method="apb", nproc=8, device=device, balance="equal")).plan(131072, 32, 8)
     assert balanced.details["balance"] == "auto"
@@ -417,23 +435,6 @@ def test_cli_calibrate_saves_coefficients_the_planner_uses(tmp_path, capsys):
 # The engine runs uneven plans; exact methods still equal dense
 
 
-class RingThreadComm(ThreadComm):
-    """ThreadComm plus the point-to-point exchange and all-to-all the exact methods use."""
-
-    def exchange(self, send, recv_shape, send_to, recv_from):
-        """Every rank posts one send and one receive; all ranks call it at the same step."""
-        parts = self._share((send_to, send))
-        target, tensor = parts[recv_from]
-        assert target == self.rank and tuple(tensor.shape) == tuple(recv_shape)
-        received = tensor.clone()
-        return types.SimpleNamespace(wait=lambda: received)
-
-    def all_to_all(self, send, send_splits, recv_splits):
-        """Piece r of every rank's send goes to rank r."""
-        parts = self._share(list(send.split(send_splits)))
-        return torch.cat([parts[source][self.rank] for source in range(self.world)]).clone()
-
-
 @pytest.fixture(scope="module")
 def llama(tiny_model):
     path = tiny_model("llama")
@@ -450,10 +451,7 @@ def llama(tiny_model):
     ("plugins.uneven:UnevenUlysses", 2, {}),
     ("plugins.uneven:UnevenAllGather", 3, {}),
 ])
-def test_exact_methods_on_uneven_plans_equal_dense(monkeypatch, llama, method, world, options):
-    import test_apb_inprocess
-
-    monkeypatch.setattr(test_apb_inprocess, "ThreadComm", RingThreadComm)
+def test_exact_methods_on_uneven_plans_equal_dense(llama, method, world, options):
     path, model = llama
     doc, question = random_prompt(256, 211, 5, seed=world)
     reference = dense_result(path, doc, question)

@@ -76,16 +76,16 @@ def test_hosts_receive_what_the_method_sends(tiny_model, method, world, options)
     traces = simulate_hosts(model, config, doc_ids, query_ids, world, CPU)
     assert [trace.rank for trace in traces] == list(range(world))
     assert sum(trace.tokens for trace in traces) == len(doc_ids)
-    from longctx.registry import get_method
+    from longctx.registry import method_class
 
-    runner = get_method(method, config).use_model(model.config)
-    plan = runner.plan(len(doc_ids), len(query_ids), world)
+    planner = method_class(method).planner_for(config).use_model(model.config)
+    plan = planner.plan(len(doc_ids), len(query_ids), world)
     layers = model.config.num_hidden_layers
     for trace in traces:
         prefill, query = trace.forwards
         assert len(prefill.layers) == len(query.layers) == layers
         assert all(layer.compute_s > 0 for layer in prefill.layers)
-        expected = runner.host_work(plan, plan.hosts[trace.rank]).recv_bytes
+        expected = planner.host_work(plan, plan.hosts[trace.rank]).recv_bytes
         for layer in prefill.layers:
             assert sum(t.nbytes for t in layer.transfers) == expected, (method, trace.rank)
         # query pass: every other host's (out, lse) per layer, fp32, for the question tokens

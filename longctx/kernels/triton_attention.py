@@ -56,7 +56,6 @@ import triton
 import triton.language as tl
 
 LOG2E = 1.4426950408889634  # log2(e): exp(x) == exp2(x * LOG2E)
-LN2 = 0.6931471805599453  # ln(2): log(x) == log2(x) * LN2
 MAX_HEAD_DIM = 256
 SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 # Runtime ints the compiler need not specialise on (a value of 1 or a multiple of 16 would
