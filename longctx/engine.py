@@ -104,10 +104,15 @@ class Engine:
                             total_len, method.new_state(plan, self.comm.rank))
         result = {"method": method.name, "nproc": world, "plan": plan.summary()}
         with torch.inference_mode():
-            doc_hidden, result["prefill_s"] = self._timed(lambda: self._prefill(ctx, request))
+            (hidden, doc_hidden), result["prefill_s"] = self._timed(lambda: self._prefill(ctx, request))
             ctx.phase = Phase.DECODE
-            query_out, result["query_s"] = self._timed(lambda: self._step(ctx, request.query_ids, len(request.doc_ids),
-                                                                         request.return_hidden))
+            rows = getattr(method, "query_rows", lambda plan, rank: None)(plan, self.comm.rank)
+            if rows is None:
+                query_out, result["query_s"] = self._timed(lambda: self._step(ctx, request.query_ids, len(request.doc_ids),
+                                                                             request.return_hidden))
+            else:  # the prefill forward already ran the question (a fused query pass)
+                query_out, result["query_s"] = self._timed(lambda: self._project(hidden[0, rows], request.return_hidden))
+            del hidden
             tokens, result["decode_s"] = self._timed(lambda: self._decode(ctx, request, query_out[0]))
         result["tokens"] = tokens
         result["first_logits"] = query_out[0].float().cpu()
@@ -131,6 +136,8 @@ class Engine:
             torch.cuda.synchronize(self.device)
 
     def _prefill(self, ctx, request):
+        """The prefill forward: (final hidden states [1, S_local, d], the document's in global
+        order on rank 0 when `return_hidden`, else None)."""
         input_ids, positions = ctx.method.local_inputs(ctx.plan, ctx.rank, request.doc_ids, request.query_ids)
         with ctx.method.prefill_hooks(ctx, self.model):
             hidden = self.model.base_model(
@@ -140,16 +147,23 @@ class Engine:
                 longctx=ctx,
             ).last_hidden_state
         if not request.return_hidden:
-            return None
+            return hidden, None
         owned = hidden[0, ctx.method.owned_rows(ctx.plan, ctx.rank)].float()
         sizes = [host.num_tokens for host in ctx.plan.hosts]
         parts = self.comm.all_gather(owned, sizes=sizes, dim=0)
         if ctx.rank != 0:
-            return None
+            return hidden, None
         full = torch.empty(ctx.plan.doc_len, owned.shape[-1])
         for host, part in zip(ctx.plan.hosts, parts):
             full[torch.tensor(host.positions())] = part.cpu()
-        return full
+        return hidden, full
+
+    def _project(self, hidden, want_hidden=False):
+        """(last-position logits [vocab], `hidden` or None) from the question's final hidden
+        states [n, d] of a fused prefill (a method's `query_rows(plan, rank)`: the rows of its
+        prefill that ran the question exactly)."""
+        logits = self.model.get_output_embeddings()(hidden[-1:])
+        return logits[0], hidden if want_hidden else None
 
     def _step(self, ctx, ids, first_position, want_hidden=False):
         """Run new tokens `ids` at positions first_position.. on every worker.

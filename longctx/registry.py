@@ -17,6 +17,7 @@ METHODS = {
     "allgather": "burst.allgather:AllGatherAttention",
     "apb": "apb.method:APBAttention",
     "star": "apb.star:StarAttention",
+    "spava": "spava.method:SpavaAttention",
 }
 
 

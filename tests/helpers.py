@@ -64,6 +64,11 @@ class ThreadComm(Comm):
         """Every rank's tensor (sizes need no padding in one process)."""
         return [part.clone() for part in self._share(tensor)]
 
+    def all_gather_async(self, tensor):
+        """`all_gather`, already complete: a Pending-like object whose `wait()` returns the list."""
+        parts = self.all_gather(tensor)
+        return types.SimpleNamespace(wait=lambda: parts)
+
     def broadcast_object(self, obj, src=0):
         """Rank `src`'s object."""
         return self._share(obj)[src]
