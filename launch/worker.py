@@ -25,13 +25,14 @@ def pick_dist_backend(config, device, local_world):
     return "gloo"
 
 
-def init_worker(config, rank, world, local_rank=None, local_world=None, init_method="env://"):
+def init_worker(config, rank, world, local_rank=None, local_world=None, init_method="env://", store=None):
     """Join the job's process group (when world > 1) and return (Comm, device) for this worker.
 
     `local_rank` / `local_world` are this worker's index and the worker count on this machine
     (default: `rank` / `world`, every worker local). Sets the CPU thread count (config.threads,
     or the cores split evenly over the local workers) and the CUDA device. Called by the local
-    launcher and the SPMD runner.
+    launcher, the SPMD runner and the Ray launcher. `store` (a torch.distributed Store, e.g. the
+    TCPStore rank 0 already listens on) replaces `init_method` for the rendezvous.
     """
     local_rank = rank if local_rank is None else local_rank
     local_world = world if local_world is None else local_world
@@ -43,7 +44,8 @@ def init_worker(config, rank, world, local_rank=None, local_world=None, init_met
         backend = pick_dist_backend(config, device, local_world)
         dist.init_process_group(
             backend,
-            init_method=init_method,
+            init_method=None if store is not None else init_method,
+            store=store,
             rank=rank,
             world_size=world,
             timeout=timedelta(seconds=config.timeout_s),

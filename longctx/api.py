@@ -14,6 +14,7 @@ arguments. The request helpers are re-exported here for existing imports.
 """
 
 from launch.local import LocalLauncher
+from launch.ray import RayLauncher
 from launch.spmd import SPMDLongContextLM
 from longctx.config import RunConfig
 from longctx.errors import LongCtxError
@@ -25,7 +26,7 @@ from longctx.request import (GenerationResult, check_request, encode_prompt, pre
 __all__ = ["LongContextLM", "SPMDLongContextLM", "GenerationResult", "encode_prompt", "stop_ids",
            "validate_request", "prepare_request", "check_request"]
 
-LAUNCHERS = {"local": LocalLauncher}
+LAUNCHERS = {"local": LocalLauncher, "ray": RayLauncher}
 
 
 class LongContextLM:
@@ -33,12 +34,14 @@ class LongContextLM:
 
     `model` is a local Hugging Face causal-LM directory; `method` the default method; other
     keyword arguments are RunConfig fields (device, dtype, layout, intra_size, timeout_s, ...).
+    `launcher="ray"` starts one worker actor per GPU (per CPU slot on CPU clusters) on the Ray
+    cluster at `ray_address` (None: RAY_ADDRESS or a new local cluster; "auto"; or an address).
     """
 
     def __init__(self, model, method="burst", nproc=2, launcher="local", **options):
         if launcher not in LAUNCHERS:
             raise LongCtxError(f"unknown launcher {launcher!r}; choose one of {', '.join(LAUNCHERS)}")
-        self.config = RunConfig(model=model, method=method, nproc=nproc, **options).validate()
+        self.config = RunConfig(model=model, method=method, nproc=nproc, launcher=launcher, **options).validate()
         self.model_config = check_model_dir(model)
         get_method(method, self.config).check(self.model_config, nproc)
         self.tokenizer = load_tokenizer(model)

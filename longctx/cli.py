@@ -8,7 +8,7 @@ import argparse
 import json
 import sys
 
-from longctx.config import add_run_arguments, config_from_args
+from longctx.config import add_launcher_arguments, add_run_arguments, config_from_args
 from longctx.errors import LongCtxError
 
 
@@ -18,7 +18,7 @@ def _add_generate(sub, argv):
     parser.add_argument("--doc", required=True, help="document file ('-' reads standard input)")
     parser.add_argument("--question", default="", help="question text appended after the document")
     parser.add_argument("--max-new-tokens", type=int, default=32)
-    parser.add_argument("--launcher", default="local", choices=("local",))
+    add_launcher_arguments(parser)
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     parser.set_defaults(func=cmd_generate)
 
@@ -26,6 +26,7 @@ def _add_generate(sub, argv):
 def _add_compare(sub, argv):
     parser = sub.add_parser("compare", help="compare methods with dense on the same random input")
     add_run_arguments(parser, with_method=False, argv=argv)
+    add_launcher_arguments(parser)
     parser.add_argument("--methods", default="burst,ring,ulysses,allgather")
     parser.add_argument("--length", type=int, default=1000, help="document tokens")
     parser.add_argument("--query-len", type=int, default=8, help="question tokens")
@@ -40,6 +41,7 @@ def _add_compare(sub, argv):
 def _add_eval(sub, argv):
     parser = sub.add_parser("eval", help="accuracy of methods on RULER-style tasks, same samples for each")
     add_run_arguments(parser, with_method=False, argv=argv)
+    add_launcher_arguments(parser)
     parser.add_argument("--tasks", default="niah_single", help="comma-separated task names")
     parser.add_argument("--methods", default="dense,burst", help="comma-separated method names")
     parser.add_argument("--length", type=int, default=4096, help="prompt tokens per sample")
@@ -137,7 +139,7 @@ def cmd_generate(args):
     document = _read_document(args.doc)
     check_request(config, document, args.question)
     options = config.pool_options()
-    with LongContextLM(config.model, method=config.method, nproc=config.nproc, launcher=args.launcher,
+    with LongContextLM(config.model, method=config.method, nproc=config.nproc,
                        **options) as lm:
         result = lm.generate(document, args.question, max_new_tokens=args.max_new_tokens)
     if args.json:

@@ -12,6 +12,8 @@ DTYPES = ("auto", "float32", "bfloat16", "float16")
 DEVICES = ("auto", "cpu", "cuda")
 DIST_BACKENDS = ("auto", "gloo", "nccl")
 BALANCES = ("equal", "auto")
+LAUNCHERS = ("local", "ray")
+PLACEMENTS = ("pack", "spread")
 # Default block sizing for contiguous layouts: "auto". Measured (benchmarks/results/cpu_methods.json,
 # simulated hosts): APB balanced vs equal blocks 1.04x at 16K on 4 hosts, 1.53x at 32K on 4 hosts;
 # benchmarks/results/planner_apb.json: the slowest of 4 CPU workers' compute 1.15x shorter at 4K.
@@ -28,6 +30,11 @@ class RunConfig:
     estimated time per host); `host_speeds` gives relative host speeds (host time = cost /
     speed; None = all equal); `costs` is a cost coefficient file (None: the calibrated
     ~/.cache/longctx/costs.json, else shipped defaults).
+
+    Launcher (`launch/`): `launcher` is "local" (processes on this machine) or "ray" (actors on
+    a Ray cluster at `ray_address`: None = RAY_ADDRESS or a new local cluster, "auto" = the
+    cluster running here, or an address; `placement` "pack" or "spread" over its nodes;
+    `ray_cpus_per_worker` CPUs reserved per worker, which are its threads on CPU clusters).
 
     `method_options` holds the options given for methods, by name (anchor_len, intra_size,
     ...): each method declares its own (`Method.Options`) and reads only those. Keywords that
@@ -47,6 +54,10 @@ class RunConfig:
     balance: str = BALANCE_DEFAULT
     host_speeds: tuple = None
     costs: str = None
+    launcher: str = "local"
+    ray_address: str = None
+    placement: str = "pack"
+    ray_cpus_per_worker: int = 1
     method_options: dict = field(default_factory=dict)
 
     def __init__(self, **values):
@@ -65,6 +76,11 @@ class RunConfig:
                 raise LongCtxError(f"--{name.replace('_', '-')} must be one of {', '.join(allowed)}")
         if self.timeout_s <= 0:
             raise LongCtxError(f"--timeout must be positive (got {self.timeout_s})")
+        for name, allowed in (("launcher", LAUNCHERS), ("placement", PLACEMENTS)):
+            if getattr(self, name) not in allowed:
+                raise LongCtxError(f"--{name} must be one of {', '.join(allowed)} (got {getattr(self, name)!r})")
+        if self.ray_cpus_per_worker < 1:
+            raise LongCtxError(f"--ray-cpus-per-worker must be at least 1 (got {self.ray_cpus_per_worker})")
         if self.balance not in BALANCES:
             raise LongCtxError(f"--balance must be one of {', '.join(BALANCES)} (got {self.balance!r})")
         if self.host_speeds is not None:
@@ -176,6 +192,23 @@ def add_method_arguments(parser, names=()):
                 pass
 
 
+def add_launcher_arguments(parser):
+    """Add --launcher and the Ray launcher's options (--ray-address, --placement,
+    --ray-cpus-per-worker) to `parser`; they land in RunConfig's launcher fields."""
+    group = parser.add_argument_group("launcher")
+    group.add_argument("--launcher", default="local", choices=LAUNCHERS,
+                       help="local: worker processes on this machine; ray: one actor per GPU (or per "
+                            "--ray-cpus-per-worker CPUs) on a Ray cluster (pip install 'longctx[ray]')")
+    group.add_argument("--ray-address", default=None, metavar="ADDR",
+                       help="Ray cluster: 'auto' (the one running here), HOST:PORT or ray://...; default "
+                            "RAY_ADDRESS (set inside `ray job submit`), else a new local cluster")
+    group.add_argument("--placement", default="pack", choices=PLACEMENTS,
+                       help="Ray placement of the workers: pack (fewest nodes) or spread (default: pack)")
+    group.add_argument("--ray-cpus-per-worker", type=int, default=1, metavar="K",
+                       help="CPUs reserved per Ray worker, its threads on CPU clusters (default: 1)")
+    return parser
+
+
 def parse_speeds(text):
     """argparse type of --host-speeds: '1,1,0.5' -> (1.0, 1.0, 0.5)."""
     try:
@@ -210,6 +243,18 @@ def config_from_args(args):
     options = {item.name: getattr(args, item.name) for cls in option_classes(methods) for item in fields(cls)
                if hasattr(args, item.name)}
     return RunConfig(**values, method_options=options).validate()
+
+
+class DefaultsHelpFormatter(argparse.HelpFormatter):
+    """`--help` that shows each option's default, except None / False defaults and helps that
+    already say theirs."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        if (not action.option_strings or "default" in text or action.default in (None, False)
+                or action.default is argparse.SUPPRESS):
+            return text
+        return f"{text} (default: %(default)s)" if text else "default: %(default)s"
 
 
 def make_parser(description):

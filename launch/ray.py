@@ -1,0 +1,298 @@
+"""Ray launcher: one worker actor per GPU (one per `k` CPUs on CPU clusters) of a Ray cluster.
+
+The driver (the process that made the `LongContextLM`) connects to Ray, checks that the cluster
+has what `config.nproc` workers need (one clear error naming what is missing, before anything
+starts), reserves one placement-group bundle per worker (`config.placement`: pack or spread,
+waiting at most `config.timeout_s`) and starts one `RankActor` per bundle:
+
+    driver                      actors (any nodes)
+    describe  ------------->    node id, node IP, GPU ids          (ranks: by node, then GPU)
+    host_store ------------>    rank 0 listens on its node's IP, a port the OS picks, and keeps it
+    start ------------------>   GPU visibility, join the process group through rank 0's store,
+                                load the model once
+    run(request) ----------->   every rank runs the engine; rank 0's result comes back
+
+Actors stay warm across requests. The first actor that raises or dies ends the request at once
+with one error on the driver: every actor is killed and the placement group removed, and later
+requests are refused. Actors belong to the driver's Ray job, so they die with the driver.
+Importing this module does not import Ray; the launcher imports it when it starts.
+"""
+
+import os
+from dataclasses import dataclass
+from datetime import timedelta
+
+from launch.local import describe_exception
+from launch.worker import build_engine, init_worker, shutdown_worker
+from longctx.errors import LongCtxError, WorkerError
+
+STRATEGIES = {"pack": "PACK", "spread": "SPREAD"}
+# Environment variables that choose network interfaces and transports for the process group;
+# the driver's values are passed to every actor (their nodes' environments may differ).
+DIST_ENV_PREFIXES = ("NCCL_", "GLOO_", "TORCH_NCCL_", "TP_SOCKET_IFNAME", "TORCH_DISTRIBUTED_DEBUG")
+STOP_WAIT_S = 10.0
+
+
+def import_ray():
+    """The `ray` module, or one clear LongCtxError saying how to install it."""
+    try:
+        import ray
+    except ImportError:
+        raise LongCtxError("--launcher ray needs Ray, which is not installed: pip install 'longctx[ray]' "
+                           "(or pip install 'ray[default]')") from None
+    return ray
+
+
+@dataclass(frozen=True)
+class Slot:
+    """Where one actor sits in the job: global `rank` of `world`, `local_rank` of the
+    `local_world` workers on its node, and `visible_gpus` (the node's GPU ids this job holds,
+    in local-rank order, for CUDA_VISIBLE_DEVICES; None on CPU workers)."""
+
+    rank: int
+    world: int
+    local_rank: int
+    local_world: int
+    visible_gpus: tuple = None
+
+
+def _ip_key(ip):
+    parts = ip.split(".")
+    return tuple(int(part) for part in parts) if all(part.isdigit() for part in parts) else (ip,)
+
+
+def _gpu_key(gpu):
+    return (0, int(gpu), "") if str(gpu).isdigit() else (1, 0, str(gpu))
+
+
+def assign_slots(infos):
+    """Deterministic ranks for actors described by `infos` (one dict per actor, in actor order:
+    `node_id`, `ip`, `gpus` = that actor's GPU ids as strings, empty on CPU). Ranks go by node
+    (IP, then node id), then GPU id, then actor order; returns one Slot per actor, in actor
+    order. Called by the driver with what every actor's `describe` returned."""
+    def key(index):
+        info = infos[index]
+        first_gpu = min((_gpu_key(gpu) for gpu in info["gpus"]), default=(0, 0, ""))
+        return (_ip_key(info["ip"]), info["node_id"], first_gpu, index)
+
+    order = sorted(range(len(infos)), key=key)
+    on_node = {}
+    for index in order:
+        on_node.setdefault(infos[index]["node_id"], []).append(index)
+    slots = [None] * len(infos)
+    for rank, index in enumerate(order):
+        peers = on_node[infos[index]["node_id"]]
+        gpus = tuple(str(gpu) for peer in peers for gpu in sorted(infos[peer]["gpus"], key=_gpu_key))
+        slots[index] = Slot(rank, len(infos), peers.index(index), len(peers), gpus or None)
+    return slots
+
+
+def dist_environment(environ=None):
+    """The process-group interface variables (NCCL_*, GLOO_*, TP_SOCKET_IFNAME, ...) set in
+    `environ` (default: this process's environment), to pass to every actor."""
+    environ = os.environ if environ is None else environ
+    return {name: value for name, value in environ.items() if name.startswith(DIST_ENV_PREFIXES)}
+
+
+def worker_bundle(use_gpus, cpus_per_worker):
+    """One worker's placement-group bundle: `cpus_per_worker` CPUs, plus one GPU when `use_gpus`."""
+    return {"CPU": float(cpus_per_worker), "GPU": 1.0} if use_gpus else {"CPU": float(cpus_per_worker)}
+
+
+def missing_resources(bundle, world, nodes):
+    """None when the live `nodes` (`ray.nodes()` entries) can hold `world` copies of `bundle`
+    in total and one bundle fits on some node; else a sentence naming what is missing."""
+    live = [node.get("Resources", {}) for node in nodes if node.get("Alive", True)]
+    for name, amount in bundle.items():
+        need, have = amount * world, sum(resources.get(name, 0.0) for resources in live)
+        if need > have:
+            return (f"{world} workers need {need:g} {name} ({amount:g} per worker), and the Ray cluster has "
+                    f"{have:g} {name} in all; add nodes (ray start --address ...) or ask for fewer workers")
+    if not any(all(resources.get(name, 0.0) >= amount for name, amount in bundle.items()) for resources in live):
+        wanted = ", ".join(f"{amount:g} {name}" for name, amount in bundle.items())
+        return f"no node of the Ray cluster has {wanted} for one worker"
+    return None
+
+
+def _node_ip():
+    import ray
+
+    return ray.util.get_node_ip_address()
+
+
+class RankActor:
+    """One worker of a Ray job (made a Ray actor by `RayLauncher`). Nothing touches CUDA before
+    `start`, which sets the GPU visibility first."""
+
+    def __init__(self):
+        self.store, self.engine, self.rank = None, None, None
+
+    def describe(self):
+        """{node_id, ip, gpus}: where this actor runs and the GPU ids Ray assigned it."""
+        import ray
+
+        context = ray.get_runtime_context()
+        gpus = context.get_accelerator_ids().get("GPU", [])
+        return {"node_id": context.get_node_id(), "ip": _node_ip(), "gpus": [str(gpu) for gpu in gpus]}
+
+    def host_store(self, world, timeout_s):
+        """Rank 0 only: start the rendezvous store on a port the OS picks on this node and keep
+        it listening (no bind-then-close race); returns (node IP, port)."""
+        from torch.distributed import TCPStore
+
+        ip = _node_ip()
+        self.store = TCPStore(ip, 0, world, is_master=True, timeout=timedelta(seconds=timeout_s),
+                              wait_for_workers=False)
+        return ip, self.store.port
+
+    def start(self, config, slot, address):
+        """Set GPU visibility, join the process group through the store at `address` (rank 0's
+        (IP, port)) and load the model. Returns the slot's rank."""
+        if slot.visible_gpus is not None:
+            os.environ["CUDA_VISIBLE_DEVICES"] = ",".join(slot.visible_gpus)
+        if self.store is None:
+            from torch.distributed import TCPStore
+
+            self.store = TCPStore(address[0], address[1], slot.world, is_master=False,
+                                  timeout=timedelta(seconds=config.timeout_s))
+        comm, device = init_worker(config, slot.rank, slot.world, local_rank=slot.local_rank,
+                                   local_world=slot.local_world, store=self.store)
+        self.engine, self.rank = build_engine(config, comm, device), slot.rank
+        return slot.rank
+
+    def run(self, request):
+        """Run `request` on this rank's engine; rank 0 returns the result dict, others None."""
+        result = self.engine.run(request)
+        return result if self.rank == 0 else None
+
+    def stop(self):
+        """Leave the process group."""
+        shutdown_worker()
+
+
+class RayLauncher:
+    """`config.nproc` RankActors on the Ray cluster at `config.ray_address` (None: RAY_ADDRESS
+    or a new local cluster; "auto": the cluster running on this machine; or an address).
+    `run(request)` returns rank 0's result; `abort()` kills every actor and removes the
+    placement group; `close()` stops them gracefully first. The driver's connection to Ray
+    stays open for the life of the process."""
+
+    def __init__(self, config):
+        ray = self._ray = import_ray()
+        from ray.util.placement_group import placement_group
+
+        self.world = config.nproc
+        self._actors, self._group = [], None
+        self._connect(config.ray_address)
+        use_gpus = self._wants_gpus(config.device)
+        bundle = worker_bundle(use_gpus, config.ray_cpus_per_worker)
+        problem = missing_resources(bundle, self.world, ray.nodes())
+        if problem:
+            raise LongCtxError(f"--launcher ray: {problem}")
+        self._group = placement_group([bundle] * self.world, strategy=STRATEGIES[config.placement])
+        try:
+            self._reserve(bundle, config.timeout_s)
+            self._actors = self._start_actors(bundle)
+            slots = self._gather([actor.describe.remote() for actor in self._actors])
+            slots = assign_slots(slots)
+            self._actors = [actor for _, actor in sorted(zip((slot.rank for slot in slots), self._actors))]
+            slots = sorted(slots, key=lambda slot: slot.rank)
+            address = self._gather([self._actors[0].host_store.remote(self.world, config.timeout_s)])[0]
+            worker_config = config.replace(device="cuda" if use_gpus else "cpu",
+                                           threads=config.threads or (None if use_gpus else config.ray_cpus_per_worker))
+            self._gather([actor.start.remote(worker_config, slot, address)
+                          for actor, slot in zip(self._actors, slots)])
+        except BaseException:
+            self.abort()
+            raise
+
+    def _connect(self, address):
+        ray = self._ray
+        if ray.is_initialized():
+            return
+        try:
+            ray.init(address=address, logging_level="warning")
+        except ConnectionError as exc:
+            raise LongCtxError(f"cannot connect to the Ray cluster at {address or 'RAY_ADDRESS'}: "
+                               f"{str(exc).strip().splitlines()[0]}") from None
+
+    def _wants_gpus(self, device):
+        gpus = self._ray.cluster_resources().get("GPU", 0.0)
+        if device == "cuda" and not gpus:
+            raise LongCtxError("--device cuda: the Ray cluster has no GPU")
+        return device == "cuda" or (device == "auto" and gpus > 0)
+
+    def _reserve(self, bundle, timeout_s):
+        if not self._group.wait(timeout_seconds=timeout_s):
+            free = self._ray.available_resources()
+            have = ", ".join(f"{free.get(name, 0.0):g} {name}" for name in bundle)
+            raise LongCtxError(f"--launcher ray: could not reserve {self.world} workers' resources within "
+                               f"{timeout_s:g} s (the cluster has {have} free; other jobs hold the rest)")
+
+    def _start_actors(self, bundle):
+        from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
+        env = dist_environment()
+        actor_class = self._ray.remote(RankActor)
+        return [actor_class.options(
+            num_cpus=bundle["CPU"], num_gpus=bundle.get("GPU", 0), max_restarts=0,
+            runtime_env={"env_vars": env} if env else None,
+            scheduling_strategy=PlacementGroupSchedulingStrategy(self._group, placement_group_bundle_index=index),
+        ).remote() for index in range(self.world)]
+
+    def run(self, request):
+        """Send `request` to every actor (serialised once) and return rank 0's result dict."""
+        if not self._actors:
+            raise LongCtxError("the Ray workers have been shut down (closed, or stopped after a failure); "
+                               "start a new LongContextLM")
+        shared = self._ray.put(request)
+        return self._gather([actor.run.remote(shared) for actor in self._actors])[0]
+
+    def _gather(self, refs):
+        """Results of `refs` (one per actor, in actor order). The first failure, Ctrl-C included,
+        kills every actor and raises one error naming the worker."""
+        ray = self._ray
+        pending, current = list(refs), None
+        try:
+            while pending:
+                (current,), pending = ray.wait(pending, num_returns=1)
+                ray.get(current)
+            return ray.get(list(refs))
+        except ray.exceptions.RayError as exc:
+            self.abort()
+            raise self._worker_error(refs.index(current) if current is not None else 0, exc) from None
+        except BaseException:
+            self.abort()
+            raise
+
+    def _worker_error(self, rank, exc):
+        ray = self._ray
+        cause = getattr(exc, "cause", None)
+        if isinstance(exc, ray.exceptions.RayTaskError) and isinstance(cause, LongCtxError):
+            return LongCtxError(str(cause))
+        if isinstance(exc, ray.exceptions.RayTaskError) and cause is not None:
+            return WorkerError(f"worker {rank} failed: {describe_exception(cause)}; all workers were stopped")
+        if isinstance(exc, ray.exceptions.RayActorError):
+            return WorkerError(f"worker {rank} died ({type(exc).__name__}: its actor process is gone); "
+                               "all workers were stopped")
+        return WorkerError(f"worker {rank} failed: {type(exc).__name__}; all workers were stopped")
+
+    def abort(self):
+        """Kill every actor now (a request in flight is lost) and remove the placement group;
+        later requests are refused."""
+        for actor in self._actors:
+            self._ray.kill(actor, no_restart=True)
+        self._actors = []
+        if self._group is not None:
+            from ray.util.placement_group import remove_placement_group
+
+            remove_placement_group(self._group)
+            self._group = None
+
+    def close(self):
+        """Ask every actor to leave the process group (waiting at most STOP_WAIT_S), then kill
+        them and remove the placement group."""
+        if self._actors:
+            self._ray.wait([actor.stop.remote() for actor in self._actors], num_returns=len(self._actors),
+                           timeout=STOP_WAIT_S)
+        self.abort()
