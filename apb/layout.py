@@ -60,12 +60,23 @@ class APBHostPlan(HostPlan):
 
 @dataclass(frozen=True)
 class Sizes:
-    """Resolved per-run sizes: `block` = l_b, `anchor` = l_a, `passing` = l_p; `note` says what was adjusted."""
+    """Resolved per-run sizes: `block` = l_b, `anchor` = l_a, `passing` = l_p; `note` says what was adjusted.
+
+    `passing_ratio`, when the passing size was given as a ratio, makes each host send that
+    fraction of its own block (so a ratio of 1 passes every block whole on balanced plans too);
+    `passing` is then the ratio of the equal block, for estimates.
+    """
 
     block: int
     anchor: int
     passing: int
     note: str = ""
+    passing_ratio: float = None
+
+    def sends(self, block):
+        """Passing keys per KV head a host with a block of `block` tokens may send (before its
+        candidates cap it)."""
+        return self.passing if self.passing_ratio is None else round(self.passing_ratio * block)
 
 
 def rule_length(block, divisor, tile=64):
@@ -124,7 +135,8 @@ def resolve_sizes(options, doc_len, query_len, world, *, star):
         grown = min(block, query_len + options.anchor_head_tokens)
         note = f"anchor grown from {anchor} to {grown} tokens to hold the {query_len}-token question"
         anchor = grown
-    return Sizes(block, anchor, passing, note)
+    ratio = options.passing_ratio if options.passing_len is None and not star else None
+    return Sizes(block, anchor, passing, note, ratio)
 
 
 @dataclass(frozen=True)
@@ -162,7 +174,7 @@ class APBLayout:
             host.anchor_len, host.question_len = sizes.anchor, self.question
         if rank < self.world - 1:
             host.protected = min(size, sizes.anchor) if rank == 0 else 0
-            host.sends = min(sizes.passing, host.candidates)
+            host.sends = min(sizes.sends(size), host.candidates)
         if self.needs_question and host.selects and host.anchor_len == 0:
             host.question_len = self.query_len
             host.probe_len = min(self.head_tokens, self.doc_len) + self.query_len

@@ -35,7 +35,7 @@ class APBOptions:
     anchor_len: int = option(None, "apb/star: anchor tokens (default: apb l_b/4, star the first block)", minimum=0)
     passing_len: int = option(None, "apb: passing tokens each host sends per KV head (default l_b/8)", minimum=0)
     anchor_ratio: float = option(None, "apb/star: anchor as a fraction of the block", minimum=0, maximum=1)
-    passing_ratio: float = option(None, "apb: passing as a fraction of the block", minimum=0, maximum=1)
+    passing_ratio: float = option(None, "apb: passing as a fraction of each host's block", minimum=0, maximum=1)
     anchor_head_tokens: int = option(16, "apb: leading document tokens placed before the question in the anchor",
                                      minimum=0)
     compressor: str = option("query", "apb: how passing blocks are chosen: query, retaining-heads or random")

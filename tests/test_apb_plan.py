@@ -82,6 +82,17 @@ def test_full_passing_without_anchor_needs_no_scoring():
     assert not any(host.selects or host.lead_len for host in plan.hosts)
 
 
+def test_passing_ratio_applies_to_each_hosts_own_block():
+    """Balanced blocks differ in size: a ratio of 1 still passes every earlier block whole
+    (found by tests/test_fuzz_exact.py: the ratio used to be taken of the equal block only)."""
+    _, plan = apb_plan(600, 4, 3, anchor_len=0, passing_ratio=1.0, balance="auto", host_speeds=(4, 4, 1))
+    sizes = [host.num_tokens for host in plan.hosts]
+    assert len(set(sizes)) > 1 and max(sizes[:2]) > 200
+    assert [host.sends for host in plan.hosts] == sizes[:2] + [0]
+    _, plan = apb_plan(600, 4, 3, anchor_len=0, passing_ratio=0.5, balance="auto", host_speeds=(4, 4, 1))
+    assert [host.sends for host in plan.hosts] == [round(host.num_tokens / 2) for host in plan.hosts[:2]] + [0]
+
+
 def test_ratios_and_one_worker():
     _, plan = apb_plan(1000, 4, 2, anchor_ratio=0.5, passing_ratio=0.25)
     assert (plan.details["anchor_len"], plan.details["passing_len"]) == (250, 125)
