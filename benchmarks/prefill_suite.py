@@ -15,7 +15,8 @@ Every method is reported as time to the first answer token's logits (prefill + q
 and as a speed-up over the baseline measured in the same run. Methods run as their papers
 define them with equal contiguous blocks (`--balance equal`: ring is the textbook ring,
 star and ulysses equal shards, apb the published split); burst and allgather use their
-zigzag layout; variants tuned by longctx's planner are labelled (`apb-balanced`).
+zigzag layout, spava its zigzag virtual blocks (on the same text workload: the video
+workload needs the Qwen2.5-VL path, issue 14); variants tuned by longctx's planner are labelled (`apb-balanced`).
 """
 
 import os
@@ -27,7 +28,7 @@ from longctx.config import RunConfig
 from longctx.models.tiny import make_tiny_model
 from longctx.simulate import Link, critical_path, simulate_hosts
 
-METHODS = ("ring", "burst", "allgather", "ulysses", "star", "apb", "apb-balanced")
+METHODS = ("ring", "burst", "allgather", "ulysses", "star", "apb", "apb-balanced", "spava")
 QUESTION_TOKENS = 32
 
 
