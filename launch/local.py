@@ -2,16 +2,25 @@
 
 Each worker joins a gloo (CPU) or nccl (one GPU per worker) group, loads the model once and
 serves requests until closed. A request arrives as token ids (the driver encoded and validated
-it once), pickled once for all workers. If any worker reports an error or dies, every worker is
-stopped and the driver raises one clear error; collective timeouts bound every wait inside
-workers.
+it once), pickled once for all workers; with `stream` rank 0 also sends each generated token as
+soon as it is decided. If any worker reports an error or dies, every worker is stopped and the
+driver raises one clear error (a worker killed by a signal is reported with the signal's name);
+collective timeouts bound every wait inside workers.
+
+Workers are spawned without re-running the driver's `__main__` module (`_main_hidden`), so a
+script that builds a pool at module level, with no `if __name__ == "__main__":` guard, works.
+Workers ignore Ctrl-C: the driver receives it and stops them (`abort`).
 """
 
+import contextlib
 import multiprocessing
 import os
 import pickle
+import signal
 import socket
+import sys
 import traceback
+import types
 
 import torch
 
@@ -36,7 +45,11 @@ def _free_port():
 
 
 def _serve(rank, world, port, config, conn):
-    """Worker process body: start up, then answer ("run", request) messages until ("stop",)."""
+    """Worker process body: start up, then answer ("run", request, stream) messages until ("stop",).
+
+    With `stream`, rank 0 sends ("token", id) for each generated token before its ("ok", result).
+    """
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the driver's to handle
     try:
         comm, device = init_worker(config, rank, world, init_method=f"tcp://127.0.0.1:{port}")
         engine = build_engine(config, comm, device)
@@ -45,7 +58,9 @@ def _serve(rank, world, port, config, conn):
             message = conn.recv()
             if message[0] == "stop":
                 break
-            result = engine.run(message[1])
+            _, request, stream = message
+            on_token = (lambda token: conn.send(("token", token))) if stream and rank == 0 else None
+            result = engine.run(request, on_token=on_token)
             conn.send(("ok", result if rank == 0 else None))
         shutdown_worker()
     except LongCtxError as exc:
@@ -62,6 +77,49 @@ def describe_exception(exc):
     return f"{type(exc).__name__}: {lines[0] if lines else ''}{where}"
 
 
+def describe_exit(proc):
+    """How a worker process ended, e.g. 'exited with code 1' or 'was killed by signal SIGKILL'
+    (waits briefly for the exit status, which can lag behind the closed pipe)."""
+    proc.join(timeout=5)
+    code = proc.exitcode
+    if code is None:
+        return "stopped answering (still running)"
+    if code < 0:
+        try:
+            return f"was killed by signal {signal.Signals(-code).name}"
+        except ValueError:
+            return f"was killed by signal {-code}"
+    return f"exited with code {code}"
+
+
+@contextlib.contextmanager
+def _main_hidden():
+    """While workers start, show `multiprocessing` an empty `__main__` so spawned workers do not
+    re-import the driver's script (they need nothing from it: the worker body, its config and the
+    pipe come from importable modules). A script without an `if __name__ == "__main__":` guard
+    would otherwise start a pool again inside every worker."""
+    main = sys.modules.get("__main__")
+    sys.modules["__main__"] = types.ModuleType("__main__")
+    try:
+        yield
+    finally:
+        sys.modules["__main__"] = main
+
+
+def _rank0(events):
+    """Generator passing on what `events` yields, returning rank 0's entry of its replies."""
+    return (yield from events)[0]
+
+
+def _finish(events):
+    """Run a generator to its end, ignoring what it yields; returns its return value."""
+    while True:
+        try:
+            next(events)
+        except StopIteration as stop:
+            return stop.value
+
+
 class LocalLauncher:
     """Start `config.nproc` local workers; `run(request)` returns rank 0's result."""
 
@@ -74,48 +132,72 @@ class LocalLauncher:
         context = multiprocessing.get_context("spawn")
         port = _free_port()
         self._conns, self._procs = [], []
-        for rank in range(self.world):
-            parent, child = context.Pipe()
-            proc = context.Process(target=_serve, args=(rank, self.world, port, config, child), daemon=True)
-            proc.start()
-            child.close()
-            self._conns.append(parent)
-            self._procs.append(proc)
-        self._collect("ready")
+        with _main_hidden():
+            for rank in range(self.world):
+                parent, child = context.Pipe()
+                proc = context.Process(target=_serve, args=(rank, self.world, port, config, child), daemon=True)
+                proc.start()
+                child.close()
+                self._conns.append(parent)
+                self._procs.append(proc)
+        _finish(self._collect("ready"))
 
     def run(self, request):
         """Send `request` to every worker and return rank 0's result dict."""
+        return _finish(self._send(request, stream=False))[0]
+
+    def stream(self, request):
+        """Send `request` to every worker; a generator yielding each generated token id (from
+        rank 0) as soon as it is decided, whose return value is rank 0's result dict. A reader
+        that stops early leaves the request to finish without it; the pool stays usable."""
+        return _rank0(self._send(request, stream=True))
+
+    def _send(self, request, stream):
         if not self._procs:
             raise LongCtxError("the workers have been shut down")
-        message = pickle.dumps(("run", request), protocol=pickle.HIGHEST_PROTOCOL)  # once, not per worker
+        message = pickle.dumps(("run", request, stream), protocol=pickle.HIGHEST_PROTOCOL)  # once, not per worker
         for conn in self._conns:
             conn.send_bytes(message)
-        return self._collect("ok")[0]
+        return self._collect("ok", stream)
 
-    def _collect(self, expected):
+    def _collect(self, expected, stream=False):
+        """Generator: wait for `expected` from every worker, yielding rank 0's streamed tokens;
+        returns the replies by rank. Any failure, Ctrl-C included, stops every worker."""
         replies = [None] * self.world
         waiting = set(range(self.world))
-        while waiting:
-            for rank in sorted(waiting):
-                conn, proc = self._conns[rank], self._procs[rank]
-                if conn.poll(POLL_S):
-                    try:
-                        kind, payload = conn.recv()
-                    except EOFError:
-                        kind, payload = "error", f"exited with code {proc.exitcode}"
-                    if kind != expected:
-                        self._abort()
-                        if kind == "user-error":
-                            raise LongCtxError(payload)
-                        raise WorkerError(f"worker {rank} failed: {payload}; all workers were stopped")
-                    replies[rank] = payload
-                    waiting.discard(rank)
-                elif not proc.is_alive() and not conn.poll():
-                    self._abort()
-                    raise WorkerError(f"worker {rank} died (exit code {proc.exitcode}); all workers were stopped")
+        try:
+            while waiting and self._procs:
+                for rank in sorted(waiting):
+                    conn, proc = self._conns[rank], self._procs[rank]
+                    if conn.poll(POLL_S):
+                        try:
+                            kind, payload = conn.recv()
+                        except EOFError:
+                            kind, payload = "error", describe_exit(proc)
+                        if kind == "token":
+                            if stream:
+                                try:
+                                    yield payload
+                                except GeneratorExit:  # the reader stopped: finish without it
+                                    stream = False
+                            continue
+                        if kind != expected:
+                            self.abort()
+                            if kind == "user-error":
+                                raise LongCtxError(payload)
+                            raise WorkerError(f"worker {rank} failed: {payload}; all workers were stopped")
+                        replies[rank] = payload
+                        waiting.discard(rank)
+                    elif not proc.is_alive() and not conn.poll():
+                        self.abort()
+                        raise WorkerError(f"worker {rank} {describe_exit(proc)}; all workers were stopped")
+        except BaseException:
+            self.abort()
+            raise
         return replies
 
-    def _abort(self):
+    def abort(self):
+        """Kill every worker now (a request in flight is lost); later requests are refused."""
         for proc in self._procs:
             if proc.is_alive():
                 proc.kill()
@@ -132,4 +214,4 @@ class LocalLauncher:
                 pass
         for proc in self._procs:
             proc.join(timeout=10)
-        self._abort()
+        self.abort()

@@ -15,7 +15,7 @@ from longctx.config import RunConfig
 from longctx.engine import Request
 from longctx.errors import LongCtxError
 from longctx.models import check_model_dir, load_tokenizer
-from longctx.request import GenerationResult, encode_prompt, stop_ids
+from longctx.request import GenerationResult, check_lengths, check_machine, encode_prompt, stop_ids
 
 
 def torchrun_env(environ=None):
@@ -35,6 +35,7 @@ class SPMDLongContextLM:
     def __init__(self, model, method="burst", **options):
         rank, world, local_rank, local_world = torchrun_env()
         self.config = RunConfig(model=model, method=method, nproc=world, **options).validate()
+        check_machine(self.config)
         self.model_config = check_model_dir(model)
         self.tokenizer = load_tokenizer(model)
         self._stop = stop_ids(self.tokenizer, self.model_config)
@@ -45,9 +46,8 @@ class SPMDLongContextLM:
     def generate(self, document, question, max_new_tokens=32, method=None):
         """Same contract as LongContextLM.generate; call it on every rank (only rank 0's
         document and question are encoded)."""
-        if max_new_tokens < 0:
-            raise LongCtxError(f"max_new_tokens must be >= 0 (got {max_new_tokens})")
         doc_ids, query_ids = self._ids_from_rank0(document, question)
+        check_lengths(self.model_config, len(doc_ids), len(query_ids), max_new_tokens)
         raw = self.engine.run(Request(doc_ids, query_ids, max_new_tokens, method, False, self._stop))
         return GenerationResult.from_raw(raw, self.tokenizer, len(doc_ids), len(query_ids))
 

@@ -2,8 +2,10 @@
 
     torchrun --nproc_per_node N -m launch.torchrun --model DIR --method burst --doc FILE --question Q
 
-Rank 0 prints the answer (or one JSON object with --json). The world size comes from torchrun;
-a failing rank makes torchrun stop the others, and collective timeouts bound every wait.
+The world size is torchrun's (`--nproc_per_node` times its nodes): this entry has no --nproc,
+and none of its options is one torchrun's parser would take for its own. Rank 0 prints the
+answer (or one JSON object with --json). A failing rank makes torchrun stop the others, and
+collective timeouts bound every wait.
 """
 
 import argparse
@@ -12,14 +14,15 @@ import os
 import sys
 
 from launch.spmd import SPMDLongContextLM
-from longctx.config import add_run_arguments
+from longctx.config import DefaultsHelpFormatter, add_run_arguments
 from longctx.errors import LongCtxError
 
 
 def build_parser():
     """Arguments: the shared run options plus the document, question and output format."""
-    parser = argparse.ArgumentParser(prog="python -m launch.torchrun", description=__doc__.splitlines()[0])
-    add_run_arguments(parser)
+    parser = argparse.ArgumentParser(prog="python -m launch.torchrun", description=__doc__.splitlines()[0],
+                                     formatter_class=DefaultsHelpFormatter)
+    add_run_arguments(parser, with_nproc=False)  # the world size is torchrun's --nproc-per-node
     parser.add_argument("--doc", required=True, help="document file")
     parser.add_argument("--question", default="")
     parser.add_argument("--max-new-tokens", type=int, default=32)

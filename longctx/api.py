@@ -6,6 +6,8 @@ long documents with any registered method:
     with LongContextLM("path/to/model", method="burst", nproc=4) as lm:
         result = lm.generate(document, question, max_new_tokens=32)
         print(result.text, result.prefill_s)
+        for piece in lm.stream(document, question):   # text as it is decoded
+            print(piece, end="", flush=True)
 
 The driver encodes each prompt once, validates the request once (`longctx.request`) and sends
 the workers token ids. `SPMDLongContextLM` (from `launch.spmd`) is the same surface for scripts
@@ -20,13 +22,51 @@ from longctx.config import RunConfig
 from longctx.errors import LongCtxError
 from longctx.models import check_model_dir, load_tokenizer
 from longctx.registry import get_method
-from longctx.request import (GenerationResult, check_request, encode_prompt, prepare_request, stop_ids,
-                             validate_request)
+from longctx.request import (GenerationResult, check_machine, check_request, encode_prompt, prepare_request,
+                             stop_ids, validate_request)
 
-__all__ = ["LongContextLM", "SPMDLongContextLM", "GenerationResult", "encode_prompt", "stop_ids",
+__all__ = ["LongContextLM", "SPMDLongContextLM", "GenerationResult", "TokenStream", "encode_prompt", "stop_ids",
            "validate_request", "prepare_request", "check_request"]
 
 LAUNCHERS = {"local": LocalLauncher, "ray": RayLauncher}
+
+
+class TokenStream:
+    """The answer's text as it is generated (`LongContextLM.stream`): iterating yields text
+    pieces, each as soon as its tokens are decided (a piece waits while it would end inside a
+    multi-byte character); `result` is the GenerationResult once the iteration has ended.
+    Breaking off early lets the request finish in the background of the next call."""
+
+    def __init__(self, events, tokenizer, doc_len, query_len):
+        self._events, self._tokenizer = events, tokenizer
+        self._lengths = (doc_len, query_len)
+        self.result = None
+
+    def __iter__(self):
+        tokens, shown = [], ""
+        try:
+            while True:
+                try:
+                    tokens.append(next(self._events))
+                except StopIteration as stop:
+                    raw = stop.value
+                    break
+                text = self._tokenizer.decode(tokens, skip_special_tokens=True)
+                if text.startswith(shown) and not text.endswith("\ufffd") and len(text) > len(shown):
+                    piece, shown = text[len(shown):], text
+                    yield piece
+        finally:
+            self._events.close()
+        self.result = GenerationResult.from_raw(raw, self._tokenizer, *self._lengths)
+        if self.result.text.startswith(shown) and len(self.result.text) > len(shown):
+            yield self.result.text[len(shown):]
+
+
+def _tokens_at_end(launcher, request):
+    """`stream` for a launcher that cannot stream: every token once the request is done."""
+    raw = launcher.run(request)
+    yield from raw["tokens"]
+    return raw
 
 
 class LongContextLM:
@@ -36,12 +76,20 @@ class LongContextLM:
     keyword arguments are RunConfig fields (device, dtype, layout, intra_size, timeout_s, ...).
     `launcher="ray"` starts one worker actor per GPU (per CPU slot on CPU clusters) on the Ray
     cluster at `ray_address` (None: RAY_ADDRESS or a new local cluster; "auto"; or an address).
+    The machine, model and method are checked before any worker starts. Leaving the `with`
+    block by an exception (Ctrl-C included) kills the workers at once.
+
+    A launcher (LAUNCHERS) has `run(request)` -> raw result, `abort()` and `close()`, and may
+    have `stream(request)` (a generator of token ids as they are decided, returning the raw
+    result); without it `stream` shows the whole answer when it is complete.
     """
 
     def __init__(self, model, method="burst", nproc=2, launcher="local", **options):
         if launcher not in LAUNCHERS:
             raise LongCtxError(f"unknown launcher {launcher!r}; choose one of {', '.join(LAUNCHERS)}")
         self.config = RunConfig(model=model, method=method, nproc=nproc, launcher=launcher, **options).validate()
+        if launcher == "local":  # Ray workers run on the cluster's nodes, not necessarily this machine
+            check_machine(self.config)
         self.model_config = check_model_dir(model)
         get_method(method, self.config).check(self.model_config, nproc)
         self.tokenizer = load_tokenizer(model)
@@ -53,6 +101,20 @@ class LongContextLM:
         doc_ids, query_ids = encode_prompt(self.tokenizer, document, question)
         raw = self.run_ids(doc_ids, query_ids, max_new_tokens=max_new_tokens, method=method)
         return GenerationResult.from_raw(raw, self.tokenizer, len(doc_ids), len(query_ids))
+
+    def stream(self, document, question, max_new_tokens=32, method=None):
+        """Like `generate`, but returns a TokenStream: iterate it for the answer's text as it is
+        decoded; its `result` is the GenerationResult afterwards. The request is validated here,
+        before anything is sent."""
+        doc_ids, query_ids = encode_prompt(self.tokenizer, document, question)
+        request = self.prepare(doc_ids, query_ids, max_new_tokens, method)
+        if self._launcher is None:
+            raise LongCtxError("the workers have been shut down")
+        if hasattr(self._launcher, "stream"):
+            events = self._launcher.stream(request)
+        else:
+            events = _tokens_at_end(self._launcher, request)
+        return TokenStream(events, self.tokenizer, len(doc_ids), len(query_ids))
 
     def prepare(self, doc_ids, query_ids, max_new_tokens=32, method=None, return_hidden=False):
         """A validated Request for this pool (method, worker count and lengths checked here,
@@ -71,13 +133,22 @@ class LongContextLM:
         return self.run(self.prepare(doc_ids, query_ids, max_new_tokens, method, return_hidden))
 
     def close(self):
-        """Stop the workers."""
+        """Stop the workers (each finishes what it is doing first)."""
         if self._launcher is not None:
             self._launcher.close()
+            self._launcher = None
+
+    def abort(self):
+        """Kill the workers now; a request in flight is lost."""
+        if self._launcher is not None:
+            self._launcher.abort()
             self._launcher = None
 
     def __enter__(self):
         return self
 
-    def __exit__(self, *exc_info):
-        self.close()
+    def __exit__(self, exc_type, exc_value, traceback):
+        if exc_type is None:
+            self.close()
+        else:
+            self.abort()

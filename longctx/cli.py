@@ -1,15 +1,21 @@
 """The `longctx` command: a thin layer over longctx.api.
 
-Human-readable text by default; `--json` prints one JSON object. Bad input prints one line
-`longctx: error: ...` to stderr and exits with status 2.
+Human-readable text by default (`generate` prints the answer as it is decoded); `--json`
+prints one JSON object. Bad input prints one line `longctx: error: ...` to stderr and exits
+with status 2; Ctrl-C stops the workers and prints one line (status 130). `--help` of every
+command shows the defaults.
 """
 
 import argparse
+import functools
 import json
 import sys
 
 from longctx.config import add_launcher_arguments, add_run_arguments, config_from_args
+from longctx.config import DefaultsHelpFormatter
 from longctx.errors import LongCtxError
+from longctx.eval.tasks import TASKS
+from longctx.registry import method_names
 
 
 def _add_generate(sub, argv):
@@ -17,7 +23,8 @@ def _add_generate(sub, argv):
     add_run_arguments(parser, argv=argv)
     parser.add_argument("--doc", required=True, help="document file ('-' reads standard input)")
     parser.add_argument("--question", default="", help="question text appended after the document")
-    parser.add_argument("--max-new-tokens", type=int, default=32)
+    parser.add_argument("--max-new-tokens", type=int, default=32,
+                        help="at most this many answer tokens (greedy; stops early at the model's end token)")
     add_launcher_arguments(parser)
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     parser.set_defaults(func=cmd_generate)
@@ -27,14 +34,16 @@ def _add_compare(sub, argv):
     parser = sub.add_parser("compare", help="compare methods with dense on the same random input")
     add_run_arguments(parser, with_method=False, argv=argv)
     add_launcher_arguments(parser)
-    parser.add_argument("--methods", default="burst,ring,ulysses,allgather")
+    parser.add_argument("--methods", default="burst,ring,ulysses,allgather",
+                        help=f"comma-separated methods to compare with dense ({', '.join(method_names())})")
     parser.add_argument("--length", type=int, default=1000, help="document tokens")
     parser.add_argument("--query-len", type=int, default=8, help="question tokens")
-    parser.add_argument("--max-new-tokens", type=int, default=8)
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--max-new-tokens", type=int, default=8,
+                        help="greedy tokens compared (dense and the methods stop alike at the end token)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the random token ids")
     parser.add_argument("--no-baseline", action="store_true",
                         help="skip timing Hugging Face's SDPA forward of the same tokens (no speed-ups then)")
-    parser.add_argument("--json", action="store_true")
+    parser.add_argument("--json", action="store_true", help="print one JSON object")
     parser.set_defaults(func=cmd_compare)
 
 
@@ -42,11 +51,12 @@ def _add_eval(sub, argv):
     parser = sub.add_parser("eval", help="accuracy of methods on RULER-style tasks, same samples for each")
     add_run_arguments(parser, with_method=False, argv=argv)
     add_launcher_arguments(parser)
-    parser.add_argument("--tasks", default="niah_single", help="comma-separated task names")
-    parser.add_argument("--methods", default="dense,burst", help="comma-separated method names")
+    parser.add_argument("--tasks", default="niah_single", help=f"comma-separated tasks: {', '.join(TASKS)}")
+    parser.add_argument("--methods", default="dense,burst",
+                        help=f"comma-separated methods ({', '.join(method_names())}); dense runs on one worker")
     parser.add_argument("--length", type=int, default=4096, help="prompt tokens per sample")
     parser.add_argument("--samples", type=int, default=50, help="samples per task")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=int, default=0, help="seed of the generated samples")
     parser.add_argument("--max-new-tokens", type=int, default=None,
                         help="default: the longest expected answer + 1")
     parser.add_argument("--no-baseline", action="store_true",
@@ -58,25 +68,25 @@ def _add_eval(sub, argv):
 
 def _add_tiny_model(sub, argv):
     parser = sub.add_parser("tiny-model", help="write a small random-weight model with a byte-level tokenizer")
-    parser.add_argument("out_dir")
+    parser.add_argument("out_dir", help="directory to write (created)")
     parser.add_argument("--family", default="llama", choices=("llama", "qwen2", "mistral"))
-    parser.add_argument("--hidden", type=int, default=64)
+    parser.add_argument("--hidden", type=int, default=64, help="hidden size")
     parser.add_argument("--layers", type=int, default=2)
-    parser.add_argument("--heads", type=int, default=4)
-    parser.add_argument("--kv-heads", type=int, default=2)
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--heads", type=int, default=4, help="query heads")
+    parser.add_argument("--kv-heads", type=int, default=2, help="key/value heads")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the random weights")
     parser.set_defaults(func=cmd_tiny_model)
 
 
 def _add_demo(sub, argv):
     parser = sub.add_parser("demo", help="run the shipped example end to end on local workers")
-    parser.add_argument("--nproc", type=int, default=2)
+    parser.add_argument("--nproc", type=int, default=2, help="local workers")
     parser.add_argument("--model", default=None,
                         help="trained model directory (default: examples/models/needle-llama when present)")
     parser.add_argument("--method", default="apb", help="method for the trained-model demo")
     parser.add_argument("--repeats", type=int, default=3,
                         help="timed requests per method and HF SDPA forwards (the median is shown)")
-    parser.add_argument("--json", action="store_true")
+    parser.add_argument("--json", action="store_true", help="print one JSON object")
     parser.set_defaults(func=cmd_demo)
 
 
@@ -98,7 +108,8 @@ def _add_plan(sub, argv):
     shape.add_argument("--intermediate", type=int, default=14336, help="MLP width")
     parser.add_argument("--calibrate", action="store_true",
                         help="time the real kernels on this device for the model shape, save the coefficients "
-                             "(to --costs FILE, else ~/.cache/longctx/costs.json) and print them")
+                             "(to --costs FILE, else ~/.cache/longctx/costs.json, which every later plan without "
+                             "--costs then uses) and print them")
     parser.add_argument("--calibrate-sizes", type=int, nargs="+", default=None, metavar="N",
                         help="token counts timed by --calibrate (default: 256 512 1024 on CPU, 2048 4096 8192 on CUDA)")
     parser.add_argument("--link-gb-per-s", type=float, default=None, help="--calibrate: link bandwidth to record")
@@ -115,7 +126,9 @@ def _add_methods(sub, argv):
 def build_parser(argv=None):
     """The full `longctx` argument parser (`argv`: the command line, read for plug-in methods' options)."""
     parser = argparse.ArgumentParser(prog="longctx", description=__doc__.splitlines()[0])
-    sub = parser.add_subparsers(dest="command", required=True)
+    sub = parser.add_subparsers(dest="command", required=True,
+                                parser_class=functools.partial(argparse.ArgumentParser,
+                                                               formatter_class=DefaultsHelpFormatter))
     for add in (_add_generate, _add_compare, _add_eval, _add_tiny_model, _add_demo, _add_plan, _add_methods):
         add(sub, argv)
     return parser
@@ -132,24 +145,36 @@ def _read_document(path):
 
 
 def cmd_generate(args):
-    """`longctx generate`: one answer with timings."""
+    """`longctx generate`: one answer, printed as it is decoded (or one JSON object), with timings.
+    A one-worker method (dense) runs on one worker whatever --nproc says, and says so."""
     from longctx.api import LongContextLM, check_request
+    from longctx.models import check_model_dir
+    from longctx.request import check_machine, worker_count
 
     config = config_from_args(args)
+    check_machine(config)
+    workers = worker_count(config.method, config, check_model_dir(config.model))
+    if workers != config.nproc:
+        print(f"longctx: {config.method} runs on {workers} worker, not {config.nproc}", file=sys.stderr)
+        config = config.replace(nproc=workers)
     document = _read_document(args.doc)
-    check_request(config, document, args.question)
+    check_request(config, document, args.question, args.max_new_tokens)
     options = config.pool_options()
     with LongContextLM(config.model, method=config.method, nproc=config.nproc,
                        **options) as lm:
-        result = lm.generate(document, args.question, max_new_tokens=args.max_new_tokens)
-    if args.json:
-        payload = result.to_dict()
-        payload["answer"] = payload.pop("text")
-        print(json.dumps(payload))
-        return
-    print(f"answer: {result.text}")
-    print(f"method {result.method} on {result.nproc} workers: document {result.doc_tokens} tokens, "
-          f"question {result.question_tokens} tokens")
+        if args.json:
+            payload = lm.generate(document, args.question, max_new_tokens=args.max_new_tokens).to_dict()
+            payload["answer"] = payload.pop("text")
+            print(json.dumps(payload))
+            return
+        stream = lm.stream(document, args.question, max_new_tokens=args.max_new_tokens)
+        print("answer: ", end="", flush=True)
+        for piece in stream:
+            print(piece, end="", flush=True)
+        print()
+    result = stream.result
+    print(f"method {result.method} on {result.nproc} worker{'s' if result.nproc != 1 else ''}: "
+          f"document {result.doc_tokens} tokens, question {result.question_tokens} tokens")
     print(f"prefill {result.prefill_s:.3f} s ({result.doc_tokens / max(result.prefill_s, 1e-9):,.0f} tok/s), "
           f"query {result.query_s:.3f} s, decode {result.decode_s:.3f} s for {len(result.tokens)} tokens")
 
@@ -226,6 +251,9 @@ def cmd_plan(args):
     device = resolve_device_type(args.device)
     shape, model_config = shape_from_args(args, dtype_bytes(args.dtype, device))
     if args.calibrate:
+        from longctx.request import check_machine
+
+        check_machine(config_from_args(argparse.Namespace(**{**vars(args), "balance": "equal"})))
         _calibrate(args, device, shape)
         return
     if args.length < 1:
@@ -249,10 +277,17 @@ def _calibrate(args, device, shape):
     coeffs = calibrate(shape, device, dtype, args.calibrate_sizes, link_gb_per_s=args.link_gb_per_s,
                        message_us=args.message_us, progress=say)
     path = save_costs(coeffs, args.costs)
+    if args.costs:
+        used = f"plans use them when given --costs {path}"
+    else:
+        used = f"every later plan on {device} without --costs uses them instead of the shipped defaults"
+    undo = f"delete {path} (or its {device!r} entry)"
     if args.json:
-        print(json.dumps({"device": device, "saved": str(path), "costs": coeffs.to_dict()}))
+        print(json.dumps({"device": device, "saved": str(path), "used": used, "undo": undo,
+                          "costs": coeffs.to_dict()}))
         return
     print(f"saved {device} cost coefficients to {path}")
+    print(f"  {used}; to undo, {undo}")
     for key, value in coeffs.to_dict().items():
         print(f"  {key:<20} {value}")
 
@@ -272,6 +307,9 @@ def main(argv=None):
     except LongCtxError as exc:
         print(f"longctx: error: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print("longctx: interrupted; every worker was stopped", file=sys.stderr)
+        return 130
     return 0
 
 

@@ -13,7 +13,8 @@ from longctx.api import LongContextLM
 from longctx.baseline import HFSDPABaseline, speedup
 from longctx.comm import Comm
 from longctx.engine import Engine, Request
-from longctx.models import load_model, resolve_device, resolve_dtype
+from longctx.models import check_model_dir, load_model, load_tokenizer, resolve_device, resolve_dtype
+from longctx.request import stop_ids
 
 
 def random_prompt(vocab_size, length, query_len, seed):
@@ -24,12 +25,14 @@ def random_prompt(vocab_size, length, query_len, seed):
     return ids[:length], ids[length:]
 
 
-def dense_reference(config, doc_ids, query_ids, max_new_tokens):
-    """Run `dense` in this process (no process group); returns the engine result with hidden states."""
+def dense_reference(config, doc_ids, query_ids, max_new_tokens, stop=()):
+    """Run `dense` in this process (no process group); returns the engine result with hidden
+    states. `stop` are the ids that end generation: pass the ones the compared methods get
+    (`LongContextLM.stop_ids`) so that the reference stops where they do."""
     device = resolve_device(config.device)
     model = load_model(config.model, device, resolve_dtype(config.dtype, device))
     engine = Engine(model, Comm(), config.replace(method="dense", nproc=1), device)
-    return engine.run(Request(doc_ids, query_ids, max_new_tokens, "dense", True))
+    return engine.run(Request(doc_ids, query_ids, max_new_tokens, "dense", True, tuple(stop)))
 
 
 def relative_error(value, reference):
@@ -49,9 +52,10 @@ def compare_methods(config, methods, length, query_len=8, max_new_tokens=8, seed
     """
     if lm is not None and baseline_repeats:
         raise ValueError("compare_methods: time the HF baseline before starting `lm` (baseline_repeats=0)")
-    vocab = model_vocab_size(config)
-    doc_ids, query_ids = random_prompt(vocab, length, query_len, seed)
-    reference = dense_reference(config, doc_ids, query_ids, max_new_tokens)
+    model_config = check_model_dir(config.model)
+    stop = stop_ids(load_tokenizer(config.model), model_config)  # what the methods stop at (LongContextLM)
+    doc_ids, query_ids = random_prompt(model_config.vocab_size, length, query_len, seed)
+    reference = dense_reference(config, doc_ids, query_ids, max_new_tokens, stop)
     ref_hidden = torch.cat([reference["doc_hidden"], reference["query_hidden"]])
     baseline = None
     if baseline_repeats:
@@ -90,11 +94,3 @@ def compare_methods(config, methods, length, query_len=8, max_new_tokens=8, seed
         "hf_sdpa": baseline.to_dict() if baseline else None,
         "results": rows,
     }
-
-
-def model_vocab_size(config):
-    """The model's vocabulary size from its config."""
-    from longctx.models import check_model_dir
-
-    return check_model_dir(config.model).vocab_size
-

@@ -135,18 +135,20 @@ def make_options(cls, values):
     return options
 
 
-def add_run_arguments(parser, *, with_method=True, model_required=True, defaults=None, argv=None):
+def add_run_arguments(parser, *, with_method=True, model_required=True, defaults=None, argv=None, with_nproc=True):
     """Add the shared run options to `parser`: model, method, workers, devices, kernels, layout,
     the planner's options and every method's own options (registered methods, and plug-ins
     named by --method / --methods in `argv`, default the command line). `defaults` overrides
-    the defaults of method, nproc and balance."""
+    the defaults of method, nproc and balance; `with_nproc=False` leaves out --nproc (the
+    torchrun entry, whose world size is torchrun's)."""
     defaults = {"method": "burst", "nproc": 2, "balance": BALANCE_DEFAULT, **(defaults or {})}
     parser.add_argument("--model", required=model_required, default=None,
                         help="local Hugging Face causal-LM directory" if model_required else
                         "model directory (only its config is read; no weights)")
     if with_method:
         parser.add_argument("--method", default=defaults["method"], help="prefill method (see `longctx methods`)")
-    parser.add_argument("--nproc", type=int, default=defaults["nproc"], help="number of workers (hosts)")
+    if with_nproc:
+        parser.add_argument("--nproc", type=int, default=defaults["nproc"], help="number of workers (hosts)")
     parser.add_argument("--device", default="auto", choices=DEVICES,
                         help="auto: CUDA when available; also whose cost coefficients plans use")
     parser.add_argument("--dtype", default="auto", choices=DTYPES, help="auto: bfloat16 on CUDA, float32 on CPU")

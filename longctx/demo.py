@@ -25,7 +25,7 @@ from longctx.config import RunConfig
 from longctx.errors import LongCtxError
 from longctx.models import resolve_device
 from longctx.models.tiny import make_tiny_model
-from longctx.request import encode_prompt
+from longctx.request import encode_prompt, worker_count
 from longctx.simulate import Link
 
 
@@ -193,7 +193,6 @@ def needle_demo(model_dir, nproc=4, method="apb", data_dir=SHIPPED_DATA, repeats
     pools closed, time HF SDPA on the same tokens and simulate `method` on as many hosts, each
     with the whole machine (`hf_and_simulated`). Returns a report dict; every speed-up in it is
     HF SDPA's forward time / the method's time to first token (prefill + query)."""
-    from longctx.eval.harness import worker_count
     from longctx.eval.tasks import Sample, is_correct
     from longctx.models import check_model_dir, load_tokenizer
 

@@ -79,12 +79,14 @@ class Engine:
             self._methods[name] = get_method(name, self.config)
         return self._methods[name]
 
-    def run(self, request):
+    def run(self, request, on_token=None):
         """Prefill, query pass and greedy decoding; returns a result dict (complete on rank 0).
 
         Keys: tokens (generated ids), prefill_s, query_s, decode_s, plan (summary), method,
         nproc, first_logits (fp32 list of the first generated position's logits) and, when
         `return_hidden`, doc_hidden / query_hidden (fp32 tensors, global order, rank 0 only).
+        `on_token(token_id)`, called on rank 0 only, receives each generated token as soon as
+        it is decided (before the next decoding step): the streaming hook of the launchers.
         """
         if not request.doc_ids:
             raise LongCtxError("the document is empty")
@@ -113,7 +115,7 @@ class Engine:
             else:  # the prefill forward already ran the question (a fused query pass)
                 query_out, result["query_s"] = self._timed(lambda: self._project(hidden[0, rows], request.return_hidden))
             del hidden
-            tokens, result["decode_s"] = self._timed(lambda: self._decode(ctx, request, query_out[0]))
+            tokens, result["decode_s"] = self._timed(lambda: self._decode(ctx, request, query_out[0], on_token))
         result["tokens"] = tokens
         result["first_logits"] = query_out[0].float().cpu()
         result["stats"] = ctx.stats
@@ -182,12 +184,14 @@ class Engine:
         hidden = output.hidden_states[-1][0] if want_hidden else None
         return output.logits[0, -1], hidden
 
-    def _decode(self, ctx, request, logits):
+    def _decode(self, ctx, request, logits, on_token=None):
         tokens = []
         position = len(request.doc_ids) + len(request.query_ids)
         while len(tokens) < request.max_new_tokens:
             token = self.comm.broadcast_object(int(torch.argmax(logits)), src=0)
             tokens.append(token)
+            if on_token is not None and ctx.rank == 0:
+                on_token(token)
             if token in request.stop_ids or len(tokens) == request.max_new_tokens:
                 break
             logits, _ = self._step(ctx, [token], position)

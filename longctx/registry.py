@@ -35,9 +35,15 @@ def method_class(name):
         raise LongCtxError(f"unknown method {name!r}; choose one of {', '.join(METHODS)}")
     module_name, class_name = target.split(":", 1)
     try:
-        return getattr(importlib.import_module(module_name), class_name)
-    except (ImportError, AttributeError):
-        raise LongCtxError(f"cannot import method {target!r}") from None
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        missing = getattr(exc, "name", None)
+        why = (f"no module named {missing!r} on the Python path (is its folder on PYTHONPATH, or the package "
+               f"installed?)" if missing and module_name.startswith(missing) else f"{type(exc).__name__}: {exc}")
+        raise LongCtxError(f"cannot import method {target!r}: {why}") from None
+    if not hasattr(module, class_name):
+        raise LongCtxError(f"cannot import method {target!r}: module {module_name!r} has no {class_name!r}")
+    return getattr(module, class_name)
 
 
 def get_method(name, config):

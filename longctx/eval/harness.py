@@ -30,8 +30,7 @@ from longctx.config import RunConfig
 from longctx.errors import LongCtxError
 from longctx.eval.tasks import TASKS, is_correct, make_samples
 from longctx.models import check_model_dir, load_tokenizer
-from longctx.registry import get_method
-from longctx.request import encode_prompt, prepare_request, stop_ids
+from longctx.request import check_machine, encode_prompt, prepare_request, stop_ids, worker_count
 
 
 def parse_names(value, what):
@@ -74,27 +73,6 @@ def default_max_new_tokens(tokenizer, samples):
     return longest + 1
 
 
-def _accepts(runner, model_config, world):
-    try:
-        runner.check(model_config, world)
-    except LongCtxError:
-        return False
-    return True
-
-
-def worker_count(method, config, model_config):
-    """Workers `method` runs on: `config.nproc` if it accepts them, 1 if it is a one-worker
-    method (accepts one worker, refuses two); otherwise the method's own error."""
-    runner = get_method(method, config.replace(method=method))
-    try:
-        runner.check(model_config, config.nproc)
-        return config.nproc
-    except LongCtxError:
-        if config.nproc > 1 and _accepts(runner, model_config, 1) and not _accepts(runner, model_config, 2):
-            return 1
-        raise
-
-
 def _mean(values):
     return sum(values) / len(values) if values else None
 
@@ -119,6 +97,7 @@ def evaluate(model_dir, tasks, length, nproc, methods, samples, seed=0, max_new_
     methods = parse_names(methods, "methods")
     check_tasks(tasks)
     config = RunConfig(model=model_dir, method=methods[0], nproc=nproc, **run_options).validate()
+    check_machine(config)
     model_config = check_model_dir(model_dir)
     workers = {method: worker_count(method, config, model_config) for method in methods}
     tokenizer = load_tokenizer(model_dir)

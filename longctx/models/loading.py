@@ -11,8 +11,11 @@ DTYPE_NAMES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": 
 
 
 def check_model_dir(path):
-    """Raise LongCtxError unless `path` is a local Hugging Face causal-LM directory; returns its config."""
+    """Raise LongCtxError unless `path` is a local Hugging Face decoder-only causal-LM directory;
+    returns its config. Encoder models that transformers also maps to a causal-LM class (BERT,
+    RoBERTa, ...: every type with a masked-LM head) and encoder-decoder models are refused."""
     from transformers import AutoConfig, AutoModelForCausalLM
+    from transformers.models.auto.modeling_auto import MODEL_FOR_MASKED_LM_MAPPING_NAMES
 
     if not path:
         raise LongCtxError("no model given (--model DIR)")
@@ -26,6 +29,10 @@ def check_model_dir(path):
         raise LongCtxError(f"cannot read the model config in {path!r}: {_first_line(exc)}") from None
     if type(config) not in AutoModelForCausalLM._model_mapping:
         raise LongCtxError(f"{path!r} holds a {config.model_type!r} model, which is not a causal LM")
+    if getattr(config, "is_encoder_decoder", False) or config.model_type in MODEL_FOR_MASKED_LM_MAPPING_NAMES:
+        raise LongCtxError(f"{path!r} holds a {config.model_type!r} model, an encoder (its causal-LM class runs "
+                           "the encoder as a decoder); longctx needs a decoder-only causal LM such as Llama, "
+                           "Qwen2 or Mistral")
     return config
 
 
