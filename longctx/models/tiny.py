@@ -7,12 +7,13 @@ import torch
 
 from longctx.errors import LongCtxError
 
-FAMILIES = ("llama", "qwen2", "mistral")
+FAMILIES = ("llama", "qwen2", "mistral", "qwen2_5_vl")
 SPECIAL_TOKENS = ("<s>", "</s>", "<pad>")
 
 
-def _byte_tokenizer():
-    """A byte-level `tokenizers` tokenizer: 256 byte symbols plus SPECIAL_TOKENS, no merges."""
+def _byte_tokenizer(extra=()):
+    """A byte-level `tokenizers` tokenizer: SPECIAL_TOKENS, 256 byte symbols, then the special
+    tokens `extra`, no merges."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers
     from tokenizers.pre_tokenizers import ByteLevel
 
@@ -20,7 +21,10 @@ def _byte_tokenizer():
     vocab = {token: index for index, token in enumerate(SPECIAL_TOKENS)}
     for symbol in sorted(alphabet):
         vocab[symbol] = len(vocab)
+    for token in extra:
+        vocab[token] = len(vocab)
     tokenizer = Tokenizer(models.BPE(vocab=vocab, merges=[]))
+    tokenizer.add_special_tokens(list(extra))
     tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
     tokenizer.decoder = decoders.ByteLevel()
     return tokenizer
@@ -63,6 +67,12 @@ def make_tiny_model(out_dir, family="llama", hidden=64, layers=2, heads=4, kv_he
         raise LongCtxError(f"unknown model family {family!r}; choose one of {', '.join(FAMILIES)}")
     if heads % kv_heads or hidden % heads:
         raise LongCtxError("heads must divide hidden size and kv_heads must divide heads")
+    if family == "qwen2_5_vl":
+        from longctx.models.qwen_vl import VISION_TOKENS, write_tiny_model
+
+        write_tiny_model(out_dir, _byte_tokenizer(VISION_TOKENS), hidden, layers, heads, kv_heads, seed,
+                         max_positions, intermediate)
+        return _mark(out_dir, family, seed)
     tokenizer = PreTrainedTokenizerFast(
         tokenizer_object=_byte_tokenizer(), bos_token="<s>", eos_token="</s>", pad_token="<pad>"
     )
@@ -74,6 +84,11 @@ def make_tiny_model(out_dir, family="llama", hidden=64, layers=2, heads=4, kv_he
     os.makedirs(out_dir, exist_ok=True)
     model.save_pretrained(out_dir)
     tokenizer.save_pretrained(out_dir)
+    return _mark(out_dir, family, seed)
+
+
+def _mark(out_dir, family, seed):
+    """Write longctx_tiny.json (what was written, and that it is random) to `out_dir`; returns `out_dir`."""
     with open(os.path.join(out_dir, "longctx_tiny.json"), "w") as handle:
         json.dump({"family": family, "seed": seed, "note": "random weights, for tests only"}, handle)
     return out_dir
