@@ -20,7 +20,8 @@ Ablations: `--overlap 0` waits for each gather as soon as it starts; `--anchor-s
 caches the whole anchor on host 0; `--fused-query 0` still runs the question's exact
 attention in prefill (the selection needs its queries) but caches nothing for it and leaves
 the logits to a separate query pass; `--layout contiguous` pairs blocks 2r and 2r+1 instead
-of the zigzag; the frame-parallel vision encoder's switch is `frame_parallel`.
+of the zigzag. (The frame-parallel vision encoder, `longctx.models.qwen_vl.encode_video`, has
+its own `frame_parallel` switch; video requests do not reach the engine yet.)
 """
 
 from dataclasses import dataclass
@@ -47,7 +48,6 @@ class SpavaOptions:
                           maximum=1)
     anchor_sharding: int = option(1, "spava: 0 caches the whole anchor on host 0", minimum=0, maximum=1)
     fused_query: int = option(1, "spava: 0 runs a separate query pass after prefill", minimum=0, maximum=1)
-    frame_parallel: int = option(1, "spava: 0 encodes every video frame on every host", minimum=0, maximum=1)
 
 
 class SpavaPlanner(Planner):
