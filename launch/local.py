@@ -7,7 +7,7 @@ soon as it is decided. If any worker reports an error or dies, every worker is s
 driver raises one clear error (a worker killed by a signal is reported with the signal's name);
 collective timeouts bound every wait inside workers.
 
-Workers are spawned without re-running the driver's `__main__` module (`_main_hidden`), so a
+Workers are spawned without re-running the driver's `__main__` module (`_spawning`), so a
 script that builds a pool at module level, with no `if __name__ == "__main__":` guard, works.
 Workers ignore Ctrl-C: the driver receives it and stops them (`abort`).
 """
@@ -19,6 +19,7 @@ import pickle
 import signal
 import socket
 import sys
+import threading
 import traceback
 import types
 
@@ -64,9 +65,17 @@ def _serve(rank, world, port, config, conn):
             conn.send(("ok", result if rank == 0 else None))
         shutdown_worker()
     except LongCtxError as exc:
-        conn.send(("user-error", str(exc)))
+        _report(conn, ("user-error", str(exc)))
     except BaseException as exc:  # report anything, then exit: the driver stops the others
-        conn.send(("error", describe_exception(exc)))
+        _report(conn, ("error", describe_exception(exc)))
+
+
+def _report(conn, message):
+    """Send a worker's failure to the driver, unless the driver has already gone (closed pipe)."""
+    try:
+        conn.send(message)
+    except OSError:
+        pass
 
 
 def describe_exception(exc):
@@ -93,17 +102,23 @@ def describe_exit(proc):
 
 
 @contextlib.contextmanager
-def _main_hidden():
-    """While workers start, show `multiprocessing` an empty `__main__` so spawned workers do not
-    re-import the driver's script (they need nothing from it: the worker body, its config and the
-    pipe come from importable modules). A script without an `if __name__ == "__main__":` guard
-    would otherwise start a pool again inside every worker."""
+def _spawning():
+    """While workers start: show `multiprocessing` an empty `__main__`, so spawned workers do not
+    re-import the driver's script (they need nothing from it: the worker body, its config and
+    the pipe come from importable modules; a script without an `if __name__ == "__main__":`
+    guard would otherwise start a pool again inside every worker); and, in the main thread,
+    ignore SIGINT, a disposition the workers inherit, so a Ctrl-C while they import torch
+    reaches only the driver."""
     main = sys.modules.get("__main__")
     sys.modules["__main__"] = types.ModuleType("__main__")
+    in_main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN) if in_main_thread else None
     try:
         yield
     finally:
         sys.modules["__main__"] = main
+        if in_main_thread:
+            signal.signal(signal.SIGINT, previous)
 
 
 def _rank0(events):
@@ -132,7 +147,7 @@ class LocalLauncher:
         context = multiprocessing.get_context("spawn")
         port = _free_port()
         self._conns, self._procs = [], []
-        with _main_hidden():
+        with _spawning():
             for rank in range(self.world):
                 parent, child = context.Pipe()
                 proc = context.Process(target=_serve, args=(rank, self.world, port, config, child), daemon=True)
@@ -156,8 +171,13 @@ class LocalLauncher:
         if not self._procs:
             raise LongCtxError("the workers have been shut down")
         message = pickle.dumps(("run", request, stream), protocol=pickle.HIGHEST_PROTOCOL)  # once, not per worker
-        for conn in self._conns:
-            conn.send_bytes(message)
+        for rank, conn in enumerate(self._conns):
+            try:
+                conn.send_bytes(message)
+            except OSError:  # this worker is gone
+                ended = describe_exit(self._procs[rank])
+                self.abort()
+                raise WorkerError(f"worker {rank} {ended}; all workers were stopped") from None
         return self._collect("ok", stream)
 
     def _collect(self, expected, stream=False):

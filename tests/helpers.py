@@ -21,9 +21,10 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TESTS = os.path.join(REPO, "tests")
 
 
-def run_cli(*args, timeout=240, stdin=None):
-    """`longctx *args` in a fresh interpreter (the repository and tests/ on its path)."""
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([REPO, TESTS]))
+def run_cli(*args, timeout=240, stdin=None, env=None):
+    """`longctx *args` in a fresh interpreter (the repository and tests/ on its path; `env`
+    replaces the inherited environment)."""
+    env = dict(os.environ if env is None else env, PYTHONPATH=os.pathsep.join([REPO, TESTS]))
     return subprocess.run([sys.executable, "-m", "longctx.cli", *args], capture_output=True, text=True,
                           timeout=timeout, env=env, input=stdin)
 
