@@ -1,7 +1,9 @@
 """APB prefill with equal blocks vs the planner's balanced blocks, measured in one run.
 
-    python benchmarks/bench_planner.py --model examples/models/needle-llama --nproc 4 --length 8192 \
-        --repeats 5 --out benchmarks/results/planner_apb.json
+    python benchmarks/bench_planner.py --nproc 4 --length 4096 --repeats 5 --out /tmp/planner_apb.json
+
+`--out` is required: the committed results (benchmarks/results/planner_apb.json) are replaced
+only when named there on purpose.
 
 1. Calibrates the cost model on this machine for the model (one thread per worker, as the
    workers run) and saves it next to the results (`--costs FILE` skips this and uses FILE).
@@ -106,7 +108,9 @@ def parse_args(argv=None):
     parser.add_argument("--calibrate-sizes", type=int, nargs="+", default=[1024, 2048, 4096])
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--max-new-tokens", type=int, default=3)
-    parser.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "planner_apb.json"))
+    parser.add_argument("--out", required=True, metavar="FILE.json",
+                        help="where to write the results (also FILE.png, and FILE_costs.json unless --costs); "
+                             "the committed ones are benchmarks/results/planner_apb.json: name it to replace them")
     return parser.parse_args(argv)
 
 
