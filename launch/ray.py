@@ -31,6 +31,9 @@ STRATEGIES = {"pack": "PACK", "spread": "SPREAD"}
 # the driver's values are passed to every actor (their nodes' environments may differ).
 DIST_ENV_PREFIXES = ("NCCL_", "GLOO_", "TORCH_NCCL_", "TP_SOCKET_IFNAME", "TORCH_DISTRIBUTED_DEBUG")
 STOP_WAIT_S = 10.0
+# After the first failure, how long to wait for Ray to report an actor's death: a killed actor's
+# peers often fail first (their connection to it drops), and the death is the error to report.
+DEATH_REPORT_S = 3.0
 
 
 def import_ray():
@@ -259,11 +262,26 @@ class RayLauncher:
                 ray.get(current)
             return ray.get(list(refs))
         except ray.exceptions.RayError as exc:
+            rank, exc = self._root_cause(refs, pending, refs.index(current) if current is not None else 0, exc)
             self.abort()
-            raise self._worker_error(refs.index(current) if current is not None else 0, exc) from None
+            raise self._worker_error(rank, exc) from None
         except BaseException:
             self.abort()
             raise
+
+    def _root_cause(self, refs, pending, rank, exc):
+        """(rank, error) to report for a request whose `refs[rank]` failed with `exc`: a death
+        among the `pending` refs reported within DEATH_REPORT_S, else `exc`."""
+        ray = self._ray
+        done, _ = ray.wait(pending, num_returns=len(pending), timeout=DEATH_REPORT_S) if pending else ([], [])
+        for ref in done:
+            try:
+                ray.get(ref)
+            except ray.exceptions.RayActorError as death:
+                return refs.index(ref), death
+            except ray.exceptions.RayError:
+                continue
+        return rank, exc
 
     def _worker_error(self, rank, exc):
         ray = self._ray
