@@ -19,8 +19,12 @@ Importing this module does not import Ray; the launcher imports it when it start
 """
 
 import os
+import queue
+import threading
 from dataclasses import dataclass
 from datetime import timedelta
+
+import torch
 
 from launch.local import describe_exception
 from launch.worker import build_engine, init_worker, shutdown_worker
@@ -117,6 +121,21 @@ def missing_resources(bundle, world, nodes):
     return None
 
 
+def _result_of(events):
+    """Run a generator to its end, ignoring what it yields; returns its return value."""
+    while True:
+        try:
+            next(events)
+        except StopIteration as stop:
+            return stop.value
+
+
+def _rank0(events):
+    """Generator: what `events` yields; returns rank 0's entry of the list it returns."""
+    results = yield from events
+    return results[0]
+
+
 def _node_ip():
     import ray
 
@@ -128,7 +147,7 @@ class RankActor:
     `start`, which sets the GPU visibility first."""
 
     def __init__(self):
-        self.store, self.engine, self.rank = None, None, None
+        self.store, self.engine, self.rank, self.device = None, None, None, None
 
     def describe(self):
         """{node_id, ip, gpus}: where this actor runs and the GPU ids Ray assigned it."""
@@ -158,15 +177,40 @@ class RankActor:
 
             self.store = TCPStore(address[0], address[1], slot.world, is_master=False,
                                   timeout=timedelta(seconds=config.timeout_s))
-        comm, device = init_worker(config, slot.rank, slot.world, local_rank=slot.local_rank,
-                                   local_world=slot.local_world, store=self.store)
-        self.engine, self.rank = build_engine(config, comm, device), slot.rank
+        comm, self.device = init_worker(config, slot.rank, slot.world, local_rank=slot.local_rank,
+                                        local_world=slot.local_world, store=self.store)
+        self.engine, self.rank = build_engine(config, comm, self.device), slot.rank
         return slot.rank
 
     def run(self, request):
         """Run `request` on this rank's engine; rank 0 returns the result dict, others None."""
         result = self.engine.run(request)
         return result if self.rank == 0 else None
+
+    def stream(self, request):
+        """Rank 0 only, a Ray streaming generator: run `request`, yielding ("token", id) for each
+        generated token as soon as it is decided, then ("done", result dict). The engine runs in
+        a thread (its token callback cannot yield); an error there is raised here."""
+        tokens, outcome = queue.Queue(), {}
+
+        def work():
+            if self.device.type == "cuda":
+                torch.cuda.set_device(self.device)  # the current device is per thread
+            try:
+                outcome["result"] = self.engine.run(request, on_token=tokens.put)
+            except BaseException as exc:  # re-raised in the actor's own thread below
+                outcome["error"] = exc
+            finally:
+                tokens.put(None)
+
+        thread = threading.Thread(target=work, name="longctx-engine")
+        thread.start()
+        for token in iter(tokens.get, None):
+            yield "token", token
+        thread.join()
+        if "error" in outcome:
+            raise outcome["error"]
+        yield "done", outcome["result"]
 
     def stop(self):
         """Leave the process group."""
@@ -245,40 +289,72 @@ class RayLauncher:
 
     def run(self, request):
         """Send `request` to every actor (serialised once) and return rank 0's result dict."""
+        shared = self._share(request)
+        return self._gather([actor.run.remote(shared) for actor in self._actors])[0]
+
+    def stream(self, request):
+        """Send `request` to every actor; a generator yielding each generated token id (from
+        rank 0) as soon as it is decided, whose return value is rank 0's result dict. A reader
+        that stops early leaves the request to finish without it; the actors stay usable."""
+        shared = self._share(request)
+        tokens = self._actors[0].stream.remote(shared)
+        return _rank0(self._collect([None] + [actor.run.remote(shared) for actor in self._actors[1:]], tokens))
+
+    def _share(self, request):
         if not self._actors:
             raise LongCtxError("the Ray workers have been shut down (closed, or stopped after a failure); "
                                "start a new LongContextLM")
-        shared = self._ray.put(request)
-        return self._gather([actor.run.remote(shared) for actor in self._actors])[0]
+        return self._ray.put(request)
 
     def _gather(self, refs):
-        """Results of `refs` (one per actor, in actor order). The first failure, Ctrl-C included,
-        kills every actor and raises one error naming the worker."""
+        """The results of `refs` (one per actor, in rank order); see `_collect`."""
+        return _result_of(self._collect(refs))
+
+    def _collect(self, refs, tokens=None):
+        """Generator: wait for `refs` (one per actor, in rank order), yielding the token ids that
+        `tokens` streams (rank 0's `RankActor.stream`, standing for refs[0]); returns the results
+        by rank. The first failure, Ctrl-C included, kills every actor and raises one error
+        naming the worker."""
         ray = self._ray
-        pending, current = list(refs), None
+        results = [None] * len(refs)
+        waiting = {ref: rank for rank, ref in enumerate(refs) if ref is not None}
+        reading, rank = True, 0
         try:
-            while pending:
-                (current,), pending = ray.wait(pending, num_returns=1)
-                ray.get(current)
-            return ray.get(list(refs))
+            while waiting or tokens is not None:
+                (ready,), _ = ray.wait([*waiting, *([tokens] if tokens is not None else [])], num_returns=1)
+                if ready is tokens:
+                    rank = 0
+                    kind, value = ray.get(next(tokens))
+                    if kind == "done":
+                        results[0], tokens = value, None
+                    elif reading:
+                        try:
+                            yield value
+                        except GeneratorExit:  # the reader stopped: finish without it
+                            reading = False
+                else:
+                    rank = waiting.pop(ready)
+                    results[rank] = ray.get(ready)
+            return results
         except ray.exceptions.RayError as exc:
-            rank, exc = self._root_cause(refs, pending, refs.index(current) if current is not None else 0, exc)
+            rank, exc = self._root_cause(waiting, rank, exc)
             self.abort()
             raise self._worker_error(rank, exc) from None
         except BaseException:
             self.abort()
             raise
 
-    def _root_cause(self, refs, pending, rank, exc):
-        """(rank, error) to report for a request whose `refs[rank]` failed with `exc`: a death
-        among the `pending` refs reported within DEATH_REPORT_S, else `exc`."""
+    def _root_cause(self, waiting, rank, exc):
+        """(rank, error) to report for a request whose worker `rank` failed with `exc`: a death
+        among the `waiting` refs (ref -> rank) reported within DEATH_REPORT_S, else `exc`."""
         ray = self._ray
+        pending = list(waiting)
         done, _ = ray.wait(pending, num_returns=len(pending), timeout=DEATH_REPORT_S) if pending else ([], [])
         for ref in done:
             try:
                 ray.get(ref)
             except ray.exceptions.RayActorError as death:
-                return refs.index(ref), death
+                return waiting[ref], death
             except ray.exceptions.RayError:
                 continue
         return rank, exc

@@ -33,6 +33,7 @@ from helpers import REPO, dense_result
 from launch.ray import Slot, assign_slots, dist_environment, missing_resources, worker_bundle
 from longctx.api import LongContextLM
 from longctx.compare import random_prompt
+from longctx.engine import Request
 from longctx.errors import LongCtxError, WorkerError
 from longctx.models import load_tokenizer
 from longctx.request import encode_prompt
@@ -221,6 +222,11 @@ def _compare_with_local(cluster, path, nproc):
         actors = {actor.actor_id: actor.pid for actor in _live_actors(cluster)}
         remote = {name: lm.run_ids(doc, question, max_new_tokens=5, method=name, return_hidden=True)
                   for name in METHODS}
+        _check_streaming(lm)
+        with pytest.raises(LongCtxError, match="^the question is empty$"):  # raised by every actor's engine
+            lm.run(Request(doc, [], 5))
+        with pytest.raises(LongCtxError, match="shut down"):  # the failure stopped the actors
+            lm.run_ids(doc, question, max_new_tokens=5)
         assert {actor.actor_id: actor.pid for actor in _live_actors(cluster)} == actors  # the same warm actors
     assert len(actors) == nproc
     for name in METHODS:
@@ -230,6 +236,19 @@ def _compare_with_local(cluster, path, nproc):
         for key in ("doc_hidden", "query_hidden"):
             assert torch.allclose(remote[name][key], local[name][key], rtol=0, atol=HIDDEN_TOLERANCE), (name, key)
     _assert_nothing_left(cluster)  # leaving the `with` block freed the actors and the placement group
+
+
+def _check_streaming(lm):
+    """`stream` yields the answer's text in pieces that join to `generate`'s; a reader that stops
+    after the first piece leaves the actors serving."""
+    text, question = "the quick brown fox jumps over the lazy dog. " * 8, "what jumps?"
+    stream = lm.stream(text, question, max_new_tokens=6)
+    pieces = list(stream)
+    expected = lm.generate(text, question, max_new_tokens=6)
+    assert "".join(pieces) == stream.result.text == expected.text and stream.result.tokens == expected.tokens
+    for _ in lm.stream(text, question, max_new_tokens=6):
+        break
+    assert lm.generate(text, question, max_new_tokens=6).tokens == expected.tokens
 
 
 def test_two_actors_give_the_local_launchers_tokens_and_hidden_states(ray_cluster, tiny_model):
@@ -333,7 +352,6 @@ def test_ctrl_c_on_the_driver_leaves_no_actor(ray_cluster, tiny_model):
     _assert_nothing_left(ray_cluster)
 
 
-@pytest.mark.slow
 def test_ray_job_submit_runs_longctx_generate(ray_cluster, tiny_model, tmp_path):
     path = tiny_model("llama-mha")
     text, question = "the quick brown fox jumps over the lazy dog. " * 8, "what jumps?"
