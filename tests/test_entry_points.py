@@ -98,3 +98,68 @@ def test_plugin_method_declares_its_own_option_through_the_cli(tiny_model, tmp_p
     assert runs["plugin"]["tokens"] == runs["dense"]["tokens"]
     bad = run_cli("plan", "--method", method, "--uneven-seed", "-1", "--length", "100", "--nproc", "2")
     assert bad.returncode == 2 and "--uneven-seed must be >= 0" in bad.stderr
+
+
+SHIPPED = os.path.join(REPO, "examples", "models", "needle-llama")
+
+
+def test_compare_reference_stops_at_eos_like_the_methods():
+    """The shipped model ends its answer with </s> on random ids too: dense (in-process
+    reference) and the methods stop there alike, so exact methods report the same tokens."""
+    proc = run_cli("compare", "--model", SHIPPED, "--methods", "burst", "--nproc", "2", "--length", "300",
+                   "--max-new-tokens", "8", "--no-baseline", "--json")
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads(proc.stdout)
+    eos = AutoTokenizer.from_pretrained(SHIPPED).eos_token_id
+    assert report["reference"]["tokens"][-1] == eos and len(report["reference"]["tokens"]) < 8
+    assert [row["tokens_match"] for row in report["results"]] == [True]
+
+
+def test_generate_dense_runs_on_one_worker_and_says_so(tiny_model, tmp_path):
+    doc = tmp_path / "doc.txt"
+    doc.write_text("Numbers: " + " ".join(str(i) for i in range(60)))
+    proc = run_cli("generate", "--model", tiny_model("llama"), "--method", "dense", "--doc", str(doc),
+                   "--question", "Next?", "--max-new-tokens", "2", "--json")  # --nproc left at its default, 2
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stderr.strip() == "longctx: dense runs on 1 worker, not 2"
+    assert json.loads(proc.stdout)["nproc"] == 1
+
+
+def test_generate_text_output_streams_the_answer(tiny_model, tmp_path):
+    """Text mode prints `answer: ` before decoding and then each piece (flushed); the text
+    equals the JSON answer of the same request."""
+    doc = tmp_path / "doc.txt"
+    doc.write_text("Numbers: " + " ".join(str(i) for i in range(60)))
+    common = ("generate", "--model", tiny_model("llama"), "--doc", str(doc), "--question", "Next?",
+              "--max-new-tokens", "5")
+    text, as_json = run_cli(*common), run_cli(*common, "--json")
+    assert text.returncode == 0 and as_json.returncode == 0, text.stderr + as_json.stderr
+    assert text.stdout.splitlines()[0] == "answer: " + json.loads(as_json.stdout)["answer"]
+
+
+def test_help_shows_defaults_and_task_names():
+    from longctx.eval.tasks import TASKS
+
+    eval_help = " ".join(run_cli("eval", "--help").stdout.split())
+    assert all(task in eval_help for task in TASKS)
+    assert "(default: 4096)" in eval_help and "(default: niah_single)" in eval_help
+    assert "seed of the generated samples (default: 0)" in eval_help
+    generate_help = " ".join(run_cli("generate", "--help").stdout.split())
+    assert "(default: 32)" in generate_help and "(default: burst)" in generate_help
+
+
+def test_torchrun_entry_offers_nothing_torchrun_takes_for_itself():
+    """Every option of `python -m launch.torchrun` reaches the script through torchrun's own
+    parser (an option torchrun matched, exactly or as an ambiguous prefix like --nproc, would
+    stop the job before it starts)."""
+    from torch.distributed.run import get_args_parser
+
+    from launch.torchrun import build_parser
+
+    torchrun = get_args_parser()
+    options = [option for action in build_parser()._actions for option in action.option_strings
+               if option not in ("-h", "--help")]
+    assert "--nproc" not in options and "--model" in options
+    for option in options:
+        args = torchrun.parse_args(["--standalone", "--nproc-per-node", "2", "-m", "launch.torchrun", option, "1"])
+        assert args.training_script_args == [option, "1"], option
