@@ -55,8 +55,11 @@ def init_worker(config, rank, world, local_rank=None, local_world=None, init_met
 
 
 def build_engine(config, comm, device):
-    """Load the model for this worker and wrap it in an Engine."""
+    """Load the model for this worker and wrap it in an Engine. Ends with a barrier: every worker
+    must have its model within the collective timeout, so one that hangs while loading fails
+    the job (the others' barrier times out) instead of leaving the driver waiting forever."""
     model = load_model(config.model, device, resolve_dtype(config.dtype, device))
+    comm.barrier()
     return Engine(model, comm, config, device)
 
 
