@@ -20,6 +20,7 @@ Importing this module does not import Ray; the launcher imports it when it start
 
 import os
 import queue
+import socket
 import threading
 from dataclasses import dataclass
 from datetime import timedelta
@@ -35,6 +36,7 @@ STRATEGIES = {"pack": "PACK", "spread": "SPREAD"}
 # the driver's values are passed to every actor (their nodes' environments may differ).
 DIST_ENV_PREFIXES = ("NCCL_", "GLOO_", "TORCH_NCCL_", "TP_SOCKET_IFNAME", "TORCH_DISTRIBUTED_DEBUG")
 STOP_WAIT_S = 10.0
+CONNECT_S = 10.0  # how long the driver tries to open a connection to an explicit --ray-address
 # After the first failure, how long to wait for Ray to report an actor's death: a killed actor's
 # peers often fail first (their connection to it drops), and the death is the error to report.
 DEATH_REPORT_S = 3.0
@@ -119,6 +121,21 @@ def missing_resources(bundle, world, nodes):
         wanted = ", ".join(f"{amount:g} {name}" for name, amount in bundle.items())
         return f"no node of the Ray cluster has {wanted} for one worker"
     return None
+
+
+def check_reachable(address, timeout_s=CONNECT_S):
+    """LongCtxError unless a TCP connection to `address` ("HOST:PORT" or "ray://HOST:PORT")
+    opens within `timeout_s`; None, "auto" and "local" (found by Ray itself) are not checked."""
+    if address in (None, "auto", "local"):
+        return
+    host, _, port = address.removeprefix("ray://").rpartition(":")
+    if not host or not port.isdigit():
+        raise LongCtxError(f"--ray-address {address!r}: expected auto, HOST:PORT or ray://HOST:PORT")
+    try:
+        socket.create_connection((host, int(port)), timeout=timeout_s).close()
+    except OSError as exc:
+        raise LongCtxError(f"cannot reach the Ray cluster at {address}: {exc.strerror or exc} "
+                           f"(is it started? ray start --head)") from None
 
 
 def _result_of(events):
@@ -218,8 +235,9 @@ class RankActor:
 
 
 class RayLauncher:
-    """`config.nproc` RankActors on the Ray cluster at `config.ray_address` (None: RAY_ADDRESS
-    or a new local cluster; "auto": the cluster running on this machine; or an address).
+    """`config.nproc` RankActors on the Ray cluster at `config.ray_address` (None: RAY_ADDRESS,
+    else the cluster running on this machine, else a new local one; "auto": RAY_ADDRESS or the
+    cluster running here; or HOST:PORT / ray://HOST:PORT).
     `run(request)` returns rank 0's result; `abort()` kills every actor and removes the
     placement group; `close()` stops them gracefully first. The driver's connection to Ray
     stays open for the life of the process."""
@@ -257,6 +275,7 @@ class RayLauncher:
         ray = self._ray
         if ray.is_initialized():
             return
+        check_reachable(address)  # ray.init retries an unreachable address for minutes
         try:
             ray.init(address=address, logging_level="warning")
         except ConnectionError as exc:

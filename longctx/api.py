@@ -75,7 +75,8 @@ class LongContextLM:
     `model` is a local Hugging Face causal-LM directory; `method` the default method; other
     keyword arguments are RunConfig fields (device, dtype, layout, intra_size, timeout_s, ...).
     `launcher="ray"` starts one worker actor per GPU (per CPU slot on CPU clusters) on the Ray
-    cluster at `ray_address` (None: RAY_ADDRESS or a new local cluster; "auto"; or an address).
+    cluster at `ray_address` (None: RAY_ADDRESS, the cluster running here, else a new one;
+    "auto"; or HOST:PORT).
     The machine, model and method are checked before any worker starts. Leaving the `with`
     block by an exception (Ctrl-C included) kills the workers at once.
 

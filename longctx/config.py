@@ -32,9 +32,10 @@ class RunConfig:
     ~/.cache/longctx/costs.json, else shipped defaults).
 
     Launcher (`launch/`): `launcher` is "local" (processes on this machine) or "ray" (actors on
-    a Ray cluster at `ray_address`: None = RAY_ADDRESS or a new local cluster, "auto" = the
-    cluster running here, or an address; `placement` "pack" or "spread" over its nodes;
-    `ray_cpus_per_worker` CPUs reserved per worker, which are its threads on CPU clusters).
+    a Ray cluster at `ray_address`: None = RAY_ADDRESS, else the cluster running here, else a
+    new local one; "auto" = RAY_ADDRESS or the cluster running here; or an address;
+    `placement` "pack" or "spread" over its nodes; `ray_cpus_per_worker` CPUs reserved per
+    worker, which are its threads on CPU clusters).
 
     `method_options` holds the options given for methods, by name (anchor_len, intra_size,
     ...): each method declares its own (`Method.Options`) and reads only those. Keywords that
@@ -202,8 +203,9 @@ def add_launcher_arguments(parser):
                        help="local: worker processes on this machine; ray: one actor per GPU (or per "
                             "--ray-cpus-per-worker CPUs) on a Ray cluster (pip install 'longctx[ray]')")
     group.add_argument("--ray-address", default=None, metavar="ADDR",
-                       help="Ray cluster: 'auto' (the one running here), HOST:PORT or ray://...; default "
-                            "RAY_ADDRESS (set inside `ray job submit`), else a new local cluster")
+                       help="Ray cluster: 'auto' (the one running here), HOST:PORT or ray://HOST:PORT; "
+                            "default RAY_ADDRESS (set inside `ray job submit`), else the one running here, "
+                            "else a new local cluster")
     group.add_argument("--placement", default="pack", choices=PLACEMENTS,
                        help="Ray placement of the workers: pack (fewest nodes) or spread (default: pack)")
     group.add_argument("--ray-cpus-per-worker", type=int, default=1, metavar="K",

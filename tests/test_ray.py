@@ -30,7 +30,7 @@ import pytest
 import torch
 
 from helpers import REPO, dense_result
-from launch.ray import Slot, assign_slots, dist_environment, missing_resources, worker_bundle
+from launch.ray import Slot, assign_slots, check_reachable, dist_environment, missing_resources, worker_bundle
 from longctx.api import LongContextLM
 from longctx.compare import random_prompt
 from longctx.engine import Request
@@ -76,6 +76,17 @@ def test_process_group_interface_variables_reach_the_actors():
                "NCCL_IB_HCA": "mlx5", "PATH": "/bin", "CUDA_VISIBLE_DEVICES": "0"}
     assert dist_environment(environ) == {"NCCL_SOCKET_IFNAME": "eth0", "GLOO_SOCKET_IFNAME": "eth1",
                                          "TP_SOCKET_IFNAME": "eth2", "NCCL_IB_HCA": "mlx5"}
+
+
+def test_an_unreachable_or_malformed_address_is_one_clear_error():
+    with socket.socket() as sock:  # a port nothing listens on
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    with pytest.raises(LongCtxError, match=rf"^cannot reach the Ray cluster at 127.0.0.1:{port}: "):
+        check_reachable(f"127.0.0.1:{port}")
+    with pytest.raises(LongCtxError, match="expected auto, HOST:PORT or ray://HOST:PORT"):
+        check_reachable("nonsense")
+    check_reachable("auto")  # Ray finds these itself
 
 
 def _python(code, timeout=120):
