@@ -62,13 +62,6 @@ class TokenStream:
             yield self.result.text[len(shown):]
 
 
-def _tokens_at_end(launcher, request):
-    """`stream` for a launcher that cannot stream: every token once the request is done."""
-    raw = launcher.run(request)
-    yield from raw["tokens"]
-    return raw
-
-
 class LongContextLM:
     """A pool of workers serving one model; use as a context manager or call `close()`.
 
@@ -80,9 +73,8 @@ class LongContextLM:
     The machine, model and method are checked before any worker starts. Leaving the `with`
     block by an exception (Ctrl-C included) kills the workers at once.
 
-    A launcher (LAUNCHERS) has `run(request)` -> raw result, `abort()` and `close()`, and may
-    have `stream(request)` (a generator of token ids as they are decided, returning the raw
-    result); without it `stream` shows the whole answer when it is complete.
+    A launcher (LAUNCHERS) has `run(request)` -> raw result, `stream(request)` (a generator of
+    token ids as they are decided, returning the raw result), `abort()` and `close()`.
     """
 
     def __init__(self, model, method="burst", nproc=2, launcher="local", **options):
@@ -111,11 +103,7 @@ class LongContextLM:
         request = self.prepare(doc_ids, query_ids, max_new_tokens, method)
         if self._launcher is None:
             raise LongCtxError("the workers have been shut down")
-        if hasattr(self._launcher, "stream"):
-            events = self._launcher.stream(request)
-        else:
-            events = _tokens_at_end(self._launcher, request)
-        return TokenStream(events, self.tokenizer, len(doc_ids), len(query_ids))
+        return TokenStream(self._launcher.stream(request), self.tokenizer, len(doc_ids), len(query_ids))
 
     def prepare(self, doc_ids, query_ids, max_new_tokens=32, method=None, return_hidden=False):
         """A validated Request for this pool (method, worker count and lengths checked here,
