@@ -6,11 +6,14 @@ local no-op, so single-process runs (the dense reference) need no torch.distribu
 Works with gloo (CPU tensors) and nccl (CUDA tensors).
 """
 
+import re
 from dataclasses import dataclass
 from datetime import timedelta
 
 import torch
 import torch.distributed as dist
+
+from longctx.errors import CollectiveError
 
 
 @dataclass
@@ -32,7 +35,14 @@ class Comm:
         return timedelta(seconds=self.timeout_s)
 
     def _wait(self, work):
-        work.wait(self.timeout)
+        """Wait for `work` at most the timeout; CollectiveError (one line) when it fails."""
+        try:
+            work.wait(self.timeout)
+        except RuntimeError as exc:
+            detail = next((line.strip() for line in str(exc).splitlines() if line.strip()), type(exc).__name__)
+            detail = re.sub(r"^\[[^\]]*\]\s*", "", detail).split(". ")[0]  # drop gloo's source location
+            raise CollectiveError(f"a collective on rank {self.rank} failed within the {self.timeout_s:g} s timeout: "
+                                  f"another worker died, hung or is unreachable ({detail[:160]})") from None
 
     def global_rank(self, group_rank):
         """Global rank of `group_rank` in this Comm's group (identity for the default group)."""

@@ -7,3 +7,8 @@ class LongCtxError(Exception):
 
 class WorkerError(LongCtxError):
     """A worker failed or died; every other worker has been stopped."""
+
+
+class CollectiveError(RuntimeError):
+    """A collective did not complete on this worker: a peer died, hung past the timeout, or
+    could not be reached. Raised by `longctx.comm.Comm`; launchers report it for the worker."""
