@@ -8,8 +8,9 @@ hidden states); warm actors across requests; the placement group freed on exit; 
 more workers than the cluster has, or than it has free; an actor killed during a request; Ctrl-C
 on a driver; `ray job submit ... -- longctx generate --launcher ray`.
 
-Measured on the 2-core CI machine: about 3 minutes for the module, the cluster's start ~15 s,
-the 4-actor comparison and the job submission are the slow ones (marked).
+Measured on the 2-core machine: about 2 minutes for the module (the cluster starts in 6-10 s;
+the 2-actor comparison 20-25 s, the job submission 20-25 s, Ctrl-C 12 s, the killed actor 8-10 s;
+the 4-actor comparison, 30-60 s, is marked slow).
 """
 
 import json
@@ -234,11 +235,11 @@ def _compare_with_local(cluster, path, nproc):
         remote = {name: lm.run_ids(doc, question, max_new_tokens=5, method=name, return_hidden=True)
                   for name in METHODS}
         _check_streaming(lm)
+        assert {actor.actor_id: actor.pid for actor in _live_actors(cluster)} == actors  # the same warm actors
         with pytest.raises(LongCtxError, match="^the question is empty$"):  # raised by every actor's engine
             lm.run(Request(doc, [], 5))
         with pytest.raises(LongCtxError, match="shut down"):  # the failure stopped the actors
             lm.run_ids(doc, question, max_new_tokens=5)
-        assert {actor.actor_id: actor.pid for actor in _live_actors(cluster)} == actors  # the same warm actors
     assert len(actors) == nproc
     for name in METHODS:
         assert remote[name]["tokens"] == local[name]["tokens"], name
