@@ -9,6 +9,9 @@ long documents with any registered method:
         for piece in lm.stream(document, question):   # text as it is decoded
             print(piece, end="", flush=True)
 
+    with LongContextLM("path/to/qwen2.5-vl", method="spava", nproc=4) as lm:   # video questions
+        result = lm.generate(video="clip.mp4", question="What happens?", num_frames=64)
+
 The driver encodes each prompt once, validates the request once (`longctx.request`) and sends
 the workers token ids. `SPMDLongContextLM` (from `launch.spmd`) is the same surface for scripts
 already running under torchrun: every rank constructs it and calls `generate` with the same
@@ -22,11 +25,11 @@ from longctx.config import RunConfig
 from longctx.errors import LongCtxError
 from longctx.models import check_model_dir, load_tokenizer
 from longctx.registry import get_method
-from longctx.request import (GenerationResult, check_machine, check_request, encode_prompt, prepare_request,
-                             stop_ids, validate_request)
+from longctx.request import (GenerationResult, check_machine, check_request, encode_prompt, encode_request,
+                             prepare_request, stop_ids, validate_request)
 
-__all__ = ["LongContextLM", "SPMDLongContextLM", "GenerationResult", "TokenStream", "encode_prompt", "stop_ids",
-           "validate_request", "prepare_request", "check_request"]
+__all__ = ["LongContextLM", "SPMDLongContextLM", "GenerationResult", "TokenStream", "encode_prompt",
+           "encode_request", "stop_ids", "validate_request", "prepare_request", "check_request"]
 
 LAUNCHERS = {"local": LocalLauncher, "ray": RayLauncher}
 
@@ -89,27 +92,38 @@ class LongContextLM:
         self.stop_ids = stop_ids(self.tokenizer, self.model_config)
         self._launcher = LAUNCHERS[launcher](self.config)
 
-    def generate(self, document, question, max_new_tokens=32, method=None):
-        """Answer `question` about `document`; returns a GenerationResult (greedy decoding)."""
-        doc_ids, query_ids = encode_prompt(self.tokenizer, document, question)
-        raw = self.run_ids(doc_ids, query_ids, max_new_tokens=max_new_tokens, method=method)
-        return GenerationResult.from_raw(raw, self.tokenizer, len(doc_ids), len(query_ids))
+    def generate(self, document=None, question="", max_new_tokens=32, method=None, video=None, num_frames=None,
+                 fps=None, video_fps=None):
+        """Answer `question` about `document`, or about `video` with a video-language model
+        (Qwen2.5-VL): a file path (PyAV), frames [T, H, W, 3] uint8 or a list of frames
+        (`video_fps` frames per second, default 1), sampled to `num_frames` or `fps`.
+        Returns a GenerationResult (greedy decoding); `doc_tokens` counts the video's tokens."""
+        request = self._request(document, question, max_new_tokens, method, video, num_frames, fps, video_fps)
+        raw = self.run(request)
+        return GenerationResult.from_raw(raw, self.tokenizer, len(request.doc_ids), len(request.query_ids))
 
-    def stream(self, document, question, max_new_tokens=32, method=None):
+    def stream(self, document=None, question="", max_new_tokens=32, method=None, video=None, num_frames=None,
+               fps=None, video_fps=None):
         """Like `generate`, but returns a TokenStream: iterate it for the answer's text as it is
         decoded; its `result` is the GenerationResult afterwards. The request is validated here,
         before anything is sent."""
-        doc_ids, query_ids = encode_prompt(self.tokenizer, document, question)
-        request = self.prepare(doc_ids, query_ids, max_new_tokens, method)
+        request = self._request(document, question, max_new_tokens, method, video, num_frames, fps, video_fps)
         if self._launcher is None:
             raise LongCtxError("the workers have been shut down")
-        return TokenStream(self._launcher.stream(request), self.tokenizer, len(doc_ids), len(query_ids))
+        return TokenStream(self._launcher.stream(request), self.tokenizer, len(request.doc_ids),
+                           len(request.query_ids))
 
-    def prepare(self, doc_ids, query_ids, max_new_tokens=32, method=None, return_hidden=False):
+    def _request(self, document, question, max_new_tokens, method, video, num_frames, fps, video_fps):
+        doc_ids, query_ids, patches = encode_request(self.tokenizer, self.config.model, self.model_config, document,
+                                                     question, video, num_frames, fps, video_fps)
+        return self.prepare(doc_ids, query_ids, max_new_tokens, method, video=patches)
+
+    def prepare(self, doc_ids, query_ids, max_new_tokens=32, method=None, return_hidden=False, video=None):
         """A validated Request for this pool (method, worker count and lengths checked here,
-        once); `run` sends it without checking again."""
+        once); `run` sends it without checking again. `video`: the VideoPatches whose
+        embeddings replace `doc_ids`' video tokens (`longctx.request.encode_request`)."""
         return prepare_request(self.config, self.model_config, doc_ids, query_ids, max_new_tokens, method,
-                               return_hidden, self.stop_ids)
+                               return_hidden, self.stop_ids, video)
 
     def run(self, request):
         """Send a Request made by `prepare` to the workers; returns the engine's raw result dict."""

@@ -19,9 +19,14 @@ from longctx.registry import method_names
 
 
 def _add_generate(sub, argv):
-    parser = sub.add_parser("generate", help="answer a question about a long document")
+    parser = sub.add_parser("generate", help="answer a question about a long document or a video")
     add_run_arguments(parser, argv=argv)
-    parser.add_argument("--doc", required=True, help="document file ('-' reads standard input)")
+    parser.add_argument("--doc", default=None, help="document file ('-' reads standard input)")
+    video = parser.add_argument_group("video (a video-language model: Qwen2.5-VL)")
+    video.add_argument("--video", default=None, help="video file (decoded with PyAV), instead of --doc")
+    video.add_argument("--frames", type=int, default=None,
+                       help="sample this many frames, evenly spaced (default: every frame, or --fps)")
+    video.add_argument("--fps", type=float, default=None, help="sample this many frames per second of video")
     parser.add_argument("--question", default="", help="question text appended after the document")
     parser.add_argument("--max-new-tokens", type=int, default=32,
                         help="at most this many answer tokens (greedy; stops early at the model's end token)")
@@ -157,17 +162,22 @@ def cmd_generate(args):
     if workers != config.nproc:
         print(f"longctx: {config.method} runs on {workers} worker, not {config.nproc}", file=sys.stderr)
         config = config.replace(nproc=workers)
-    document = _read_document(args.doc)
-    check_request(config, document, args.question, args.max_new_tokens)
+    if (args.doc is None) == (args.video is None):
+        raise LongCtxError("give a document (--doc FILE) or a video (--video FILE)")
+    document = None if args.doc is None else _read_document(args.doc)
+    *_, video = check_request(config, document, args.question, args.max_new_tokens, args.video, args.frames,
+                              args.fps)
+    request = {"document": document, "question": args.question, "max_new_tokens": args.max_new_tokens,
+               "video": video}
     options = config.pool_options()
     with LongContextLM(config.model, method=config.method, nproc=config.nproc,
                        **options) as lm:
         if args.json:
-            payload = lm.generate(document, args.question, max_new_tokens=args.max_new_tokens).to_dict()
+            payload = lm.generate(**request).to_dict()
             payload["answer"] = payload.pop("text")
             print(json.dumps(payload))
             return
-        stream = lm.stream(document, args.question, max_new_tokens=args.max_new_tokens)
+        stream = lm.stream(**request)
         print("answer: ", end="", flush=True)
         for piece in stream:
             print(piece, end="", flush=True)

@@ -15,6 +15,7 @@ import torch
 
 from longctx.cache import KVCache
 from longctx.errors import LongCtxError
+from longctx.models.qwen_vl import VideoInputs
 from longctx.registry import get_method
 
 
@@ -30,7 +31,8 @@ class WorkerContext:
     """What a method's attention sees on one worker during one request.
 
     `state` is the method's per-request state (`Method.new_state`: a small typed object, or
-    None); `stats` collects counters for reporting.
+    None); `stats` collects counters for reporting; `video` the request's `VideoInputs` (its
+    M-RoPE positions) once the prefill has made them, None for text.
     """
 
     method: object
@@ -43,6 +45,7 @@ class WorkerContext:
     state: object = None
     phase: Phase = Phase.PREFILL
     stats: dict = field(default_factory=dict)
+    video: object = None
 
     def attend(self, layer, q, k, v, scale):
         """Dispatch one layer's attention to the method for the current phase."""
@@ -53,7 +56,11 @@ class WorkerContext:
 
 @dataclass
 class Request:
-    """One generation request: token ids of the document and the question (>= 1 token)."""
+    """One generation request: token ids of the document and the question (>= 1 token).
+
+    `video` (a `longctx.video.VideoPatches`, or None) is the video whose vision embeddings
+    replace the document's `<|video_pad|>` tokens (`longctx.models.qwen_vl.video_prompt`).
+    """
 
     doc_ids: list
     query_ids: list
@@ -61,6 +68,7 @@ class Request:
     method: str = None
     return_hidden: bool = False
     stop_ids: tuple = ()
+    video: object = None
 
 
 class Engine:
@@ -95,8 +103,9 @@ class Engine:
         method = self.method(request.method or self.config.method)
         world = self.comm.world
         planner = method.planner
-        planner.check(self.model.config, world)
-        planner.use_model(self.model.config)
+        model_config = self.model.config.get_text_config()  # a video model's language model
+        planner.check(model_config, world)
+        planner.use_model(model_config)
         plan = planner.plan(len(request.doc_ids), len(request.query_ids), world)
         # Every worker plans (so bad input fails everywhere alike), but rank 0's plan is the one
         # run: cost files may differ between machines and balanced plans must agree.
@@ -108,7 +117,7 @@ class Engine:
         with torch.inference_mode():
             (hidden, doc_hidden), result["prefill_s"] = self._timed(lambda: self._prefill(ctx, request))
             ctx.phase = Phase.DECODE
-            rows = getattr(method, "query_rows", lambda plan, rank: None)(plan, self.comm.rank)
+            rows = method.query_rows(plan, self.comm.rank)
             if rows is None:
                 query_out, result["query_s"] = self._timed(lambda: self._step(ctx, request.query_ids, len(request.doc_ids),
                                                                              request.return_hidden))
@@ -139,15 +148,23 @@ class Engine:
 
     def _prefill(self, ctx, request):
         """The prefill forward: (final hidden states [1, S_local, d], the document's in global
-        order on rank 0 when `return_hidden`, else None)."""
-        input_ids, positions = ctx.method.local_inputs(ctx.plan, ctx.rank, request.doc_ids, request.query_ids)
+        order on rank 0 when `return_hidden`, else None). A video request first encodes the
+        video (`VideoInputs`: frame-parallel unless the method's `frame_parallel()` says no) and
+        feeds embeddings: the method's `local_inputs` on global indices tell each row's token."""
+        if request.video is None:
+            input_ids, positions = ctx.method.local_inputs(ctx.plan, ctx.rank, request.doc_ids, request.query_ids)
+            inputs = {"input_ids": torch.tensor([input_ids], device=self.device),
+                      "position_ids": torch.tensor([positions], device=self.device)}
+        else:
+            ids = list(request.doc_ids) + list(request.query_ids)
+            ctx.video = VideoInputs(self.model, ids, request.video, self.comm, ctx.method.frame_parallel())
+            doc_len = len(request.doc_ids)
+            sources, positions = ctx.method.local_inputs(ctx.plan, ctx.rank, list(range(doc_len)),
+                                                         list(range(doc_len, len(ids))))
+            inputs = {"inputs_embeds": ctx.video.embeds(self.model, sources),
+                      "position_ids": ctx.video.position_ids(positions)}
         with ctx.method.prefill_hooks(ctx, self.model):
-            hidden = self.model.base_model(
-                input_ids=torch.tensor([input_ids], device=self.device),
-                position_ids=torch.tensor([positions], device=self.device),
-                use_cache=False,
-                longctx=ctx,
-            ).last_hidden_state
+            hidden = self.model.base_model(**inputs, use_cache=False, longctx=ctx).last_hidden_state
         if not request.return_hidden:
             return hidden, None
         owned = hidden[0, ctx.method.owned_rows(ctx.plan, ctx.rank)].float()
@@ -173,9 +190,11 @@ class Engine:
         Returns (last-position logits [vocab], final hidden states [n, d] or None).
         """
         positions = list(range(first_position, first_position + len(ids)))
+        position_ids = (torch.tensor([positions], device=self.device) if ctx.video is None
+                        else ctx.video.position_ids(positions))
         output = self.model(
             input_ids=torch.tensor([ids], device=self.device),
-            position_ids=torch.tensor([positions], device=self.device),
+            position_ids=position_ids,
             use_cache=False,
             logits_to_keep=1,
             output_hidden_states=want_hidden,

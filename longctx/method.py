@@ -69,6 +69,18 @@ class Method(ABC):
         positions = plan.hosts[rank].positions()
         return [doc_ids[pos] for pos in positions], positions
 
+    def query_rows(self, plan, rank):
+        """Rows of this worker's prefill that ran the question exactly (a fused query pass: the
+        engine projects their final states and skips the separate query pass), or None
+        (default): the engine runs the query pass after prefill."""
+        return None
+
+    def frame_parallel(self):
+        """Whether a video's frames are encoded frame-parallel over the workers (each encodes
+        its share, embeddings all-gathered; equal to one process's). Default True; Spava's
+        ablation switch turns it off."""
+        return True
+
     def prefill_hooks(self, ctx, model):
         """Context manager the engine enters around the prefill forward (default: does nothing).
 

@@ -14,6 +14,7 @@ from dataclasses import asdict, dataclass, field
 from longctx.engine import Request
 from longctx.errors import LongCtxError
 from longctx.models import check_model_dir, load_tokenizer
+from longctx.models.qwen_vl import VIDEO_FAMILIES, frame_shares, is_video_model, video_prompt
 from longctx.registry import get_method
 
 
@@ -70,6 +71,43 @@ def encode_prompt(tokenizer, document, question):
     if not doc_ids:
         raise LongCtxError("the document is empty")
     return doc_ids, query_ids
+
+
+def check_modality(model_config, has_video):
+    """LongCtxError when a video is given to a text-only model, or a video-language model gets
+    no video (its prompt is a video and a question)."""
+    video_model = is_video_model(model_config)
+    if has_video and not video_model:
+        raise LongCtxError(f"a video needs a video-language model ({', '.join(VIDEO_FAMILIES)}); this is a "
+                           f"text-only {model_config.model_type!r} model")
+    if video_model and not has_video:
+        raise LongCtxError("this is a video-language model (Qwen2.5-VL): give a video (--video FILE, or "
+                           "video= in Python) and a question")
+
+
+def encode_request(tokenizer, model_dir, model_config, document=None, question="", video=None, num_frames=None,
+                   fps=None, video_fps=None):
+    """(doc_ids, query_ids, VideoPatches or None) of a text or video request.
+
+    Text: `encode_prompt(document, question)`. Video (`video`: a file path, frames [T, H, W, 3],
+    a list of frames, or `longctx.video.VideoPatches` already loaded): sampled by `num_frames`
+    or `fps` (`video_fps`: the rate of frames given from Python), processed under
+    `model_dir`'s preprocessor settings, prompt by `video_prompt`. LongCtxError (one line) for
+    both or neither of document and video, a video with a text-only model and the reverse, and
+    bad video input.
+    """
+    from longctx.video import load_video, processor_settings
+
+    if video is None and (num_frames is not None or fps is not None):
+        raise LongCtxError("frame sampling (--frames / --fps) needs a video (--video FILE)")
+    if video is not None and document:
+        raise LongCtxError("give a document or a video, not both")
+    check_modality(model_config, video is not None)
+    if video is None:
+        return (*encode_prompt(tokenizer, document, question), None)
+    patches = load_video(video, model_dir, num_frames, fps, video_fps)
+    merge = processor_settings(model_dir)["merge_size"]
+    return (*video_prompt(tokenizer, patches.grid, question, merge), patches)
 
 
 def stop_ids(tokenizer, model_config):
@@ -157,23 +195,29 @@ def validate_request(config, model_config, doc_len, query_len, method=None):
 
 
 def prepare_request(config, model_config, doc_ids, query_ids, max_new_tokens=32, method=None,
-                    return_hidden=False, stop=()):
+                    return_hidden=False, stop=(), video=None):
     """A validated `Request` for token ids: the one validation a request gets on the driver.
 
-    `stop` are the ids that end generation (`stop_ids`); `method` overrides `config.method`.
+    `stop` are the ids that end generation (`stop_ids`); `method` overrides `config.method`;
+    `video` is the request's `VideoPatches` (`encode_request`), whose temporal patches must
+    be at least the workers when the method encodes frames in parallel.
     """
+    check_modality(model_config, video is not None)
     check_lengths(model_config, len(doc_ids), len(query_ids), max_new_tokens)
     validate_request(config, model_config, len(doc_ids), len(query_ids), method)
-    return Request(list(doc_ids), list(query_ids), max_new_tokens, method, return_hidden, tuple(stop))
+    if video is not None and get_method(method or config.method, config).frame_parallel():
+        frame_shares(video.grid[0], config.nproc)
+    return Request(list(doc_ids), list(query_ids), max_new_tokens, method, return_hidden, tuple(stop), video)
 
 
-def check_request(config, document, question, max_new_tokens=0):
-    """Validate a whole request (machine, model, method, worker count vs document length, total
-    length vs the model's positions) from text, before any worker starts; returns the
-    (doc_ids, query_ids) it would run."""
+def check_request(config, document, question, max_new_tokens=0, video=None, num_frames=None, fps=None):
+    """Validate a whole request (machine, model, method, worker count vs document length or
+    video frames, total length vs the model's positions) from text or a video
+    (`encode_request`), before any worker starts; returns the (doc_ids, query_ids) it would
+    run and the VideoPatches (None for text; pass them on to `generate` instead of the file)."""
     check_machine(config)
     model_config = check_model_dir(config.model)
-    doc_ids, query_ids = encode_prompt(load_tokenizer(config.model), document, question)
-    check_lengths(model_config, len(doc_ids), len(query_ids), max_new_tokens)
-    validate_request(config, model_config, len(doc_ids), len(query_ids))
-    return doc_ids, query_ids
+    doc_ids, query_ids, patches = encode_request(load_tokenizer(config.model), config.model, model_config, document,
+                                                 question, video, num_frames, fps)
+    prepare_request(config, model_config, doc_ids, query_ids, max_new_tokens, video=patches)
+    return doc_ids, query_ids, patches

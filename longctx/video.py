@@ -146,7 +146,10 @@ def patchify(frames, settings):
 def load_video(video, model_dir=None, num_frames=None, fps=None, source_fps=None):
     """VideoPatches of `video` (a file path, an array or a list of frames) under `model_dir`'s
     processor settings, sampled by `num_frames` or `fps` (`source_fps`: the frame rate of
-    frames given from Python, default 1). LongCtxError (one line) on bad input."""
+    frames given from Python, default 1); VideoPatches already made are returned as they are.
+    LongCtxError (one line) on bad input."""
+    if isinstance(video, VideoPatches):
+        return video
     settings = processor_settings(model_dir)
     if isinstance(video, (str, os.PathLike)):
         frames, rate = read_frames(os.fspath(video))

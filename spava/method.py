@@ -20,8 +20,8 @@ Ablations: `--overlap 0` waits for each gather as soon as it starts; `--anchor-s
 caches the whole anchor on host 0; `--fused-query 0` still runs the question's exact
 attention in prefill (the selection needs its queries) but caches nothing for it and leaves
 the logits to a separate query pass; `--layout contiguous` pairs blocks 2r and 2r+1 instead
-of the zigzag. (The frame-parallel vision encoder, `longctx.models.qwen_vl.encode_video`, has
-its own `frame_parallel` switch; video requests do not reach the engine yet.)
+of the zigzag; `--frame-parallel 0` has every host encode the whole video instead of its share
+of the frames (`longctx.models.qwen_vl.encode_video`; the other methods encode frame-parallel).
 """
 
 from dataclasses import dataclass
@@ -48,6 +48,8 @@ class SpavaOptions:
                           maximum=1)
     anchor_sharding: int = option(1, "spava: 0 caches the whole anchor on host 0", minimum=0, maximum=1)
     fused_query: int = option(1, "spava: 0 runs a separate query pass after prefill", minimum=0, maximum=1)
+    frame_parallel: int = option(1, "spava: 0 encodes the whole video on every host (no frame-parallel encoder)",
+                                 minimum=0, maximum=1)
 
 
 class SpavaPlanner(Planner):
@@ -106,6 +108,10 @@ class SpavaAttention(Method):
     def owned_rows(self, plan, rank):
         """Rows of the owned tokens in `host.positions()` order: the anchor shard, then both blocks."""
         return cached_rows(plan.hosts[rank])
+
+    def frame_parallel(self):
+        """The `frame_parallel` ablation switch (on by default)."""
+        return bool(self.options.frame_parallel)
 
     def query_rows(self, plan, rank):
         """Rows of the prefill holding the question's final states (the fused query pass), or

@@ -6,16 +6,20 @@ import torch
 
 from longctx.errors import LongCtxError
 from longctx.models.attention import register_attention
+from longctx.models.qwen_vl import VIDEO_FAMILIES, is_video_model, video_model_class
 
 DTYPE_NAMES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
 def check_model_dir(path):
-    """Raise LongCtxError unless `path` is a local Hugging Face decoder-only causal-LM directory;
-    returns its config. Encoder models that transformers also maps to a causal-LM class (BERT,
+    """Raise LongCtxError unless `path` is a local Hugging Face decoder-only causal-LM directory
+    or a supported video-language model (Qwen2.5-VL); returns its config (of a video-language
+    model: its language model's config, which holds the shape the planners read). Other
+    multimodal families are refused as unsupported. Encoder models that transformers also maps to a causal-LM class (BERT,
     RoBERTa, ...: every type with a masked-LM head) and encoder-decoder models are refused."""
     from transformers import AutoConfig, AutoModelForCausalLM
-    from transformers.models.auto.modeling_auto import MODEL_FOR_MASKED_LM_MAPPING_NAMES
+    from transformers.models.auto.modeling_auto import (MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES,
+                                                        MODEL_FOR_MASKED_LM_MAPPING_NAMES)
 
     if not path:
         raise LongCtxError("no model given (--model DIR)")
@@ -27,6 +31,12 @@ def check_model_dir(path):
         config = AutoConfig.from_pretrained(path, local_files_only=True)
     except (ValueError, OSError, KeyError) as exc:
         raise LongCtxError(f"cannot read the model config in {path!r}: {_first_line(exc)}") from None
+    if is_video_model(config):
+        return config.get_text_config()
+    if hasattr(config, "vision_config") or config.model_type in MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES:
+        raise LongCtxError(f"{path!r} holds a {config.model_type!r} model, a multimodal family longctx does not "
+                           f"support; the supported video-language family is {', '.join(VIDEO_FAMILIES)} "
+                           "(Qwen2.5-VL), or use a text-only causal LM")
     if type(config) not in AutoModelForCausalLM._model_mapping:
         raise LongCtxError(f"{path!r} holds a {config.model_type!r} model, which is not a causal LM")
     if getattr(config, "is_encoder_decoder", False) or config.model_type in MODEL_FOR_MASKED_LM_MAPPING_NAMES:
@@ -63,16 +73,22 @@ def quiet_libraries():
 
 
 def load_model(path, device, dtype):
-    """Load the causal LM at `path` on `device` in `dtype`, in eval mode, using longctx attention."""
+    """Load the causal LM at `path` on `device` in `dtype`, in eval mode, using longctx attention.
+
+    A video-language model (Qwen2.5-VL) loads with its own class; its language model uses
+    longctx attention and its vision encoder SDPA (the encoder runs outside any worker context).
+    """
     from transformers import AutoModelForCausalLM
 
-    check_model_dir(path)
+    video = is_video_model(check_model_dir(path))
+    model_class = video_model_class() if video else AutoModelForCausalLM
     quiet_libraries()
     try:
-        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, local_files_only=True)
+        model = model_class.from_pretrained(path, dtype=dtype, local_files_only=True)
     except (ValueError, OSError, KeyError, RuntimeError) as exc:
         raise LongCtxError(f"cannot load the model in {path!r}: {_first_line(exc)}") from None
-    model.set_attn_implementation(register_attention())
+    name = register_attention()
+    model.set_attn_implementation({"text_config": name, "vision_config": "sdpa"} if video else name)
     return model.to(device).eval()
 
 

@@ -16,12 +16,87 @@ import torch
 from longctx.errors import LongCtxError
 
 FAMILY = "qwen2_5_vl"
+VIDEO_FAMILIES = (FAMILY,)
 VISION_TOKENS = ("<|vision_start|>", "<|vision_end|>", "<|image_pad|>", "<|video_pad|>")
 
 
 def is_video_model(config):
-    """True for a config of the supported video-language family (Qwen2.5-VL)."""
-    return getattr(config, "model_type", None) == FAMILY
+    """True for a config of the supported video-language family (Qwen2.5-VL): the whole model's
+    config or its language model's (`check_model_dir` returns the latter)."""
+    return getattr(config, "model_type", None) in (FAMILY, FAMILY + "_text")
+
+
+def video_model_class():
+    """The transformers class that loads a Qwen2.5-VL directory (`load_model`)."""
+    from transformers import Qwen2_5_VLForConditionalGeneration
+
+    return Qwen2_5_VLForConditionalGeneration
+
+
+def video_prompt(tokenizer, grid, question, merge=2):
+    """Token ids (doc_ids, query_ids) of a question about a video with patch grid `grid`.
+
+    The document is the tokenizer's special prefix (BOS, if any), `<|vision_start|>`, one
+    `<|video_pad|>` per language-model token of the video (`video_token_count`) and
+    `<|vision_end|>`; the question follows without special tokens (no chat template, as for
+    text). LongCtxError when the tokenizer lacks the vision tokens or the question is empty.
+    """
+    ids = {token: tokenizer.convert_tokens_to_ids(token) for token in VISION_TOKENS}
+    missing = [token for token, index in ids.items() if index is None or index == tokenizer.unk_token_id]
+    if missing:
+        raise LongCtxError(f"the tokenizer has no {', '.join(missing)} token: not a Qwen2.5-VL tokenizer")
+    query_ids = tokenizer(question, add_special_tokens=False)["input_ids"] if question else []
+    if not query_ids:
+        raise LongCtxError("a question about a video is required (--question TEXT)")
+    prefix = tokenizer("", add_special_tokens=True)["input_ids"]
+    pads = [ids["<|video_pad|>"]] * video_token_count(grid, merge)
+    return prefix + [ids["<|vision_start|>"]] + pads + [ids["<|vision_end|>"]], query_ids
+
+
+class VideoInputs:
+    """One video request's model inputs on one worker: the vision embeddings of the whole video
+    (frame-parallel over the workers, `encode_video`) and the M-RoPE position table.
+
+    `ids` are the whole sequence's token ids (document then question) holding one
+    `<|video_pad|>` per vision embedding; `video` a `longctx.video.VideoPatches`. The table
+    [3, S] comes once from the model's own `get_rope_index` over the whole sequence; each
+    method's positions then slice it (`position_ids`); positions past the sequence (decoding)
+    are text positions offset by the rope delta. Who makes it: the engine's prefill.
+    """
+
+    def __init__(self, model, ids, video, comm, frame_parallel=True):
+        config = model.config
+        device = model.device
+        self.ids = torch.tensor(ids, dtype=torch.long, device=device)
+        self.is_video = self.ids == config.video_token_id
+        expected = video_token_count(video.grid, config.vision_config.spatial_merge_size)
+        if int(self.is_video.sum()) != expected:
+            raise LongCtxError(f"the prompt holds {int(self.is_video.sum())} video tokens, the video {expected}")
+        self.slot = torch.cumsum(self.is_video, 0) - 1  # the vision embedding of each video token
+        table, delta = model.model.get_rope_index(
+            self.ids[None], mm_token_type_ids=(2 * self.is_video.int())[None], video_grid_thw=torch.tensor([video.grid]),
+            second_per_grid_ts=torch.tensor([video.seconds_per_patch]))
+        self.table, self.delta = table[:, 0].to(device), int(delta)
+        pixels = torch.from_numpy(video.pixels).to(device)
+        self.vision = encode_video(model.model.visual, pixels, video.grid, comm, frame_parallel)
+
+    def embeds(self, model, sources):
+        """inputs_embeds [1, n, d] of the rows whose tokens are the sequence's `sources` (global
+        indices, in row order): the token embeddings, video tokens replaced by their vision
+        embeddings."""
+        sources = torch.tensor(sources, dtype=torch.long, device=self.ids.device)
+        embeds = model.get_input_embeddings()(self.ids[sources])
+        video = self.is_video[sources]
+        embeds[video] = self.vision[self.slot[sources[video]]].to(embeds.dtype)
+        return embeds[None]
+
+    def position_ids(self, positions):
+        """M-RoPE position ids [3, 1, n] of sequence positions `positions` (table columns; a
+        position at or past the table's end is text: position + rope delta on all three axes)."""
+        positions = torch.tensor(positions, dtype=torch.long, device=self.table.device)
+        inside = positions < self.table.shape[1]
+        text = (positions + self.delta).expand(3, -1)
+        return torch.where(inside, self.table[:, positions.clamp(max=self.table.shape[1] - 1)], text)[:, None]
 
 
 def frame_shares(temporal_patches, world):
