@@ -5,7 +5,10 @@ passing. `select` then max-pools the scores over neighbouring keys (so a kept ke
 neighbourhood's evidence), drops the protected rows and keeps the top `sends` per KV head.
 
 * `query` (default, training-free): mean over the question tokens in the anchor (or probe) of
-  q·k, averaged over each KV head's GQA group (computed as one dot with the mean query).
+  q·k, averaged over each KV head's GQA group (computed as one dot with the mean query). The
+  question's queries are first moved by RoPE from their anchor positions to the positions the
+  question really has, after the document (`apb.rotary.Rerotation`), so they meet the block's
+  keys at the relative distances the model was trained on.
 * `retaining-heads`: Locret-style learned heads on the pre-RoPE projections (`apb.heads`).
 * `random`: uniform random scores, for ablations only.
 """
@@ -17,15 +20,22 @@ import torch
 import torch.nn.functional as F
 
 from apb.heads import RetainingHeads, check_file
+from apb.rotary import Rerotation, rotary_embedding
 from apb.taps import ProjectionTaps
 from longctx.errors import LongCtxError
 
 
 @dataclass
 class CompressorState:
-    """What a compressor keeps during one request on one worker (`APBAttention.new_state`):
-    the retaining-heads compressor's projection taps and its heads; None for the others."""
+    """What a compressor keeps during one request on one worker (`APBAttention.new_state`).
 
+    `question_start` is the question's first true position (the document's length); the query
+    compressor keeps its `Rerotation` of the question rows in `rerotation`, the
+    retaining-heads compressor its projection taps and heads in `taps` / `heads`.
+    """
+
+    question_start: int = None
+    rerotation: object = None
     taps: object = None
     heads: object = None
 
@@ -40,22 +50,37 @@ class HooklessCompressor:
     def check(cls, options, model_config):
         """Nothing to check."""
 
-    def hooks(self, state, model):
+    def hooks(self, state, model, host):
         """No hooks needed (post-RoPE q/k suffice); returns None."""
         return None
 
 
 class QueryCompressor(HooklessCompressor):
-    """Score = mean over question queries (and the GQA group) of q·k; needs the question in the lead rows."""
+    """Score = mean over question queries (and the GQA group) of q·k, the queries at the
+    question's true positions; needs the question in the lead rows."""
 
     name = "query"
     needs_question = True
     pool = 5
 
+    def hooks(self, state, model, host):
+        """Put the `Rerotation` of the question rows (lead positions head_len.. -> true positions
+        question_start..) in `state`; no hooks, returns None."""
+        rows = range(host.head_len, host.head_len + host.question_len)
+        true = range(state.question_start, state.question_start + host.question_len)
+        state.rerotation = Rerotation(rotary_embedding(model), rows, true)
+        return None
+
     def scores(self, state, layer, host, q, k, v):
-        """[B, Hkv, L] float32 scores of the local keys k[:, :, lead:] from the question rows of q."""
+        """[B, Hkv, L] float32 scores of the local keys k[:, :, lead:] from the question rows of q.
+
+        The question rows are moved to their true positions by `state.rerotation`; with no
+        state (None: Spava, cost calibration) they are taken as they are, i.e. already there.
+        """
         start = host.head_len
         question = q[:, :, start : start + host.question_len].float()
+        if state is not None:
+            question = state.rerotation(question)
         batch, q_heads, _, head_dim = question.shape
         kv_heads = k.shape[1]
         mean_query = question.reshape(batch, kv_heads, -1, head_dim).mean(dim=2)
@@ -83,7 +108,7 @@ class RetainingHeadsCompressor:
         """LongCtxError when the file is missing, unreadable or made for another model."""
         check_file(options.retaining_heads, model_config)
 
-    def hooks(self, state, model):
+    def hooks(self, state, model, host):
         """Put the heads (on the model's device) and the ProjectionTaps the scores read in `state`;
         returns the taps (a context manager)."""
         state.heads = self._heads(model.config, next(model.parameters()).device)

@@ -149,8 +149,9 @@ class APBAttention(Method):
         return {"compress_ns_per_key": round(1e9 / fit_rate(key_counts, key_s), 4)}
 
     def new_state(self, plan, rank):
-        """What the compressor keeps during one request (retaining heads: taps and heads)."""
-        return CompressorState()
+        """What the compressor keeps during one request (`CompressorState`; the question's true
+        start is the document's length)."""
+        return CompressorState(question_start=plan.doc_len)
 
     def local_inputs(self, plan, rank, doc_ids, query_ids):
         """Lead rows (anchor or probe, positions 0..lead-1) then the owned block at its global positions."""
@@ -160,9 +161,10 @@ class APBAttention(Method):
         return ids + [doc_ids[pos] for pos in owned], positions + owned
 
     def prefill_hooks(self, ctx, model):
-        """The compressor's hooks (retaining heads tap q/k/v_proj) on hosts that score keys."""
+        """The compressor's hooks on hosts that score keys (retaining heads tap q/k/v_proj; the
+        query compressor keeps the model's rotary embedding)."""
         host = ctx.plan.hosts[ctx.rank]
-        hooks = self.compressor.hooks(ctx.state, model) if host.selects else None
+        hooks = self.compressor.hooks(ctx.state, model, host) if host.selects else None
         return hooks or nullcontext()
 
     def prefill_attention(self, ctx, layer, q, k, v, scale):

@@ -7,8 +7,10 @@ from apb.compress import QueryCompressor, RandomCompressor, make_compressor, sel
 from apb.heads import RetainingHeads, check_file
 from apb.layout import APBHostPlan
 from apb.method import APBOptions
+from apb.rotary import Rerotation, rotary_embedding
 from apb.train_heads import main as train_main
 from longctx.errors import LongCtxError
+from longctx.models import load_model
 from longctx.plan import Span
 
 
@@ -30,6 +32,75 @@ def test_query_score_is_mean_over_question_and_group_of_q_dot_k():
         for key in range(local):
             dots = [q[0, h, row] @ k[0, kv, lead + key] for h in range(kv * group, (kv + 1) * group) for row in range(3, 7)]
             assert scores[0, kv, key] == pytest.approx(float(torch.stack(dots).mean()), rel=1e-5, abs=1e-5)
+
+
+def _post_rope_queries(model, ids, first_position):
+    """Every layer's post-RoPE queries [1, Hq, S, D] of `ids` run at first_position.. (fp32)."""
+    seen = []
+
+    def attend(layer, q, k, v, scale):
+        seen.append(q.clone())
+        return torch.nn.functional.scaled_dot_product_attention(
+            q, k.repeat_interleave(q.shape[1] // k.shape[1], 1), v.repeat_interleave(q.shape[1] // k.shape[1], 1),
+            is_causal=True, scale=scale)
+
+    stub = type("Ctx", (), {"attend": staticmethod(attend), "total_len": 0})()
+    positions = list(range(first_position, first_position + len(ids)))
+    with torch.no_grad():
+        model.base_model(input_ids=torch.tensor([ids]), position_ids=torch.tensor([positions]), longctx=stub)
+    return seen
+
+
+def _scaled_llama(tmp_path, rope_parameters):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    config = LlamaConfig(vocab_size=300, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=32768,
+                         rope_parameters=rope_parameters)
+    torch.manual_seed(5)
+    LlamaForCausalLM(config).save_pretrained(str(tmp_path))
+    return str(tmp_path)
+
+
+@pytest.mark.parametrize("name", ["llama", "qwen2", "llama-yarn", "llama-linear"])
+def test_rerotated_queries_equal_queries_computed_at_the_target_positions(tiny_model, tmp_path, name):
+    """Rows moved by RoPE from positions 16.. to 3000.. equal the same tokens run at 3000..
+    (RoPE is relative, so every layer's hidden states are the same), 1e-4 relative."""
+    rope = {"llama-yarn": {"rope_type": "yarn", "rope_theta": 10000.0, "factor": 4.0,
+                           "original_max_position_embeddings": 8192},
+            "llama-linear": {"rope_type": "linear", "rope_theta": 10000.0, "factor": 2.0}}
+    path = _scaled_llama(tmp_path, rope[name]) if name in rope else tiny_model(name)
+    model = load_model(path, torch.device("cpu"), torch.float32)
+    if name == "llama-yarn":
+        assert rotary_embedding(model).attention_scaling != 1.0
+    ids = list(range(40, 52))
+    source, target = range(16, 28), range(3000, 3012)
+    moved = Rerotation(rotary_embedding(model), source, target)
+    for at_source, at_target in zip(_post_rope_queries(model, ids, 16), _post_rope_queries(model, ids, 3000)):
+        error = (moved(at_source) - at_target).norm() / at_target.norm()
+        assert error < 1e-4, (name, float(error))
+
+
+def test_query_compressor_scores_with_the_question_at_its_true_positions(tiny_model):
+    """The scores from anchor rows equal the scores from the same question run at its true
+    positions (doc_len..); without the state (Spava's call) the rows are used as they are."""
+    from apb.compress import CompressorState
+
+    model = load_model(tiny_model("llama"), torch.device("cpu"), torch.float32)
+    question, doc_len, head, lead, local = list(range(60, 66)), 500, 3, 12, 40
+    host = host_plan(local, sends=8, lead=lead, head=head, question=len(question))
+    in_anchor = _post_rope_queries(model, list(range(70, 73)) + question + [80, 81, 82], 0)[0]
+    at_true = _post_rope_queries(model, question, doc_len)[0]
+    k = torch.randn(1, 2, lead + local, at_true.shape[-1])
+    compressor = QueryCompressor(APBOptions())
+    state = CompressorState(question_start=doc_len)
+    assert compressor.hooks(state, model, host) is None
+    scores = compressor.scores(state, 0, host, in_anchor, k, k)
+    direct = torch.cat([torch.zeros(1, 4, head, at_true.shape[-1]), at_true,
+                        torch.zeros(1, 4, lead - head - len(question) + local, at_true.shape[-1])], dim=2)
+    expected = compressor.scores(None, 0, host, direct, k, k)
+    assert torch.allclose(scores, expected, rtol=1e-4, atol=1e-4)
+    assert not torch.allclose(compressor.scores(None, 0, host, in_anchor, k, k), expected, rtol=1e-2, atol=1e-2)
 
 
 def test_select_pools_neighbours_skips_protected_rows_and_keeps_top_per_head():
