@@ -118,3 +118,81 @@ def test_is_correct():
     assert is_correct(m.answer + " .", m)
     assert not is_correct(", ".join(a[:-1]), m)       # every answer must be there
     assert not is_correct("".join(a), m)
+
+
+def _vt_statements(document):
+    """[(variable, value or None, source or None, word offset)] of a variable_tracking document."""
+    words, found = vocab.words_of(document), []
+    for i in range(len(words) - 4):
+        if words[i : i + 3] == ["the", "value", "of"] and words[i + 4] == "is":
+            if words[i + 5 : i + 8] == ["the", "value", "of"]:
+                found.append((words[i + 3], None, words[i + 8], i))
+            else:
+                found.append((words[i + 3], words[i + 5], None, i))
+    return found
+
+
+def _resolve(statements, variable):
+    by_name = {name: (value, source) for name, value, source, _ in statements}
+    value, source = by_name[variable]
+    return value if value is not None else _resolve(statements, source)
+
+
+@pytest.mark.parametrize("hops,chains", [(1, 1), (2, 2), (3, 2), (4, 3)])
+def test_variable_tracking_answer_follows_the_asked_chain(hops, chains):
+    for s in make_samples("variable_tracking", 1500, 4, seed=9, num_hops=hops, num_chains=chains):
+        statements = _vt_statements(s.document)
+        assert len(statements) == chains * (hops + 1)
+        asked = s.question.split("value of ")[1].split(" ")[0]
+        assert _resolve(statements, asked) == s.answer == s.answers[0]
+        ends = [name for name, *_ in statements if all(source != name for *_, source, _ in statements)]
+        assert len(ends) == chains and asked in ends
+        assert len({_resolve(statements, end) for end in ends}) == chains  # distractor chains differ
+        by_name = {name: offset for name, _, _, offset in statements}
+        for name, _, source, offset in statements:  # a hop comes after what it reads
+            assert source is None or by_name[source] < offset
+
+
+@pytest.mark.parametrize("length", [2048, 4096])
+@pytest.mark.parametrize("hops", [1, 2, 3])
+def test_variable_tracking_puts_each_hop_on_another_host(tok, length, hops):
+    """With hops + 1 equal contiguous blocks of the document's tokens (the hosts), statement i of
+    every chain lies in block i."""
+    from longctx.eval.harness import prompt_ids
+    from longctx.plan import split_sizes
+
+    for s in make_samples("variable_tracking", length, 5, seed=11, tokenizer=tok, num_hops=hops):
+        doc_ids, _ = prompt_ids(tok, s)
+        ends, start = [], 0
+        for size in split_sizes(len(doc_ids), hops + 1):
+            start += size
+            ends.append(start)
+        value_id, is_id = tok.convert_tokens_to_ids("value"), tok.convert_tokens_to_ids("is")
+        starts = [i for i in range(len(doc_ids) - 3) if doc_ids[i] == value_id and doc_ids[i + 3] == is_id]
+        assert len(starts) == 2 * (hops + 1)
+        blocks = [next(b for b, end in enumerate(ends) if i < end) for i in starts]
+        assert sorted(blocks) == [b for b in range(hops + 1) for _ in range(2)], blocks
+
+
+def test_variable_tracking_depth_and_seeding():
+    for depth in (0.0, 0.3, 0.7):
+        for s in make_samples("variable_tracking", 3000, 3, seed=5, depth=depth):
+            assert s.depth == depth
+            statements = _vt_statements(s.document)
+            total = len(vocab.words_of(s.document)) + 1
+            asked = s.question.split("value of ")[1].split(" ")[0]
+            chain, name = [], asked
+            by_name = {n: (source, offset) for n, _, source, offset in statements}
+            while name is not None:
+                chain.append(by_name[name][1])
+                name = by_name[name][0]
+            first = min(chain)
+            assert abs((first + 1) / total - depth) < 0.01, (first, total, depth)
+            assert all(offset > first for offset in chain[:-1])
+    assert make_sample("variable_tracking", 1000, 3, 1) == make_sample("variable_tracking", 1000, 3, 1)
+    assert make_sample("variable_tracking", 1000, 3, 1) != make_sample("variable_tracking", 1000, 4, 1)
+    assert make_sample("variable_tracking", 1000, 3, 1, num_hops=2) != make_sample("variable_tracking", 1000, 3, 1)
+    with pytest.raises(ValueError, match="num_hops"):
+        make_sample("variable_tracking", 1000, 0, num_hops=0)
+    with pytest.raises(ValueError, match="shorter"):
+        make_sample("variable_tracking", 40, 0)

@@ -1,6 +1,6 @@
 """RULER-style synthetic long-context tasks, deterministic and seeded.
 
-Five tasks (names as in RULER):
+Six tasks (names as in RULER):
 
 ``niah_single``
     One needle "The special magic number for <key> is <value>." hidden in filler text.
@@ -14,6 +14,16 @@ Five tasks (names as in RULER):
     the answer is all their values.
 ``kv_retrieval``
     The whole document is a list of ``<key1>-<key2>: <value>,`` pairs; one key is asked.
+``variable_tracking``
+    RULER's ``vt`` in words: ``num_chains`` (default 2) chains of ``num_hops`` (default 3)
+    hops, "The value of <k0> is <value>." then "The value of <k1> is the value of <k0>." ...
+    up to <k_hops>; the question asks the last variable of the first chain, the answer is
+    its chain's value. A cross-block task: statement i of every chain sits in segment i of
+    ``num_hops + 1`` equal segments of the *document's tokens* (jittered inside the middle
+    70 % of its segment), so with ``num_hops + 1`` equal contiguous blocks (hosts) every hop
+    of a chain lives on another host, and a later block's statement can only be resolved from
+    an earlier block's tokens. ``depth`` instead puts the first statement of the asked chain
+    at that fraction of the document and its hops in equal segments after it.
 
 A sample's ``length`` is the token count of its prompt (``sample.prompt``: document, a
 newline, question), counted with the given tokenizer including its special tokens, or, with
@@ -36,7 +46,8 @@ from dataclasses import dataclass, field
 
 from longctx.eval import vocab
 
-TASKS = ["niah_single", "niah_multikey", "niah_multivalue", "niah_multiquery", "kv_retrieval"]
+TASKS = ["niah_single", "niah_multikey", "niah_multivalue", "niah_multiquery", "kv_retrieval",
+         "variable_tracking"]
 
 
 @dataclass
@@ -270,10 +281,66 @@ def _kv(rng: random.Random, length: int, counter: _Counter) -> Sample:
                   answers=[answer], length=0, depth=depth)
 
 
+def _segment_depths(rng: random.Random, count: int, start: float = 0.0) -> list[float]:
+    """One fraction in each of `count` equal segments of [start, 1], jittered inside the middle
+    70 % of its segment, in increasing order."""
+    width = (1.0 - start) / count
+    return [start + width * (i + rng.uniform(0.15, 0.85)) for i in range(count)]
+
+
+def _vt(rng: random.Random, length: int, counter: _Counter, depth: float | None, num_hops: int,
+        num_chains: int) -> Sample:
+    if num_hops < 1 or num_chains < 1:
+        raise ValueError(f"variable_tracking needs num_hops >= 1 and num_chains >= 1 "
+                         f"(got {num_hops}, {num_chains})")
+    if num_chains * (num_hops + 1) > len(vocab.KEYS):
+        raise ValueError(f"variable_tracking: at most {len(vocab.KEYS)} variables "
+                         f"(num_chains * (num_hops + 1))")
+    names = rng.sample(vocab.KEYS, num_chains * (num_hops + 1))
+    values = _values(rng, num_chains)
+    statements = []  # (fraction of the document, text), every chain in order
+    for chain in range(num_chains):
+        keys = names[chain * (num_hops + 1): (chain + 1) * (num_hops + 1)]
+        if chain == 0 and depth is not None:
+            fractions = [depth] + _segment_depths(rng, num_hops, depth)
+        else:
+            fractions = _segment_depths(rng, num_hops + 1)
+        texts = [vocab.VT_VALUE.format(key=keys[0], value=values[chain])]
+        texts += [vocab.VT_COPY.format(key=key, source=source) for source, key in zip(keys, keys[1:])]
+        statements += list(zip(fractions, texts))
+        if chain == 0:
+            asked, first_depth = keys[-1], fractions[0]
+    statements.sort(key=lambda item: item[0])
+    question = vocab.Q_VT.format(key=asked)
+    counts = counter.pieces([text for _, text in statements])
+    intro = counter.full(vocab.VT_INTRO)
+    budget = length - counter.full(join_prompt(vocab.VT_INTRO, question)) - sum(counts)
+    if budget < 0:
+        raise ValueError(f"variable_tracking: length {length} is shorter than the statements and "
+                         f"question ({length - budget} tokens)")
+    sentences = _filler(rng, budget, counter)
+    filler_counts = counter.pieces(sentences)
+    filler, doc_len = sum(filler_counts), intro + sum(filler_counts) + sum(counts)
+    # a statement at document fraction f has f * doc_len tokens before it: the intro, the
+    # statements placed before it and the filler in between (never before an earlier one)
+    placed, before, share = [], 0, 0.0
+    for (fraction, text), count in zip(statements, counts):
+        if filler:
+            share = min(1.0, max(share, (fraction * doc_len - intro - before) / filler))
+        placed.append((share, text))
+        before += count
+    document = f"{vocab.VT_INTRO} {_place(sentences, filler_counts, placed)}"
+    return Sample(task="variable_tracking", document=document, question=question, answer=values[0],
+                  answers=[values[0]], length=0, depth=first_depth)
+
+
 def make_sample(task: str, length_tokens: int, seed: int, index: int = 0, tokenizer=None,
                 depth: float | None = None, num_distractors: int = 3, num_values: int = 4,
-                num_queries: int = 4) -> Sample:
-    """One sample; the same (task, length, seed, index, depth, tokenizer) gives the same one."""
+                num_queries: int = 4, num_hops: int = 3, num_chains: int = 2) -> Sample:
+    """One sample; the same (task, length, seed, index, depth, tokenizer, counts) gives the same one.
+
+    `num_hops` / `num_chains` apply to variable_tracking (see the module docstring).
+    """
     if task not in TASKS:
         raise ValueError(f"unknown task {task!r}; choose from {', '.join(TASKS)}")
     rng = random.Random(f"{task}/{length_tokens}/{seed}/{index}/{depth}")
@@ -281,6 +348,8 @@ def make_sample(task: str, length_tokens: int, seed: int, index: int = 0, tokeni
     depth = _norm_depth(depth)
     if task == "kv_retrieval":
         s = _kv(rng, length_tokens, counter)
+    elif task == "variable_tracking":
+        s = _vt(rng, length_tokens, counter, depth, num_hops, num_chains)
     else:
         s = _niah(task, rng, length_tokens, counter, depth, num_distractors, num_values,
                   num_queries)
@@ -294,7 +363,8 @@ def make_samples(task: str, length_tokens: int, count: int, seed: int = 0, token
     """``count`` samples of ``task`` at about ``length_tokens`` prompt tokens (see module doc).
 
     ``depth`` (0..1 or 0..100 %) fixes the answering needle's depth; None draws it at random.
-    Extra keyword arguments: ``num_distractors``, ``num_values``, ``num_queries``.
+    Extra keyword arguments: ``num_distractors``, ``num_values``, ``num_queries``,
+    ``num_hops``, ``num_chains``.
     """
     return [make_sample(task, length_tokens, seed, i, tokenizer, depth, **kwargs)
             for i in range(count)]

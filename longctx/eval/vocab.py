@@ -81,6 +81,11 @@ KV_INTRO = ("Below is a list of keys and their values. Make sure to memorize it.
             "you about the value of one key afterwards.")
 KV_PAIR = "{key}: {value},"
 Q_KV = "What is the value of the key {key} in the list? Answer: The value of the key {key} is"
+VT_INTRO = ("Some values are hidden within the following text. Make sure to memorize it. I will quiz "
+            "you about the values afterwards.")
+VT_VALUE = "The value of {key} is {value}."
+VT_COPY = "The value of {key} is the value of {source}."
+Q_VT = "What is the value of {key} in the provided text? Answer: The value of {key} is"
 
 VALUE_MIN, VALUE_MAX = 10, 99  # values are the numbers 10..99, one word each
 
@@ -99,7 +104,7 @@ def all_words() -> list[str]:
     for group in FILLER.values():
         words.update(group)
     for text in (NIAH_INTRO, NEEDLE, Q_SINGLE, Q_MULTIVALUE, Q_MULTIQUERY, KV_INTRO, KV_PAIR,
-                 Q_KV, *TEMPLATES):
+                 Q_KV, VT_INTRO, VT_VALUE, VT_COPY, Q_VT, *TEMPLATES):
         words.update(words_of(re.sub(r"\{\w+\}", " ", text)))
     words.update(words_of(" and "))
     words.update(str(v) for v in range(VALUE_MIN, VALUE_MAX + 1))
