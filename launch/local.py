@@ -22,6 +22,7 @@ import sys
 import threading
 import traceback
 import types
+from datetime import timedelta
 
 import torch
 
@@ -29,6 +30,7 @@ from launch.worker import build_engine, init_worker, shutdown_worker
 from longctx.errors import LongCtxError, WorkerError
 
 POLL_S = 0.05
+_SPAWN_LOCK = threading.Lock()
 
 
 def max_local_workers(config):
@@ -39,10 +41,39 @@ def max_local_workers(config):
     return 8 * (os.cpu_count() or 1)
 
 
-def _free_port():
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+def _host_store(world, timeout_s):
+    """The job's rendezvous store, held by the driver for the pool's life: a TCPStore on a
+    loopback socket whose port the OS picks and that stays open (no bind-then-close race between
+    two jobs). The socket is made here because TCPStore's own server listens on every interface.
+    None for one worker (no process group)."""
+    if world == 1:
+        return None
+    from torch.distributed import TCPStore
+
+    listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    listener.bind(("127.0.0.1", 0))
+    listener.listen()
+    port = listener.getsockname()[1]
+    return TCPStore("127.0.0.1", port, is_master=True, wait_for_workers=False,
+                    timeout=timedelta(seconds=timeout_s), master_listen_fd=listener.detach())
+
+
+def _join_store(port, timeout_s):
+    """A worker's client of the driver's store on loopback `port` (None: no store)."""
+    if port is None:
+        return None
+    from torch.distributed import TCPStore
+
+    return TCPStore("127.0.0.1", port, is_master=False, timeout=timedelta(seconds=timeout_s))
+
+
+def _use_loopback():
+    """Make gloo and NCCL's bootstrap sockets use the loopback interface (every worker is on this
+    machine), unless the user chose interfaces (GLOO_SOCKET_IFNAME / NCCL_SOCKET_IFNAME)."""
+    loopback = next((name for _, name in socket.if_nameindex() if name.startswith("lo")), None)
+    if loopback is not None:
+        os.environ.setdefault("GLOO_SOCKET_IFNAME", loopback)
+        os.environ.setdefault("NCCL_SOCKET_IFNAME", loopback)
 
 
 def _serve(rank, world, port, config, conn):
@@ -52,7 +83,8 @@ def _serve(rank, world, port, config, conn):
     """
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the driver's to handle
     try:
-        comm, device = init_worker(config, rank, world, init_method=f"tcp://127.0.0.1:{port}")
+        _use_loopback()
+        comm, device = init_worker(config, rank, world, store=_join_store(port, config.timeout_s))
         engine = build_engine(config, comm, device)
         conn.send(("ready", None))
         while True:
@@ -108,17 +140,19 @@ def _spawning():
     the pipe come from importable modules; a script without an `if __name__ == "__main__":`
     guard would otherwise start a pool again inside every worker); and, in the main thread,
     ignore SIGINT, a disposition the workers inherit, so a Ctrl-C while they import torch
-    reaches only the driver."""
-    main = sys.modules.get("__main__")
-    sys.modules["__main__"] = types.ModuleType("__main__")
-    in_main_thread = threading.current_thread() is threading.main_thread()
-    previous = signal.signal(signal.SIGINT, signal.SIG_IGN) if in_main_thread else None
-    try:
-        yield
-    finally:
-        sys.modules["__main__"] = main
-        if in_main_thread:
-            signal.signal(signal.SIGINT, previous)
+    reaches only the driver. Pools started from several threads at once take turns (`_SPAWN_LOCK`),
+    so none restores another's stand-in `__main__`."""
+    with _SPAWN_LOCK:
+        main = sys.modules.get("__main__")
+        sys.modules["__main__"] = types.ModuleType("__main__")
+        in_main_thread = threading.current_thread() is threading.main_thread()
+        previous = signal.signal(signal.SIGINT, signal.SIG_IGN) if in_main_thread else None
+        try:
+            yield
+        finally:
+            sys.modules["__main__"] = main
+            if in_main_thread:
+                signal.signal(signal.SIGINT, previous)
 
 
 def _rank0(events):
@@ -145,7 +179,8 @@ class LocalLauncher:
             raise LongCtxError(f"--nproc {self.world} is more local workers than this machine can run "
                                f"(at most {limit} here)")
         context = multiprocessing.get_context("spawn")
-        port = _free_port()
+        self._store = _host_store(self.world, config.timeout_s)
+        port = None if self._store is None else self._store.port
         self._conns, self._procs = [], []
         with _spawning():
             for rank in range(self.world):
@@ -223,7 +258,7 @@ class LocalLauncher:
                 proc.kill()
         for proc in self._procs:
             proc.join(timeout=10)
-        self._procs, self._conns = [], []
+        self._procs, self._conns, self._store = [], [], None
 
     def close(self):
         """Ask every worker to stop, wait briefly, then kill any that remain."""
