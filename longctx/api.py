@@ -84,8 +84,7 @@ class LongContextLM:
         if launcher not in LAUNCHERS:
             raise LongCtxError(f"unknown launcher {launcher!r}; choose one of {', '.join(LAUNCHERS)}")
         self.config = RunConfig(model=model, method=method, nproc=nproc, launcher=launcher, **options).validate()
-        if launcher == "local":  # Ray workers run on the cluster's nodes, not necessarily this machine
-            check_machine(self.config)
+        check_machine(self.config)  # local workers only: Ray's run on the cluster's nodes
         self.model_config = check_model_dir(model)
         get_method(method, self.config).check(self.model_config, nproc)
         self.tokenizer = load_tokenizer(model)
