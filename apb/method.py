@@ -50,7 +50,7 @@ class APBOptions:
 class APBPlanner(Planner):
     """Contiguous blocks with anchor / probe rows and passing sizes (`apb.layout.APBLayout`).
 
-    `config.balance` "auto" sizes the blocks so every host's estimated time is the same, kept
+    Balance "auto" (APB's and Star's default) sizes the blocks so every host's estimated time is the same, kept
     only when its estimated critical path is not longer than the equal split's;
     `details["balance"]` says which plan was used and `details["equal_critical_ms"]` what the
     equal split would take.

@@ -29,9 +29,10 @@ class RingOptions:
 
 
 class RingPlanner(Planner):
-    """The textbook ring's plan: contiguous blocks (sized per `config.balance`)."""
+    """The textbook ring's plan: equal contiguous blocks (balanced only with `--balance auto`)."""
 
     layouts = ("contiguous",)
+    default_balance = "equal"
     double_ring = False
 
     def check(self, model_config, world):
@@ -54,9 +55,11 @@ class RingPlanner(Planner):
 
 
 class BurstPlanner(RingPlanner):
-    """BurstAttention's plan: zigzag (default), striped or contiguous; the double ring allowed."""
+    """BurstAttention's plan: zigzag (default), striped or contiguous (balanced unless
+    `--balance equal`); the double ring allowed."""
 
     layouts = ("zigzag", "striped", "contiguous")
+    default_balance = "auto"
     double_ring = True
 
 

@@ -14,10 +14,14 @@ DIST_BACKENDS = ("auto", "gloo", "nccl")
 BALANCES = ("equal", "auto")
 LAUNCHERS = ("local", "ray")
 PLACEMENTS = ("pack", "spread")
-# Default block sizing for contiguous layouts: "auto". Measured (benchmarks/results/cpu_methods.json,
-# simulated hosts): APB balanced vs equal blocks 1.04x at 16K on 4 hosts, 1.53x at 32K on 4 hosts;
-# benchmarks/results/planner_apb.json: the slowest of 4 CPU workers' compute 1.15x shorter at 4K.
-BALANCE_DEFAULT = "auto"
+# Default block sizing for contiguous layouts: None = the method's (its planner's `default_balance`):
+# ring "equal" (the textbook ring), the others "auto". Measured for APB (benchmarks/results/
+# cpu_methods.json, simulated hosts): balanced vs equal blocks 1.04x at 16K on 4 hosts, 1.53x at 32K
+# on 4 hosts; benchmarks/results/planner_apb.json: the slowest of 4 CPU workers' compute 1.15x
+# shorter at 4K. Estimated (`longctx plan`, 4 hosts, 16K / 128K): apb 1.08x / 1.19x, star 1.17x /
+# 1.24x, burst and allgather on --layout contiguous 1.20x / 1.56x (their default layouts are not
+# resized); ulysses 1.00x (the same plan) with equal hosts, 1.75x at 16K with --host-speeds 1,1,1,0.5.
+BALANCE_DEFAULT = None
 
 
 @dataclass(init=False)
@@ -27,7 +31,7 @@ class RunConfig:
     Run-wide settings: `layout` None means the method's default; `threads` None splits the
     CPU cores evenly over the local workers. Planner (`longctx.planner`, `longctx.costmodel`):
     `balance` sizes contiguous blocks, "equal" (as equal as possible) or "auto" (equal
-    estimated time per host); `host_speeds` gives relative host speeds (host time = cost /
+    estimated time per host), None = the method's default (`Planner.default_balance`); `host_speeds` gives relative host speeds (host time = cost /
     speed; None = all equal); `costs` is a cost coefficient file (None: the calibrated
     ~/.cache/longctx/costs.json, else shipped defaults).
 
@@ -82,7 +86,7 @@ class RunConfig:
                 raise LongCtxError(f"--{name} must be one of {', '.join(allowed)} (got {getattr(self, name)!r})")
         if self.ray_cpus_per_worker < 1:
             raise LongCtxError(f"--ray-cpus-per-worker must be at least 1 (got {self.ray_cpus_per_worker})")
-        if self.balance not in BALANCES:
+        if self.balance is not None and self.balance not in BALANCES:
             raise LongCtxError(f"--balance must be one of {', '.join(BALANCES)} (got {self.balance!r})")
         if self.host_speeds is not None:
             speeds = tuple(self.host_speeds)
@@ -226,7 +230,7 @@ def parse_speeds(text):
 
 def add_planner_arguments(parser, balance_default=BALANCE_DEFAULT):
     """Add --balance, --host-speeds and --costs (the planner's options) to `parser`."""
-    shown = balance_default or "both, side by side"
+    shown = balance_default or "the method's: equal for ring, auto for the others; plan shows both"
     parser.add_argument("--balance", default=balance_default, choices=BALANCES,
                         help=f"contiguous block sizes: equal, or auto = equal estimated time per host "
                              f"(default: {shown})")

@@ -19,10 +19,12 @@ class Planner:
 
     `config` is the RunConfig (device, dtype, layout, balance, host speeds, cost file) and
     `options` the method's own options (`Method.Options`). `layouts` lists the layouts
-    (`longctx.layouts`) the method runs, its default first.
+    (`longctx.layouts`) the method runs, its default first; `default_balance` is the block
+    sizing used when `config.balance` is None ("auto" unless a method says otherwise).
     """
 
     layouts = ("contiguous",)
+    default_balance = "auto"
 
     def __init__(self, name, config, options=None):
         self.name = name
@@ -30,6 +32,11 @@ class Planner:
         self.options = options
         self.shape = None
         self._cost_model = None
+
+    @property
+    def balance(self):
+        """This run's block sizing: `config.balance`, else the method's `default_balance`."""
+        return self.config.balance or self.default_balance
 
     @property
     def layout(self):
@@ -62,13 +69,13 @@ class Planner:
     def plan(self, doc_len, query_len, world):
         """The estimated plan for a document of `doc_len` tokens on `world` hosts.
 
-        With `config.balance` "auto" on a resizable layout the blocks are also sized for equal
+        With `balance` "auto" on a resizable layout the blocks are also sized for equal
         estimated times; the balanced plan is run if it is not slower by the estimate than the
         equal split. `details["balance"]` says which (`describe`).
         """
         equal = self.estimate(self.build(doc_len, query_len, world))
         balanced = None
-        if self.config.balance == "auto" and world > 1 and self.layout.resizable:
+        if self.balance == "auto" and world > 1 and self.layout.resizable:
             balanced = self.estimate(self.build(doc_len, query_len, world,
                                                 self.balanced_sizes(doc_len, query_len, world)))
         plan = balanced if balanced is not None and balanced.critical_ms <= equal.critical_ms else equal

@@ -312,6 +312,23 @@ def test_apb_128k_on_8_hosts_balanced_within_5_percent_of_the_mean(device):
     assert (balanced.details["anchor_len"], balanced.details["passing_len"]) == (4096, 2048)
 
 
+@pytest.mark.parametrize("method,layout,default", [("ring", None, "equal"), ("apb", None, "auto"),
+                                                    ("star", None, "auto"), ("ulysses", None, "auto"),
+                                                    ("burst", "contiguous", "auto"), ("allgather", "contiguous", "auto")])
+def test_default_balance_is_the_methods(method, layout, default):
+    """No --balance: ring runs the textbook equal blocks, the others balance; --balance overrides."""
+    speeds = (1, 1, 1, 0.5)  # so that balancing moves tokens for every method, ulysses included
+    _, plan = make_plan(method, 65536, 4, layout=layout, host_speeds=speeds)
+    _, given = make_plan(method, 65536, 4, layout=layout, host_speeds=speeds, balance=default)
+    other = "auto" if default == "equal" else "equal"
+    _, flipped = make_plan(method, 65536, 4, layout=layout, host_speeds=speeds, balance=other)
+    assert RunConfig(method=method).balance is None
+    assert plan.block_sizes() == given.block_sizes() != flipped.block_sizes()
+    equal = plan if default == "equal" else flipped
+    assert equal.details["balance"] == "equal" and len(set(equal.block_sizes())) == 1
+    assert (flipped if default == "equal" else plan).details["balance"] == "auto"
+
+
 def test_host_speeds_shift_tokens_to_fast_hosts():
     _, plan = make_plan("apb", 65536, 4, balance="auto", host_speeds=(1, 1, 1, 0.5))
     _, even = make_plan("apb", 65536, 4, balance="auto")
