@@ -1,20 +1,29 @@
-"""Video input for Spava: frames (PyAV or arrays), sampling, Qwen2-VL patches, and the
-frame-parallel vision encoder of a tiny random Qwen2.5-VL against the single-process one."""
+"""Video input for Spava on a tiny random Qwen2.5-VL (fp32): frames (PyAV or arrays), sampling,
+Qwen2-VL patches, the frame-parallel vision encoder against the single-process one, the
+engine's video path (dense against transformers' own forward and generate; burst, spava's
+exact cases and apb's against dense on simulated workers), the CLI end to end on local workers
+and bad video input. Runtime on 2 shared cores: about 2 minutes (the two CLI runs on 2 and 4
+workers are most of it)."""
 
+import os
 import threading
 
 import numpy as np
 import pytest
 import torch
 
-from helpers import ThreadComm
+from helpers import ThreadComm, relative_error, run_cli, run_workers
 from longctx.comm import Comm
+from longctx.config import RunConfig
+from longctx.engine import Engine, Request
 from longctx.errors import LongCtxError
-from longctx.models.qwen_vl import encode_video, frame_shares
+from longctx.models import load_model, load_tokenizer
+from longctx.models.qwen_vl import encode_video, frame_shares, video_prompt
 from longctx.models.tiny import make_tiny_model
 from longctx.video import load_video, patchify, processor_settings, read_frames, sample_indices
 
 FRAMES = np.random.default_rng(0).integers(0, 256, (12, 50, 70, 3), dtype=np.uint8)
+TOLERANCE = 1e-4
 
 
 @pytest.fixture(scope="module")
@@ -60,17 +69,24 @@ def test_sampling_rules():
         sample_indices(12, 6.0, num_frames=0)
 
 
-def test_pyav_round_trip_and_bad_files(tmp_path, tiny_vl):
-    av = pytest.importorskip("av")
-    path = str(tmp_path / "clip.mp4")
+def write_video(path, frames, rate=6):
+    """Write `frames` [T, 48, 64, 3] uint8 to an MPEG-4 file with PyAV; returns `path`."""
+    import av
+
     with av.open(path, "w") as container:
-        stream = container.add_stream("mpeg4", rate=6)
+        stream = container.add_stream("mpeg4", rate=rate)
         stream.width, stream.height, stream.pix_fmt = 64, 48, "yuv420p"
-        for frame in FRAMES:
-            for packet in stream.encode(av.VideoFrame.from_ndarray(np.ascontiguousarray(frame[:48, :64]), format="rgb24")):
+        for frame in frames:
+            for packet in stream.encode(av.VideoFrame.from_ndarray(np.ascontiguousarray(frame), format="rgb24")):
                 container.mux(packet)
         for packet in stream.encode():
             container.mux(packet)
+    return path
+
+
+def test_pyav_round_trip_and_bad_files(tmp_path, tiny_vl):
+    pytest.importorskip("av")
+    path = write_video(str(tmp_path / "clip.mp4"), FRAMES[:, :48, :64])
     frames, fps = read_frames(path)
     assert frames.shape == (12, 48, 64, 3) and fps == 6
     video = load_video(path, tiny_vl[0], num_frames=8)
@@ -112,3 +128,150 @@ def test_more_workers_than_temporal_patches_is_one_error():
     assert frame_shares(5, 2) == [(0, 3), (3, 5)]
     with pytest.raises(LongCtxError, match="3 temporal patches .* fewer than the 4 workers"):
         frame_shares(3, 4)
+
+
+@pytest.fixture(scope="module")
+def video_request(tiny_vl):
+    """(model dir, model loaded for the engine, doc_ids, query_ids, VideoPatches): 6 temporal
+    patches of 4 x 6 patches, 39 document tokens."""
+    path = tiny_vl[0]
+    video = load_video(FRAMES, path, source_fps=4)
+    doc, question = video_prompt(load_tokenizer(path), video.grid, "what moves?")
+    return path, load_model(path, torch.device("cpu"), torch.float32), doc, question, video
+
+
+def dense_video(path, model, doc, question, video, max_new_tokens=6):
+    """The single-process dense engine's result on a video request (the reference)."""
+    engine = Engine(model, Comm(), RunConfig(model=path, method="dense", nproc=1), torch.device("cpu"))
+    return engine.run(Request(doc, question, max_new_tokens, "dense", True, (), video))
+
+
+def run_video(video_request, method, world, **options):
+    path, model, doc, question, video = video_request
+    config = RunConfig(model=path, method=method, **options)
+    return run_workers(model, config, Request(doc, question, 6, method, True, (), video), world)
+
+
+def test_dense_engine_equals_transformers_own_forward(video_request, tiny_vl):
+    """Embedding replacement and M-RoPE (table + decode delta) against Qwen2_5_VLForConditionalGeneration
+    run by transformers end to end (its processor-free inputs, SDPA, its own generate)."""
+    path, model, doc, question, video = video_request
+    reference_model = tiny_vl[1]
+    result = dense_video(path, model, doc, question, video)
+    ids = torch.tensor([doc + question])
+    inputs = dict(input_ids=ids, pixel_values_videos=torch.tensor(video.pixels), video_grid_thw=torch.tensor([video.grid]),
+                  second_per_grid_ts=torch.tensor([video.seconds_per_patch]),
+                  mm_token_type_ids=2 * (ids == reference_model.config.video_token_id).int())
+    with torch.inference_mode():
+        output = reference_model(**inputs, output_hidden_states=True)
+        generated = reference_model.generate(**inputs, max_new_tokens=6, do_sample=False)
+    hidden = output.hidden_states[-1][0]
+    ours = torch.cat([result["doc_hidden"], result["query_hidden"]])
+    assert float((ours - hidden).norm() / hidden.norm()) <= 1e-5
+    assert result["tokens"] == generated[0, ids.shape[1]:].tolist()
+
+
+@pytest.mark.parametrize("method,world,options", [
+    ("burst", 2, {}),
+    ("burst", 3, {"layout": "contiguous"}),
+    ("spava", 1, {}),
+    ("spava", 2, {"anchor_len": 0, "passing_len": 10**6}),
+    ("spava", 4, {"anchor_len": 0, "passing_len": 10**6, "frame_parallel": 0}),
+    ("apb", 2, {"anchor_len": 0, "passing_ratio": 1.0}),
+])
+def test_exact_methods_on_video_equal_dense(video_request, method, world, options):
+    """Exact configurations on video: every worker's rows get their own tokens' embeddings and M-RoPE."""
+    reference = dense_video(*video_request)
+    result = run_video(video_request, method, world, **options)
+    assert relative_error(result, reference) <= TOLERANCE
+    assert result["tokens"] == reference["tokens"]
+
+
+@pytest.mark.parametrize("method,world", [("spava", 3), ("apb", 2)])
+def test_approximate_defaults_on_video_run(video_request, method, world):
+    """The approximate default sizes (spava: anchor n/64, passing n/128; apb: l_b/4, l_b/8, the
+    question in the anchor at positions 0..l_a-1 of the M-RoPE table): tokens and a finite state."""
+    result = run_video(video_request, method, world)
+    assert len(result["tokens"]) == 6 and torch.isfinite(result["query_hidden"]).all()
+
+
+@pytest.fixture(scope="module")
+def clip(tmp_path_factory):
+    """A 16-frame synthetic MPEG-4 clip written with PyAV (8 temporal patches after sampling)."""
+    pytest.importorskip("av")
+    frames = np.random.default_rng(1).integers(0, 256, (16, 48, 64, 3), dtype=np.uint8)
+    return write_video(str(tmp_path_factory.mktemp("video") / "clip.mp4"), frames, rate=4)
+
+
+@pytest.mark.parametrize("nproc", [2, 4])
+def test_cli_answers_a_video_with_spava_on_local_workers(tiny_vl, clip, nproc):
+    """End to end: PyAV decode, sampling, frame-parallel encoding and spava prefill on `nproc`
+    local worker processes; the answer equals dense's on one worker (6 tokens; the sizes make
+    spava exact: no anchor, every key passed)."""
+    import json
+
+    common = ("generate", "--model", tiny_vl[0], "--video", clip, "--frames", "16", "--question", "what moves?",
+              "--max-new-tokens", "6", "--json")
+    spava = run_cli(*common, "--method", "spava", "--nproc", str(nproc), "--anchor-len", "0", "--passing-len",
+                    "100000", timeout=400)
+    assert spava.returncode == 0, spava.stderr
+    result = json.loads(spava.stdout)
+    assert result["method"] == "spava" and result["nproc"] == nproc and len(result["tokens"]) == 6
+    assert result["doc_tokens"] == 3 + 8 * 4  # BOS, vision start/end, 8 temporal patches of 2 x 2 merged tokens
+    video = load_video(clip, tiny_vl[0], num_frames=16)
+    doc, question = video_prompt(load_tokenizer(tiny_vl[0]), video.grid, "what moves?")
+    reference = dense_video(tiny_vl[0], load_model(tiny_vl[0], torch.device("cpu"), torch.float32), doc, question,
+                            video)
+    assert result["tokens"] == reference["tokens"]
+
+
+
+
+@pytest.mark.parametrize("case,needle", [
+    ("junk", "cannot read video"),
+    ("empty", "cannot read video"),
+    ("missing", "does not exist"),
+    ("no_frames", "sampling leaves no frames"),
+    ("workers", "8 temporal patches (frame pairs) after sampling, fewer than the 9 workers"),
+    ("text_model", "a video needs a video-language model (qwen2_5_vl)"),
+    ("no_video", "this is a video-language model (Qwen2.5-VL): give a video"),
+    ("unsupported", "a multimodal family longctx does not support; the supported video-language family is qwen2_5_vl"),
+])
+def test_bad_video_input_is_one_error_line(tiny_vl, tiny_model, clip, tmp_path, capsys, case, needle):
+    """Refused on the driver before any worker starts (so none can be left): the CLI's `main`
+    in this process (no interpreter start-up per case) prints one line and returns status 2."""
+    import json
+
+    from longctx.cli import main
+
+    video, model, extra = clip, tiny_vl[0], ()
+    if case == "junk":
+        video = str(tmp_path / "junk.mp4")
+        open(video, "wb").write(b"not a video at all")
+    elif case == "empty":
+        video = str(tmp_path / "empty.mp4")
+        open(video, "wb").close()
+    elif case == "missing":
+        video = str(tmp_path / "nope.mp4")
+    elif case == "no_frames":
+        extra = ("--fps", "0.1")
+    elif case == "workers":
+        extra = ("--nproc", "9", "--anchor-len", "0")
+    elif case == "text_model":
+        model = tiny_model("llama")
+    elif case == "unsupported":
+        model = str(tmp_path)
+        with open(os.path.join(model, "config.json"), "w") as handle:
+            json.dump({"model_type": "llava"}, handle)
+    if case == "no_video":
+        doc = tmp_path / "doc.txt"
+        doc.write_text("a document")
+        source = ("--doc", str(doc))
+    else:
+        source = ("--video", video)
+    capsys.readouterr()  # drop what writing the fixtures' models printed
+    assert main(["generate", "--model", model, "--method", "spava", *source, "--question", "what?", *extra]) == 2
+    captured = capsys.readouterr()
+    lines = [line for line in captured.err.strip().splitlines() if line]
+    assert len(lines) == 1 and lines[0].startswith("longctx: error:") and needle in lines[0], captured.err
+    assert captured.out == ""
