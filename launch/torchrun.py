@@ -16,6 +16,7 @@ import sys
 from launch.spmd import SPMDLongContextLM
 from longctx.config import DefaultsHelpFormatter, add_run_arguments
 from longctx.errors import LongCtxError
+from longctx.request import check_new_tokens, check_question, read_document
 
 
 def build_parser():
@@ -24,7 +25,7 @@ def build_parser():
                                      formatter_class=DefaultsHelpFormatter)
     add_run_arguments(parser, with_nproc=False)  # the world size is torchrun's --nproc-per-node
     parser.add_argument("--doc", required=True, help="document file")
-    parser.add_argument("--question", default="")
+    parser.add_argument("--question", default=None, help="question text (omitted: the document is continued)")
     parser.add_argument("--max-new-tokens", type=int, default=32)
     parser.add_argument("--json", action="store_true")
     return parser
@@ -37,11 +38,12 @@ def main(argv=None):
     options = {key: value for key, value in vars(args).items()
                if key not in ("model", "method", "nproc", "doc", "question", "max_new_tokens", "json")}
     try:
-        with open(args.doc, encoding="utf-8") as handle:
-            document = handle.read()
+        document = read_document(args.doc)
+        question = check_question(args.question)
+        check_new_tokens(args.max_new_tokens)
         lm = SPMDLongContextLM(args.model, method=args.method, **options)
         try:
-            result = lm.generate(document, args.question, max_new_tokens=args.max_new_tokens)
+            result = lm.generate(document, question, max_new_tokens=args.max_new_tokens)
         finally:
             lm.close()
     except (LongCtxError, OSError) as exc:

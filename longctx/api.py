@@ -18,12 +18,14 @@ already running under torchrun: every rank constructs it and calls `generate` wi
 arguments. The request helpers are re-exported here for existing imports.
 """
 
+import threading
+
 from launch.local import LocalLauncher
 from launch.ray import RayLauncher
 from launch.spmd import SPMDLongContextLM
 from longctx.config import RunConfig
 from longctx.errors import LongCtxError
-from longctx.models import check_model_dir, load_tokenizer
+from longctx.models import check_model_dir, check_weights, load_tokenizer
 from longctx.registry import get_method
 from longctx.request import (GenerationResult, check_machine, check_request, encode_prompt, encode_request,
                              prepare_request, stop_ids, validate_request)
@@ -86,9 +88,11 @@ class LongContextLM:
         self.config = RunConfig(model=model, method=method, nproc=nproc, launcher=launcher, **options).validate()
         check_machine(self.config)  # local workers only: Ray's run on the cluster's nodes
         self.model_config = check_model_dir(model)
+        check_weights(model)
         get_method(method, self.config).check(self.model_config, nproc)
         self.tokenizer = load_tokenizer(model)
         self.stop_ids = stop_ids(self.tokenizer, self.model_config)
+        self._busy = threading.Lock()
         self._launcher = LAUNCHERS[launcher](self.config)
 
     def generate(self, document=None, question="", max_new_tokens=32, method=None, video=None, num_frames=None,
@@ -107,10 +111,31 @@ class LongContextLM:
         decoded; its `result` is the GenerationResult afterwards. The request is validated here,
         before anything is sent."""
         request = self._request(document, question, max_new_tokens, method, video, num_frames, fps, video_fps)
+        self._claim()
+        try:
+            events = self._launcher.stream(request)
+        except BaseException:
+            self._busy.release()
+            raise
+        return TokenStream(self._release_after(events), self.tokenizer, len(request.doc_ids),
+                           len(request.query_ids))
+
+    def _claim(self):
+        """Take the pool for one request: one request at a time per pool, a second one (from
+        another thread, or while a stream is not read to its end) is refused, never interleaved
+        with the first's replies."""
         if self._launcher is None:
             raise LongCtxError("the workers have been shut down")
-        return TokenStream(self._launcher.stream(request), self.tokenizer, len(request.doc_ids),
-                           len(request.query_ids))
+        if not self._busy.acquire(blocking=False):
+            raise LongCtxError("this LongContextLM is serving another request (from another thread, or a "
+                               "stream not read to its end); use one LongContextLM per thread")
+
+    def _release_after(self, events):
+        """Pass `events` on; the pool is free again when they end (or the reader stops)."""
+        try:
+            return (yield from events)
+        finally:
+            self._busy.release()
 
     def _request(self, document, question, max_new_tokens, method, video, num_frames, fps, video_fps):
         doc_ids, query_ids, patches = encode_request(self.tokenizer, self.config.model, self.model_config, document,
@@ -125,10 +150,13 @@ class LongContextLM:
                                return_hidden, self.stop_ids, video)
 
     def run(self, request):
-        """Send a Request made by `prepare` to the workers; returns the engine's raw result dict."""
-        if self._launcher is None:
-            raise LongCtxError("the workers have been shut down")
-        return self._launcher.run(request)
+        """Send a Request made by `prepare` to the workers; returns the engine's raw result dict.
+        Refused while the pool serves another request (`_claim`)."""
+        self._claim()
+        try:
+            return self._launcher.run(request)
+        finally:
+            self._busy.release()
 
     def run_ids(self, doc_ids, query_ids, max_new_tokens=32, method=None, return_hidden=False):
         """Low-level: run token ids directly; returns the engine's raw result dict (see Engine.run)."""

@@ -27,7 +27,8 @@ def _add_generate(sub, argv):
     video.add_argument("--frames", type=int, default=None,
                        help="sample this many frames, evenly spaced (default: every frame, or --fps)")
     video.add_argument("--fps", type=float, default=None, help="sample this many frames per second of video")
-    parser.add_argument("--question", default="", help="question text appended after the document")
+    parser.add_argument("--question", default=None,
+                        help="question text appended after the document (omitted: the document is continued)")
     parser.add_argument("--max-new-tokens", type=int, default=32,
                         help="at most this many answer tokens (greedy; stops early at the model's end token)")
     add_launcher_arguments(parser)
@@ -139,22 +140,13 @@ def build_parser(argv=None):
     return parser
 
 
-def _read_document(path):
-    if path == "-":
-        return sys.stdin.read()
-    try:
-        with open(path, encoding="utf-8") as handle:
-            return handle.read()
-    except OSError as exc:
-        raise LongCtxError(f"cannot read document {path!r}: {exc.strerror}") from None
-
-
 def cmd_generate(args):
     """`longctx generate`: one answer, printed as it is decoded (or one JSON object), with timings.
     A one-worker method (dense) runs on one worker whatever --nproc says, and says so."""
     from longctx.api import LongContextLM, check_request
     from longctx.models import check_model_dir
-    from longctx.request import check_machine, worker_count
+    from longctx.request import (check_machine, check_new_tokens, check_question, read_document,
+                                 worker_count)
 
     config = config_from_args(args)
     check_machine(config)
@@ -164,7 +156,9 @@ def cmd_generate(args):
         config = config.replace(nproc=workers)
     if (args.doc is None) == (args.video is None):
         raise LongCtxError("give a document (--doc FILE) or a video (--video FILE)")
-    document = None if args.doc is None else _read_document(args.doc)
+    args.question = check_question(args.question)
+    check_new_tokens(args.max_new_tokens)
+    document = None if args.doc is None else read_document(args.doc)
     *_, video = check_request(config, document, args.question, args.max_new_tokens, args.video, args.frames,
                               args.fps)
     request = {"document": document, "question": args.question, "max_new_tokens": args.max_new_tokens,

@@ -9,7 +9,9 @@ ids, never text. `GenerationResult` is what a request produced, as the user sees
 """
 
 import os
+import sys
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 
 from longctx.engine import Request
 from longctx.errors import LongCtxError
@@ -54,6 +56,39 @@ class GenerationResult:
     def to_dict(self):
         """JSON-ready dict."""
         return asdict(self)
+
+
+def read_document(path):
+    """The text of the document file `path` ('-': standard input), for the CLI and the torchrun
+    entry. LongCtxError (one line) when it cannot be read, holds NUL bytes (a binary file), or
+    is not UTF-8 text."""
+    name = "on standard input" if path == "-" else repr(path)
+    try:
+        data = sys.stdin.buffer.read() if path == "-" else Path(path).read_bytes()
+    except OSError as exc:
+        raise LongCtxError(f"cannot read document {path!r}: {exc.strerror}") from None
+    if b"\0" in data:
+        raise LongCtxError(f"the document {name} contains NUL bytes: it looks like a binary file, not text")
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise LongCtxError(f"the document {name} is not UTF-8 text (byte 0x{data[exc.start]:02x} at offset "
+                           f"{exc.start}); convert it first, e.g. iconv -f latin1 -t utf-8") from None
+
+
+def check_question(question):
+    """LongCtxError when a question was given but is empty or only whitespace (None: no question,
+    the document is continued); returns the question text ("" for None)."""
+    if question is not None and not question.strip():
+        raise LongCtxError("the question is empty; give one, or omit --question to continue the document")
+    return question or ""
+
+
+def check_new_tokens(max_new_tokens):
+    """LongCtxError unless a command asks for at least one new token."""
+    if max_new_tokens < 1:
+        raise LongCtxError(f"--max-new-tokens must be at least 1 (got {max_new_tokens})")
+    return max_new_tokens
 
 
 def encode_prompt(tokenizer, document, question):

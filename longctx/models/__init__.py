@@ -1,12 +1,13 @@
 """Hugging Face integration: loading models, registering longctx attention, tiny test models."""
 
 from longctx.models.attention import ATTN_NAME, register_attention
-from longctx.models.loading import check_model_dir, load_model, load_tokenizer, resolve_device, resolve_dtype
+from longctx.models.loading import check_model_dir, check_weights, load_model, load_tokenizer, resolve_device, resolve_dtype
 
 __all__ = [
     "ATTN_NAME",
     "register_attention",
     "check_model_dir",
+    "check_weights",
     "load_model",
     "load_tokenizer",
     "resolve_device",

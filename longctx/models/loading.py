@@ -27,8 +27,9 @@ def check_model_dir(path):
         raise LongCtxError(f"model directory {path!r} does not exist")
     if not os.path.isfile(os.path.join(path, "config.json")):
         raise LongCtxError(f"{path!r} has no config.json: not a Hugging Face model directory")
+    check_no_custom_code(path)
     try:
-        config = AutoConfig.from_pretrained(path, local_files_only=True)
+        config = AutoConfig.from_pretrained(path, local_files_only=True, trust_remote_code=False)
     except (ValueError, OSError, KeyError) as exc:
         raise LongCtxError(f"cannot read the model config in {path!r}: {_first_line(exc)}") from None
     if is_video_model(config):
@@ -44,6 +45,48 @@ def check_model_dir(path):
                            "the encoder as a decoder); longctx needs a decoder-only causal LM such as Llama, "
                            "Qwen2 or Mistral")
     return config
+
+
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle")
+
+
+def check_no_custom_code(path):
+    """LongCtxError when the model directory ships code of its own (`auto_map` in config.json or
+    tokenizer_config.json, or .py files): longctx never runs code from a model directory; it
+    needs a model class of transformers itself, whose attention it replaces."""
+    import json
+
+    for name in ("config.json", "tokenizer_config.json"):
+        file = os.path.join(path, name)
+        try:
+            with open(file, encoding="utf-8") as handle:
+                settings = json.load(handle)
+        except FileNotFoundError:
+            continue
+        except (OSError, ValueError) as exc:
+            raise LongCtxError(f"cannot read {file!r}: {_first_line(exc)}") from None
+        if isinstance(settings, dict) and "auto_map" in settings:
+            raise LongCtxError(f"{path!r} ships its own modeling code ('auto_map' in {name}); longctx does not run "
+                               "code from a model directory: use a model class transformers provides")
+    scripts = sorted(name for name in os.listdir(path) if name.endswith(".py"))
+    if scripts:
+        raise LongCtxError(f"{path!r} ships Python code ({', '.join(scripts[:3])}); longctx does not run code from "
+                           "a model directory: remove it, or use a model class transformers provides")
+
+
+def check_weights(path):
+    """LongCtxError unless the model's weights are safetensors files: pickle-based files (.bin,
+    .pt, ...) can run code when they are loaded, so longctx never opens them. Called before
+    loading (the driver, and every worker)."""
+    names = os.listdir(path)
+    if any(name.endswith(".safetensors") for name in names):
+        return
+    pickles = sorted(name for name in names if name.endswith(PICKLE_SUFFIXES))
+    if pickles:
+        raise LongCtxError(f"{path!r} holds its weights as pickle files ({', '.join(pickles[:2])}), which can run "
+                           "code when loaded; longctx loads safetensors only (convert them on a machine you "
+                           "trust: save_pretrained(dir, safe_serialization=True))")
+    raise LongCtxError(f"{path!r} has no weights (*.safetensors)")
 
 
 def resolve_device(device, rank=0):
@@ -81,10 +124,12 @@ def load_model(path, device, dtype):
     from transformers import AutoModelForCausalLM
 
     video = is_video_model(check_model_dir(path))
+    check_weights(path)
     model_class = video_model_class() if video else AutoModelForCausalLM
     quiet_libraries()
     try:
-        model = model_class.from_pretrained(path, dtype=dtype, local_files_only=True)
+        model = model_class.from_pretrained(path, dtype=dtype, local_files_only=True, use_safetensors=True,
+                                            trust_remote_code=False)
     except (ValueError, OSError, KeyError, RuntimeError) as exc:
         raise LongCtxError(f"cannot load the model in {path!r}: {_first_line(exc)}") from None
     name = register_attention()
@@ -97,7 +142,7 @@ def load_tokenizer(path):
     from transformers import AutoTokenizer
 
     try:
-        return AutoTokenizer.from_pretrained(path, local_files_only=True)
+        return AutoTokenizer.from_pretrained(path, local_files_only=True, trust_remote_code=False)
     except (ValueError, OSError, KeyError) as exc:
         raise LongCtxError(f"cannot load a tokenizer from {path!r}: {_first_line(exc)}") from None
 

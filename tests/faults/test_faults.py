@@ -17,45 +17,13 @@ import uuid
 
 import pytest
 
-from helpers import REPO, TESTS
+from helpers import REPO, TESTS, assert_none_left, marked_processes
 
 INJECT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "inject")
 KINDS = ("kill", "raise", "hang")
 PHASES = ("load", "prefill-first", "prefill-middle", "query", "decode")
 TIMEOUT_S = 8  # the collective timeout given to the job (--timeout)
 START_SLACK_S = 60  # process start-up and model loading on a loaded 2-core machine
-
-
-def marked_processes(marker):
-    """PIDs of live processes whose environment holds LONGCTX_FAULT_RUN=marker (not this test's
-    own process, nor the multiprocessing resource tracker it may have started)."""
-    found = []
-    needle = f"LONGCTX_FAULT_RUN={marker}".encode()
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit() or int(entry) == os.getpid():
-            continue
-        try:
-            with open(f"/proc/{entry}/environ", "rb") as handle:
-                marked = needle in handle.read().split(b"\0")
-            with open(f"/proc/{entry}/cmdline", "rb") as handle:
-                tracker = b"resource_tracker" in handle.read()
-            with open(f"/proc/{entry}/stat") as stat:
-                alive = stat.read().split()[2] != "Z"
-        except OSError:
-            continue
-        if marked and alive and not tracker:
-            found.append(int(entry))
-    return found
-
-
-def assert_none_left(marker, grace_s=15):
-    """No process of the job is alive within `grace_s` (then kill them, and fail)."""
-    deadline = time.monotonic() + grace_s
-    while (left := marked_processes(marker)) and time.monotonic() < deadline:
-        time.sleep(0.2)
-    for pid in left:
-        os.kill(pid, signal.SIGKILL)
-    assert not left, f"processes left behind: {left}"
 
 
 def job_env(fault, marker):
