@@ -14,7 +14,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from longctx.engine import Request
+from longctx.costs import resolve_device_type
 from longctx.errors import LongCtxError
+from longctx.memory import check_memory
 from longctx.models import check_model_dir, load_tokenizer
 from longctx.models.qwen_vl import VIDEO_FAMILIES, frame_shares, is_video_model, video_prompt
 from longctx.registry import get_method
@@ -223,10 +225,15 @@ def validate_request(config, model_config, doc_len, query_len, method=None):
     `method` overrides `config.method`; the worker count is `config.nproc`. LongCtxError
     names the first problem (unknown method, heads not divisible, document too short, ...).
     """
-    runner = get_method(method or config.method, config)
-    runner.check(model_config, config.nproc)
-    runner.use_model(model_config)
-    return runner.plan(doc_len, query_len, config.nproc)
+    return _planned(config, model_config, doc_len, query_len, method)[1]
+
+
+def _planned(config, model_config, doc_len, query_len, method):
+    """(planner, plan) of the request, after the method's checks."""
+    planner = get_method(method or config.method, config).planner
+    planner.check(model_config, config.nproc)
+    planner.use_model(model_config)
+    return planner, planner.plan(doc_len, query_len, config.nproc)
 
 
 def prepare_request(config, model_config, doc_ids, query_ids, max_new_tokens=32, method=None,
@@ -235,11 +242,14 @@ def prepare_request(config, model_config, doc_ids, query_ids, max_new_tokens=32,
 
     `stop` are the ids that end generation (`stop_ids`); `method` overrides `config.method`;
     `video` is the request's `VideoPatches` (`encode_request`), whose temporal patches must
-    be at least the workers when the method encodes frames in parallel.
+    be at least the workers when the method encodes frames in parallel. With local workers the
+    estimated memory must fit this machine (`longctx.memory.check_memory`).
     """
     check_modality(model_config, video is not None)
     check_lengths(model_config, len(doc_ids), len(query_ids), max_new_tokens)
-    validate_request(config, model_config, len(doc_ids), len(query_ids), method)
+    planner, plan = _planned(config, model_config, len(doc_ids), len(query_ids), method)
+    if config.launcher == "local":  # workers on this machine: their memory is this machine's
+        check_memory(planner, plan, model_config.vocab_size, max_new_tokens, resolve_device_type(config.device))
     if video is not None and get_method(method or config.method, config).frame_parallel():
         frame_shares(video.grid[0], config.nproc)
     return Request(list(doc_ids), list(query_ids), max_new_tokens, method, return_hidden, tuple(stop), video)
