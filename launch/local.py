@@ -26,6 +26,7 @@ from datetime import timedelta
 
 import torch
 
+from launch.replies import rank0, run_to_end
 from launch.worker import build_engine, init_worker, shutdown_worker
 from longctx.errors import LongCtxError, WorkerError
 
@@ -155,20 +156,6 @@ def _spawning():
                 signal.signal(signal.SIGINT, previous)
 
 
-def _rank0(events):
-    """Generator passing on what `events` yields, returning rank 0's entry of its replies."""
-    return (yield from events)[0]
-
-
-def _finish(events):
-    """Run a generator to its end, ignoring what it yields; returns its return value."""
-    while True:
-        try:
-            next(events)
-        except StopIteration as stop:
-            return stop.value
-
-
 class LocalLauncher:
     """Start `config.nproc` local workers; `run(request)` returns rank 0's result."""
 
@@ -190,17 +177,17 @@ class LocalLauncher:
                 child.close()
                 self._conns.append(parent)
                 self._procs.append(proc)
-        _finish(self._collect("ready"))
+        run_to_end(self._collect("ready"))
 
     def run(self, request):
         """Send `request` to every worker and return rank 0's result dict."""
-        return _finish(self._send(request, stream=False))[0]
+        return run_to_end(self._send(request, stream=False))[0]
 
     def stream(self, request):
         """Send `request` to every worker; a generator yielding each generated token id (from
         rank 0) as soon as it is decided, whose return value is rank 0's result dict. A reader
         that stops early leaves the request to finish without it; the pool stays usable."""
-        return _rank0(self._send(request, stream=True))
+        return rank0(self._send(request, stream=True))
 
     def _send(self, request, stream):
         if not self._procs:

@@ -28,6 +28,7 @@ from datetime import timedelta
 import torch
 
 from launch.local import describe_exception
+from launch.replies import rank0, run_to_end
 from launch.worker import build_engine, init_worker, shutdown_worker
 from longctx.errors import LongCtxError, WorkerError
 
@@ -136,21 +137,6 @@ def check_reachable(address, timeout_s=CONNECT_S):
     except OSError as exc:
         raise LongCtxError(f"cannot reach the Ray cluster at {address}: {exc.strerror or exc} "
                            f"(is it started? ray start --head)") from None
-
-
-def _result_of(events):
-    """Run a generator to its end, ignoring what it yields; returns its return value."""
-    while True:
-        try:
-            next(events)
-        except StopIteration as stop:
-            return stop.value
-
-
-def _rank0(events):
-    """Generator: what `events` yields; returns rank 0's entry of the list it returns."""
-    results = yield from events
-    return results[0]
 
 
 def _node_ip():
@@ -317,7 +303,7 @@ class RayLauncher:
         that stops early leaves the request to finish without it; the actors stay usable."""
         shared = self._share(request)
         tokens = self._actors[0].stream.remote(shared)
-        return _rank0(self._collect([None] + [actor.run.remote(shared) for actor in self._actors[1:]], tokens))
+        return rank0(self._collect([None] + [actor.run.remote(shared) for actor in self._actors[1:]], tokens))
 
     def _share(self, request):
         if not self._actors:
@@ -327,7 +313,7 @@ class RayLauncher:
 
     def _gather(self, refs):
         """The results of `refs` (one per actor, in rank order); see `_collect`."""
-        return _result_of(self._collect(refs))
+        return run_to_end(self._collect(refs))
 
     def _collect(self, refs, tokens=None):
         """Generator: wait for `refs` (one per actor, in rank order), yielding the token ids that
