@@ -15,8 +15,14 @@ Both against Hugging Face's SDPA forward of the same model and tokens with every
 measured in the same run. The model is a random-weight Llama made on the fly (default 4
 layers, hidden 512, 8 heads / 2 KV heads, MLP 1792; 4 layers keep the run under 20 minutes on
 2 cores, and every layer does the same work). Simulated grid: 4K and 16K tokens on 2, 4 and 8
-hosts, 32K on 4; local workers: 4K and 8K on 2 and 4. Writes JSON and PNG under
-benchmarks/results/.
+hosts, 32K on 4; local workers: 4K and 8K on 2 and 4.
+
+(c) **Video workload** (`prefill_suite.run_video_local`): spava beside dense, burst and apb on
+    real local workers answering a question about a synthetic video (default 64 frames of
+    448 x 448, 8,195 prompt tokens) with a random-weight Qwen2.5-VL of the same language-model
+    shape, against transformers' own SDPA forward of the same video and question.
+
+Writes JSON and PNG (the text workloads) under benchmarks/results/.
 """
 
 import argparse
@@ -50,6 +56,11 @@ def parse_args(argv=None):
     parser.add_argument("--local-grid", nargs="*", default=["4096:2,4", "8192:2,4"],
                         help="real local workers: LENGTH:WORKERS,...")
     parser.add_argument("--methods", default=",".join(prefill_suite.METHODS))
+    parser.add_argument("--video-grid", nargs="*", default=["64:2,4"],
+                        help="video workload on local workers: FRAMES:WORKERS,... (none: skip it)")
+    parser.add_argument("--video-side", type=int, default=448, help="video frames are SIDE x SIDE pixels")
+    parser.add_argument("--video-methods", default=",".join(prefill_suite.VIDEO_METHODS),
+                        help="methods of the video workload (dense always runs on one worker)")
     parser.add_argument("--repeats", type=int, default=1, help="timed runs per measurement (median)")
     parser.add_argument("--gb-per-s", type=float, default=10.0, help="modelled link bandwidth per host")
     parser.add_argument("--latency-us", type=float, default=20.0, help="modelled latency per message")
@@ -63,8 +74,10 @@ def parse_args(argv=None):
     parser.add_argument("--out", default=os.path.join(RESULTS, "cpu_methods.json"))
     args = parser.parse_args(argv)
     args.grid, args.local_grid = prefill_suite.parse_grid(args.grid), prefill_suite.parse_grid(args.local_grid)
+    args.video_grid = prefill_suite.parse_grid(args.video_grid)
     if args.smoke:
         args.grid, args.local_grid = [(256, [2])], [(256, [2])]
+        args.video_grid, args.video_side = [(64, [2])], 56
         args.layers, args.hidden, args.heads, args.kv_heads, args.intermediate = 2, 64, 4, 2, 128
     return args
 
@@ -116,7 +129,7 @@ def main(argv=None):
     def progress(text):
         print(f"[{time.perf_counter() - started:7.1f} s] {text}", file=sys.stderr, flush=True)
 
-    max_len = max(length for length, _ in args.grid + args.local_grid) + prefill_suite.QUESTION_TOKENS + 8
+    max_len = max([length for length, _ in args.grid + args.local_grid] + [0]) + prefill_suite.QUESTION_TOKENS + 8
     with tempfile.TemporaryDirectory(prefix="longctx-bench-") as tmp:
         model_dir = prefill_suite.make_model(os.path.join(tmp, "model"), args.layers, args.hidden, args.heads,
                                              args.kv_heads, args.intermediate, max_positions=max_len)
@@ -124,6 +137,15 @@ def main(argv=None):
         model = load_model(model_dir, torch.device("cpu"), torch.float32)
         rows = prefill_suite.run_simulated(model, args.grid, methods, link, args.repeats, progress)
         local = run_local(model, model_dir, args.local_grid, methods, args.repeats, progress)
+        del model
+        video = []
+        if args.video_grid:
+            video_dir = prefill_suite.make_video_model(os.path.join(tmp, "video-model"), args.layers, args.hidden,
+                                                       args.heads, args.kv_heads, args.intermediate, 32768,
+                                                       max_pixels=args.video_side**2)
+            video_methods = [name for name in args.video_methods.split(",") if name]
+            video = prefill_suite.run_video_local(video_dir, args.video_grid, video_methods, args.repeats,
+                                                  args.video_side, progress)
     report = {
         "benchmark": "cpu_methods",
         "command": "python benchmarks/cpu_methods.py " + " ".join(argv if argv is not None else sys.argv[1:]),
@@ -141,12 +163,18 @@ def main(argv=None):
         "modelled": f"simulated hosts' network: {prefill_suite.link_description(link)}; hosts meet at every "
                     f"layer with communication",
         "link": {"gb_per_s": link.gb_per_s, "latency_us": link.latency_us, "overlap": link.overlap},
-        "rows": rows + local,
+        "video": {"frames_side": args.video_side, "fps": 2, "question": prefill_suite.VIDEO_QUESTION,
+                  "model": "qwen2_5_vl (random weights), the language-model shape above, a 2-layer vision encoder",
+                  "metric": "seconds from the video's patches to the first answer token's logits: HF SDPA one "
+                            "forward (vision encoder included); longctx vision encoding + prefill + query pass"},
+        "rows": rows + local + video,
         "wall_s": time.perf_counter() - started,
     }
     prefill_suite.print_table(rows, "simulated")
     if local:
         prefill_suite.print_table(local, "local workers")
+    if video:
+        prefill_suite.print_table(video, "video local workers")
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
     with open(args.out, "w") as handle:
         json.dump(report, handle, indent=1)

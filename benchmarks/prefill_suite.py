@@ -15,12 +15,20 @@ Every method is reported as time to the first answer token's logits (prefill + q
 and as a speed-up over the baseline measured in the same run. Methods run as their papers
 define them with equal contiguous blocks (`--balance equal`: ring is the textbook ring,
 star and ulysses equal shards, apb the published split); burst and allgather use their
-zigzag layout, spava its zigzag virtual blocks (on the same text workload: the video
-workload needs the Qwen2.5-VL path, issue 14); variants tuned by longctx's planner are labelled (`apb-balanced`).
+zigzag layout, spava its zigzag virtual blocks; variants tuned by longctx's planner are labelled (`apb-balanced`).
+
+The **video workload** (`run_video_local`, Spava's setting: a question about a long video) runs
+a random-weight Qwen2.5-VL on real local workers: spava beside dense, burst and apb, each
+timed from the video's patches to the first answer token's logits (frame-parallel vision
+encoding + prefill + query pass) against transformers' own SDPA forward of the same model,
+video and question (its vision encoder included), measured in the same run.
 """
 
 import os
+import statistics
 import time
+
+import numpy as np
 
 from longctx.baseline import HFSDPABaseline, speedup
 from longctx.compare import random_prompt
@@ -29,7 +37,9 @@ from longctx.models.tiny import make_tiny_model
 from longctx.simulate import Link, critical_path, simulate_hosts
 
 METHODS = ("ring", "burst", "allgather", "ulysses", "star", "apb", "apb-balanced", "spava")
+VIDEO_METHODS = ("burst", "apb", "spava")
 QUESTION_TOKENS = 32
+VIDEO_QUESTION = "What happens in this video, and in which order?"
 
 
 def method_options(label):
@@ -45,6 +55,87 @@ def make_model(out_dir, layers, hidden, heads, kv_heads, intermediate, max_posit
         make_tiny_model(out_dir, "llama", hidden=hidden, layers=layers, heads=heads, kv_heads=kv_heads,
                         seed=seed, max_positions=max_positions, intermediate=intermediate)
     return out_dir
+
+
+def make_video_model(out_dir, layers, hidden, heads, kv_heads, intermediate, max_positions, max_pixels, seed=0):
+    """A random-weight Qwen2.5-VL of the given language-model shape in `out_dir` (written once),
+    its processor bounding frames at `max_pixels`."""
+    if not os.path.isfile(os.path.join(out_dir, "config.json")):
+        make_tiny_model(out_dir, "qwen2_5_vl", hidden=hidden, layers=layers, heads=heads, kv_heads=kv_heads,
+                        seed=seed, max_positions=max_positions, intermediate=intermediate, max_pixels=max_pixels)
+    return out_dir
+
+
+def video_frames(count, side, seed=0):
+    """Seeded random frames [count, side, side, 3] uint8 (a synthetic video)."""
+    return np.random.default_rng(seed).integers(0, 256, (count, side, side, 3), dtype=np.uint8)
+
+
+def time_hf_video(model_dir, doc_ids, query_ids, video, repeats=1):
+    """Transformers' own SDPA forward of the Qwen2.5-VL at `model_dir` over the video prompt
+    (`doc_ids` + `query_ids`, `video` a VideoPatches): vision encoder and language model, one
+    process, every thread, `logits_to_keep=1`, after one untimed warm-up. Returns
+    {seconds, median_s, tokens, argmax}. Call it while no worker pool is alive."""
+    import torch
+    from transformers import Qwen2_5_VLForConditionalGeneration
+
+    torch.set_num_threads(os.cpu_count() or 1)
+    model = Qwen2_5_VLForConditionalGeneration.from_pretrained(model_dir, dtype=torch.float32,
+                                                               attn_implementation="sdpa").eval()
+    ids = torch.tensor([list(doc_ids) + list(query_ids)])
+    inputs = dict(input_ids=ids, pixel_values_videos=torch.tensor(video.pixels),
+                  video_grid_thw=torch.tensor([video.grid]), second_per_grid_ts=torch.tensor([video.seconds_per_patch]),
+                  mm_token_type_ids=2 * (ids == model.config.video_token_id).int(), use_cache=False, logits_to_keep=1)
+    seconds = []
+    with torch.inference_mode():
+        for index in range(repeats + 1):
+            start = time.perf_counter()
+            logits = model(**inputs).logits
+            if index:
+                seconds.append(time.perf_counter() - start)
+    return {"seconds": seconds, "median_s": statistics.median(seconds), "tokens": ids.shape[1],
+            "argmax": int(logits[0, -1].argmax())}
+
+
+def run_video_local(model_dir, grid, methods, repeats, side, progress=print):
+    """Rows of the video workload on real local workers: for each (frames, [workers, ...]) of
+    `grid`, a synthetic video of that many `side` x `side` frames (2 fps) and VIDEO_QUESTION;
+    HF SDPA (measured first, no workers alive), dense on one worker, then every method of
+    `methods` on each worker count. Each row: {length (prompt tokens before the question),
+    frames, method, hosts, mode "video local workers", seconds (vision encoding + prefill +
+    query pass, median of `repeats` after a warm-up), speedup_vs_hf, first_token}."""
+    from longctx.api import LongContextLM
+    from longctx.models import load_tokenizer
+    from longctx.models.qwen_vl import video_prompt
+    from longctx.video import load_video
+
+    rows = []
+    cores = os.cpu_count() or 1
+    for frames, host_counts in grid:
+        video = load_video(video_frames(frames, side), model_dir, source_fps=2.0)
+        doc_ids, query_ids = video_prompt(load_tokenizer(model_dir), video.grid, VIDEO_QUESTION)
+        progress(f"video of {frames} frames ({len(doc_ids)} prompt tokens): HF SDPA (no workers running)")
+        hf = time_hf_video(model_dir, doc_ids, query_ids, video, repeats)
+        common = {"length": len(doc_ids), "frames": frames, "grid": list(video.grid), "mode": "video local workers"}
+        rows.append({**common, "method": "hf-sdpa", "hosts": 1, "seconds": hf["median_s"], "speedup_vs_hf": 1.0,
+                     "baseline": hf})
+        for hosts in [1] + list(host_counts):
+            labels = ["dense"] if hosts == 1 else list(methods)
+            threads = max(1, cores // hosts)
+            progress(f"video of {frames} frames: {hosts} local worker(s), {threads} thread(s) each")
+            with LongContextLM(model_dir, method=labels[0], nproc=hosts, threads=threads, balance="equal") as lm:
+                for label in labels:
+                    times = []
+                    for index in range(repeats + 1):
+                        result = lm.generate(video=video, question=VIDEO_QUESTION, max_new_tokens=1, method=label)
+                        if index:
+                            times.append(result.prefill_s + result.query_s)
+                    seconds = statistics.median(times)
+                    rows.append({**common, "method": label, "hosts": hosts, "seconds": seconds, "runs_s": times,
+                                 "speedup_vs_hf": speedup(hf["median_s"], seconds), "threads_per_worker": threads,
+                                 "cores": cores, "first_token": result.tokens[0],
+                                 "same_first_token_as_hf": result.tokens[0] == hf["argmax"]})
+    return rows
 
 
 def prompt(vocab_size, length):
@@ -208,5 +299,6 @@ def plot(rows, path, title):
     return path
 
 
-__all__ = ["run_simulated", "parse_grid", "simulate_method", "make_model", "prompt", "print_table", "plot",
-           "link_description", "method_options", "runs_on", "METHODS", "Link"]
+__all__ = ["run_simulated", "run_video_local", "parse_grid", "simulate_method", "make_model", "make_video_model",
+           "video_frames", "time_hf_video", "prompt", "print_table", "plot", "link_description", "method_options",
+           "runs_on", "METHODS", "VIDEO_METHODS", "Link"]

@@ -26,7 +26,7 @@ def _check_speedups(rows, modes):
     baseline, else the measured one) over the row's seconds."""
     baselines = {(row["length"], row["mode"]): row["seconds"] for row in rows if row["method"] == "hf-sdpa"}
     for row in rows:
-        hf_s = baselines.get((row["length"], row["mode"]), baselines[(row["length"], "measured")])
+        hf_s = baselines.get((row["length"], row["mode"])) or baselines[(row["length"], "measured")]
         assert row["speedup_vs_hf"] == pytest.approx(hf_s / row["seconds"])
     assert {row["mode"] for row in rows} == modes
 
@@ -53,7 +53,13 @@ def test_cpu_methods_smoke(tmp_path):
     rows = report["rows"]
     local = [row for row in rows if row["mode"] == "local workers" and row["method"] != "hf-sdpa"]
     assert local and all(row["threads_per_worker"] >= 1 and row["cores"] >= 1 for row in local)
-    _check_speedups(rows, {"measured", "simulated", "local workers"})
+    _check_speedups(rows, {"measured", "simulated", "local workers", "video local workers"})
     simulated = [row for row in rows if row["mode"] == "simulated"]
     assert all(len(row["host_compute_s"]) == row["hosts"] for row in simulated)
     assert (tmp_path / "cpu.png").exists()
+    video = [row for row in rows if row["mode"] == "video local workers"]
+    assert {(row["method"], row["hosts"]) for row in video} == {("hf-sdpa", 1), ("dense", 1), ("burst", 2),
+                                                                ("apb", 2), ("spava", 2)}
+    assert all(row["seconds"] > 0 and row["frames"] == 64 for row in video)
+    dense = next(row for row in video if row["method"] == "dense")
+    assert dense["same_first_token_as_hf"]  # the engine's video path agrees with transformers' forward

@@ -146,10 +146,12 @@ def video_token_count(grid, merge=2):
 
 
 def write_tiny_model(out_dir, tokenizer_object, hidden=64, layers=2, heads=4, kv_heads=2, seed=0,
-                     max_positions=32768, intermediate=None):
+                     max_positions=32768, intermediate=None, max_pixels=28 * 28 * 16):
     """Write a random-weight Qwen2.5-VL (tiny vision encoder too) with `tokenizer_object` (a
     `tokenizers.Tokenizer` holding VISION_TOKENS) and a preprocessor_config.json that
-    `longctx.video` reads offline. Returns `out_dir`. Who calls it: `longctx.models.tiny`."""
+    `longctx.video` reads offline (`max_pixels`: the pixel bound per frame; the default keeps
+    frames at <= 16 patches, 4 language-model tokens per frame pair). Returns `out_dir`. Who
+    calls it: `longctx.models.tiny`."""
     from transformers import PreTrainedTokenizerFast, Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
 
     tokenizer = PreTrainedTokenizerFast(tokenizer_object=tokenizer_object, bos_token="<s>", eos_token="</s>",
@@ -177,7 +179,7 @@ def write_tiny_model(out_dir, tokenizer_object, hidden=64, layers=2, heads=4, kv
     tokenizer.save_pretrained(out_dir)
     with open(os.path.join(out_dir, "preprocessor_config.json"), "w") as handle:
         json.dump({"patch_size": 14, "merge_size": 2, "temporal_patch_size": 2, "min_pixels": 28 * 28 * 4,
-                   "max_pixels": 28 * 28 * 16, "image_mean": [0.48145466, 0.4578275, 0.40821073],
+                   "max_pixels": max_pixels, "image_mean": [0.48145466, 0.4578275, 0.40821073],
                    "image_std": [0.26862954, 0.26130258, 0.27577711]}, handle, indent=1)
     return out_dir
 

@@ -54,10 +54,11 @@ def _config(family, vocab_size, hidden, layers, heads, kv_heads, max_positions, 
 
 
 def make_tiny_model(out_dir, family="llama", hidden=64, layers=2, heads=4, kv_heads=2, seed=0,
-                    max_positions=32768, intermediate=None):
+                    max_positions=32768, intermediate=None, max_pixels=None):
     """Write a random-weight `family` model and its byte-level tokenizer to `out_dir`.
 
-    `intermediate` is the MLP width (default 2 * hidden).
+    `intermediate` is the MLP width (default 2 * hidden); `max_pixels` (qwen2_5_vl only) the
+    video processor's pixel bound per frame (default: `write_tiny_model`'s).
     The result loads with AutoModelForCausalLM / AutoTokenizer.from_pretrained; weights are
     scaled so activations stay well-conditioned in fp32. Returns `out_dir`.
     """
@@ -70,8 +71,9 @@ def make_tiny_model(out_dir, family="llama", hidden=64, layers=2, heads=4, kv_he
     if family == "qwen2_5_vl":
         from longctx.models.qwen_vl import VISION_TOKENS, write_tiny_model
 
+        sizes = {} if max_pixels is None else {"max_pixels": max_pixels}
         write_tiny_model(out_dir, _byte_tokenizer(VISION_TOKENS), hidden, layers, heads, kv_heads, seed,
-                         max_positions, intermediate)
+                         max_positions, intermediate, **sizes)
         return _mark(out_dir, family, seed)
     tokenizer = PreTrainedTokenizerFast(
         tokenizer_object=_byte_tokenizer(), bos_token="<s>", eos_token="</s>", pad_token="<pad>"
