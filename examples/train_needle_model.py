@@ -37,7 +37,7 @@ NEEDLE_RE = re.compile(r"The special magic number for (\w+) is (\d+)\.")
 Q_REVERSE = ("What is the key for the special magic number {value} mentioned in the provided "
              "text? Answer: The special magic number {value} is for")
 MIX = {"niah_single": 0.20, "niah_multikey": 0.35, "niah_multivalue": 0.15,
-       "niah_multiquery": 0.15, "kv_retrieval": 0.15}
+       "niah_multiquery": 0.15, "kv_retrieval": 0.15, "variable_tracking": 0.0}
 
 
 def parse_args(argv=None):
