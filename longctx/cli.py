@@ -178,7 +178,8 @@ def cmd_generate(args):
         print()
     result = stream.result
     print(f"method {result.method} on {result.nproc} worker{'s' if result.nproc != 1 else ''}: "
-          f"document {result.doc_tokens} tokens, question {result.question_tokens} tokens")
+          f"{'document' if video is None else f'video {video.grid[0]}x{video.grid[1]}x{video.grid[2]} patches,'} "
+          f"{result.doc_tokens} tokens, question {result.question_tokens} tokens")
     print(f"prefill {result.prefill_s:.3f} s ({result.doc_tokens / max(result.prefill_s, 1e-9):,.0f} tok/s), "
           f"query {result.query_s:.3f} s, decode {result.decode_s:.3f} s for {len(result.tokens)} tokens")
 
