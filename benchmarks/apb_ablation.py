@@ -11,10 +11,20 @@ row (`balance="equal"`: the published layout, so rows differ only in what they a
     apb (query)             the query-aware compressor (default)
     apb (retaining-heads)   learned heads (--retaining-heads FILE, `python -m apb.train_heads`)
     apb (random)            random passing blocks
-    apb (no passing)         --passing-len 0
+    apb (no passing)        --passing-len 0
     star                    StarAttention: an anchor of document tokens only, nothing passed
-    apb (no anchor)          --anchor-len 0
+    apb (no anchor)         --anchor-len 0
     burst                   exact (BurstAttention)
+
+The committed heads (benchmarks/results/needle_llama_heads.safetensors) were trained with
+
+    python -c "from longctx.eval import make_samples; from transformers import AutoTokenizer as A; \
+t = A.from_pretrained('examples/models/needle-llama'); open('/tmp/heads_corpus.txt', 'w').write(''.join( \
+s.prompt + ' ' + s.answer + chr(10) for task in ('niah_single', 'niah_multikey', 'variable_tracking') \
+for s in make_samples(task, 2048, 6, seed=77, tokenizer=t)))"
+    python -m apb.train_heads --model examples/models/needle-llama --texts /tmp/heads_corpus.txt \
+        --out benchmarks/results/needle_llama_heads.safetensors --seq-len 1024 --tail 64 --hidden 64 \
+        --steps 800 --lr 3e-3 --device cpu
 
 The JSON holds, per length, each row's accuracy per task, its predictions and correctness
 per sample, and the expected answers; `--table` prints a Markdown table of it.
