@@ -14,6 +14,7 @@ Workers ignore Ctrl-C: the driver receives it and stops them (`abort`).
 
 import contextlib
 import multiprocessing
+import multiprocessing.connection
 import os
 import pickle
 import signal
@@ -77,12 +78,28 @@ def _use_loopback():
         os.environ.setdefault("NCCL_SOCKET_IFNAME", loopback)
 
 
+def _exit_with_driver():
+    """Start a daemon thread that ends this worker as soon as its driver process is gone, however
+    it ended (a SIGKILLed driver cannot stop its workers, and a worker stuck in a computation
+    or a hang would otherwise outlive it)."""
+    driver = multiprocessing.parent_process()
+    if driver is None:
+        return
+
+    def watch():
+        multiprocessing.connection.wait([driver.sentinel])
+        os._exit(1)
+
+    threading.Thread(target=watch, name="longctx-driver-watch", daemon=True).start()
+
+
 def _serve(rank, world, port, config, conn):
     """Worker process body: start up, then answer ("run", request, stream) messages until ("stop",).
 
     With `stream`, rank 0 sends ("token", id) for each generated token before its ("ok", result).
     """
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the driver's to handle
+    _exit_with_driver()
     try:
         _use_loopback()
         comm, device = init_worker(config, rank, world, store=_join_store(port, config.timeout_s))

@@ -138,3 +138,19 @@ def test_a_failed_pool_says_so_on_the_next_call(job_files, monkeypatch):
     finally:
         lm.close()
     assert_none_left(marker)
+
+
+def test_a_killed_driver_takes_its_workers_with_it(job_files):
+    """SIGKILL on the driver (it cannot clean up) while a worker hangs in prefill: the workers
+    notice their driver is gone and exit."""
+    marker = uuid.uuid4().hex
+    fault = "hang:prefill-first:1"
+    proc = subprocess.Popen(local_job(job_files, fault, marker, timeout_s=300), stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, cwd=REPO, env=job_env(fault, marker))
+    deadline = time.monotonic() + START_SLACK_S
+    while len(marked_processes(marker)) < 3 and time.monotonic() < deadline:  # driver + 2 workers
+        time.sleep(0.2)
+    time.sleep(3)
+    proc.kill()
+    proc.wait(timeout=30)
+    assert_none_left(marker, grace_s=60)  # a worker still importing torch notices once it starts serving
