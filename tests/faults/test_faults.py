@@ -88,10 +88,10 @@ def test_local_launcher_fault(job_files, kind, phase):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("phase", ["load", "prefill-middle", "decode"])
-@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("kind,phase", [("kill", "prefill-middle"), ("raise", "decode"), ("hang", "load")])
 def test_torchrun_entry_fault(job_files, kind, phase):
-    """torchrun prints its own failure summary; each rank that reports says so in one line."""
+    """torchrun prints its own failure summary; each rank that reports says so in one line. One
+    phase per kind in CI (the full 3 x 3 matrix passed when it was written: docs/reliability.md)."""
     proc, elapsed = run_job(torchrun_job, job_files, f"{kind}:{phase}:1")
     assert proc.returncode != 0
     assert elapsed < TIMEOUT_S + START_SLACK_S, elapsed
