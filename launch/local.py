@@ -121,11 +121,15 @@ def _serve(rank, world, port, config, conn):
 
 
 def _report(conn, message):
-    """Send a worker's failure to the driver, unless the driver has already gone (closed pipe)."""
+    """Send a worker's failure to the driver (unless the driver has already gone: closed pipe),
+    then end the process at once: after a failed collective the process group's threads still
+    run, and an ordinary interpreter exit can die in C++ ("terminate called without an active
+    exception") on the user's terminal. The driver stops the other workers."""
     try:
         conn.send(message)
     except OSError:
         pass
+    os._exit(1)
 
 
 def describe_exception(exc):
