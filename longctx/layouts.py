@@ -6,11 +6,13 @@ a method with a layout of its own (APB's anchors) builds its hosts in its packag
 pictures show the causal mask of 8 tokens on 2 hosts, one row per query, `x` a visible key.
 """
 
+from abc import ABC, abstractmethod
+
 from longctx.errors import LongCtxError
 from longctx.plan import Span, check_sizes, contiguous_spans, split_sizes
 
 
-class Layout:
+class Layout(ABC):
     """A named way to split the document over hosts; `hosts` checks the document is long enough."""
 
     name = "base"
@@ -34,8 +36,9 @@ class Layout:
             raise LongCtxError(f"a document of {doc_len} tokens is too short for {world} workers with the "
                                f"{self.name} layout (needs at least {need} tokens)")
 
+    @abstractmethod
     def spans(self, doc_len, world, sizes):
-        raise NotImplementedError
+        """Per-host span tuples of a document long enough for this layout (`hosts` checked it)."""
 
 
 class Contiguous(Layout):
