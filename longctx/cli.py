@@ -59,7 +59,8 @@ def _add_eval(sub, argv):
     add_launcher_arguments(parser)
     parser.add_argument("--tasks", default="niah_single", help=f"comma-separated tasks: {', '.join(TASKS)}")
     parser.add_argument("--methods", default="dense,burst",
-                        help=f"comma-separated methods ({', '.join(method_names())}); dense runs on one worker")
+                        help=f"comma-separated methods ({', '.join(method_names())}); dense runs on one worker; "
+                             "a variant with options of its own is a column too: 'apb[compressor=random,passing-len=0]'")
     parser.add_argument("--length", type=int, default=4096, help="prompt tokens per sample")
     parser.add_argument("--samples", type=int, default=50, help="samples per task")
     parser.add_argument("--seed", type=int, default=0, help="seed of the generated samples")

@@ -113,3 +113,44 @@ def test_needle_model_dense_answers_niah_single():
     result = evaluate(NEEDLE_MODEL, ["niah_single"], 1024, nproc=1, methods=["dense"], samples=3, seed=7, threads=1)
     assert result["correct"]["niah_single"]["dense"] == [True, True, True], (
         result["predictions"], result["expected"])
+
+
+def test_method_variants_parse_to_their_own_options():
+    from longctx.eval.variants import parse_specs
+
+    specs = parse_specs("dense,apb[compressor=random,passing-len=0], apb[anchor_len=0],burst[intra-size=2]")
+    assert [(spec.label, spec.method, spec.options) for spec in specs] == [
+        ("dense", "dense", {}),
+        ("apb[compressor=random,passing-len=0]", "apb", {"compressor": "random", "passing_len": 0}),
+        ("apb[anchor_len=0]", "apb", {"anchor_len": 0}),
+        ("burst[intra-size=2]", "burst", {"intra_size": 2}),
+    ]
+
+
+@pytest.mark.parametrize("methods,message", [
+    ("apb[passing-len=0", "unbalanced brackets"),
+    ("apb[compresor=random]", "method 'apb' has no option 'compresor' (its options: anchor-head-tokens"),
+    ("apb[passing-len=many]", "passing-len='many' in 'apb[passing-len=many]' is not a valid int"),
+    ("apb[passing-len]", "'passing-len' in 'apb[passing-len]' is not option=value"),
+    ("dense[anchor-len=1]", "method 'dense' has no option 'anchor-len' (its options: none)"),
+])
+def test_bad_method_variant_is_one_line_error(word_model, methods, message):
+    status, out, err = run_main("eval", "--model", word_model, "--length", "300", "--methods", methods,
+                                "--samples", "1", "--no-baseline")
+    assert status == 2 and out == ""
+    assert err.count("\n") == 1 and err.startswith(f"longctx: error: --methods: {message}"), err
+
+
+def test_method_variants_are_columns_of_one_run(word_model):
+    """Variants are columns of one run, each in a pool with its own options; APB's invariant
+    through them: no anchor and every block passed whole answers as dense, sample for sample."""
+    status, out, err = run_main("eval", "--model", word_model, "--tasks", "niah_single", "--length", "300",
+                                "--nproc", "2", "--methods", "dense,apb[anchor-len=0,passing-ratio=1],apb",
+                                "--samples", "2", "--seed", "3", "--threads", "1", "--no-baseline", "--json")
+    assert status == 0, err
+    report = json.loads(out)
+    full = "apb[anchor-len=0,passing-ratio=1]"
+    assert report["methods"] == ["dense", full, "apb"]
+    assert report["method_options"] == {"dense": {}, full: {"anchor_len": 0, "passing_ratio": 1.0}, "apb": {}}
+    assert report["predictions"]["niah_single"][full] == report["predictions"]["niah_single"]["dense"]
+    assert report["workers"] == {"dense": 1, full: 2, "apb": 2}

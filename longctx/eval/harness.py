@@ -29,6 +29,7 @@ from longctx.baseline import HFSDPABaseline, speedup
 from longctx.config import RunConfig
 from longctx.errors import LongCtxError
 from longctx.eval.tasks import TASKS, is_correct, make_samples
+from longctx.eval.variants import parse_specs
 from longctx.models import check_model_dir, load_tokenizer
 from longctx.request import check_machine, encode_prompt, prepare_request, stop_ids, worker_count
 
@@ -81,7 +82,9 @@ def evaluate(model_dir, tasks, length, nproc, methods, samples, seed=0, max_new_
              progress=False, baseline=True, **run_options):
     """Run every method on the same samples of every task; returns the report dict.
 
-    `tasks` / `methods`: lists or comma-separated strings. `run_options` are RunConfig fields
+    `tasks` / `methods`: lists or comma-separated strings; a method may be a variant with options
+    of its own, `apb[compressor=random]` (`longctx.eval.variants`), reported under that label.
+    Methods with the same worker count and own options share one pool. `run_options` are RunConfig fields
     (device, dtype, timeout_s, anchor_len, compressor, ...) for every pool. `progress` shows
     a tqdm bar on stderr. `baseline` times HF SDPA on every sample before any pool starts.
     Report keys: accuracy[task][method], mean_accuracy[method], prefill_s / query_s / ttft_s
@@ -94,12 +97,14 @@ def evaluate(model_dir, tasks, length, nproc, methods, samples, seed=0, max_new_
     is not HF's argmax).
     """
     tasks = parse_names(tasks, "tasks")
-    methods = parse_names(methods, "methods")
+    specs = {spec.label: spec for spec in parse_specs(methods)}
+    methods = list(specs)
     check_tasks(tasks)
-    config = RunConfig(model=model_dir, method=methods[0], nproc=nproc, **run_options).validate()
-    check_machine(config)
+    base = RunConfig(model=model_dir, method=specs[methods[0]].method, nproc=nproc, **run_options).validate()
+    check_machine(base)
+    configs = {label: base.replace(method=spec.method, **spec.options).validate() for label, spec in specs.items()}
     model_config = check_model_dir(model_dir)
-    workers = {method: worker_count(method, config, model_config) for method in methods}
+    workers = {label: worker_count(specs[label].method, configs[label], model_config) for label in methods}
     tokenizer = load_tokenizer(model_dir)
     task_samples = build_samples(tasks, length, samples, seed, tokenizer)
     ids = {task: [prompt_ids(tokenizer, sample) for sample in task_samples[task]] for task in tasks}
@@ -108,9 +113,9 @@ def evaluate(model_dir, tasks, length, nproc, methods, samples, seed=0, max_new_
     stop = stop_ids(tokenizer, model_config)
     requests = {}  # every request is validated once, here, before any worker starts
     for method in methods:
-        method_config = config.replace(method=method, nproc=workers[method])
+        method_config = configs[method].replace(nproc=workers[method])
         requests[method] = {task: [prepare_request(method_config, model_config, doc_ids, query_ids, max_new_tokens,
-                                                   method, stop=stop)
+                                                   specs[method].method, stop=stop)
                                    for doc_ids, query_ids in ids[task]] for task in tasks}
 
     correct = {task: {} for task in tasks}
@@ -120,10 +125,11 @@ def evaluate(model_dir, tasks, length, nproc, methods, samples, seed=0, max_new_
     started = time.perf_counter()
     bar = _progress_bar((len(methods) + bool(baseline)) * len(tasks) * samples, progress)
     try:
-        hf = _hf_baseline(model_dir, config, ids, bar) if baseline else None  # before any worker starts
-        for pool_size in dict.fromkeys(workers[method] for method in methods):
-            group = [method for method in methods if workers[method] == pool_size]
-            with LongContextLM(model_dir, method=group[0], nproc=pool_size, **run_options) as lm:
+        hf = _hf_baseline(model_dir, base, ids, bar) if baseline else None  # before any worker starts
+        for pool in dict.fromkeys(_pool_key(specs[method], workers[method]) for method in methods):
+            group = [method for method in methods if _pool_key(specs[method], workers[method]) == pool]
+            first = specs[group[0]]
+            with LongContextLM(model_dir, method=first.method, nproc=pool[0], **{**run_options, **first.options}) as lm:
                 for method in group:
                     bar.set_description(method)
                     warm_up = dataclasses.replace(requests[method][tasks[0]][0], max_new_tokens=1)
@@ -155,6 +161,7 @@ def evaluate(model_dir, tasks, length, nproc, methods, samples, seed=0, max_new_
         "seed": seed,
         "max_new_tokens": max_new_tokens,
         "workers": workers,
+        "method_options": {label: specs[label].options for label in methods},
         "accuracy": accuracy,
         "mean_accuracy": {method: _mean([accuracy[task][method] for task in tasks]) for method in methods},
         "prefill_s": {method: _mean(prefill[method]) for method in methods},
@@ -176,6 +183,11 @@ def evaluate(model_dir, tasks, length, nproc, methods, samples, seed=0, max_new_
                     for key, value in run_options.items()},
         "wall_s": time.perf_counter() - started,
     }
+
+
+def _pool_key(spec, workers):
+    """Methods that share a worker pool: the same worker count and the same own options."""
+    return workers, tuple(sorted(spec.options.items()))
 
 
 def disagreements(correct, methods, reference):
