@@ -21,6 +21,7 @@ import signal
 import socket
 import sys
 import threading
+import time
 import traceback
 import types
 from datetime import timedelta
@@ -29,9 +30,10 @@ import torch
 
 from launch.replies import rank0, run_to_end
 from launch.worker import build_engine, init_worker, shutdown_worker
-from longctx.errors import LongCtxError, WorkerError
+from longctx.errors import CollectiveError, LongCtxError, WorkerError
 
 POLL_S = 0.05
+ROOT_CAUSE_S = 2.0  # how long a collective failure waits for the report of the worker that caused it
 _SPAWN_LOCK = threading.Lock()
 
 
@@ -116,6 +118,8 @@ def _serve(rank, world, port, config, conn):
         shutdown_worker()
     except LongCtxError as exc:
         _report(conn, ("user-error", str(exc)))
+    except CollectiveError as exc:  # a consequence: some other worker failed first
+        _report(conn, ("collective-error", describe_exception(exc)))
     except BaseException as exc:  # report anything, then exit: the driver stops the others
         _report(conn, ("error", describe_exception(exc)))
 
@@ -236,7 +240,7 @@ class LocalLauncher:
                         try:
                             kind, payload = conn.recv()
                         except EOFError:
-                            kind, payload = "error", describe_exit(proc)
+                            kind, payload = "died", describe_exit(proc)
                         if kind == "token":
                             if stream:
                                 try:
@@ -245,19 +249,45 @@ class LocalLauncher:
                                     stream = False
                             continue
                         if kind != expected:
-                            self.abort()
-                            if kind == "user-error":
-                                raise LongCtxError(payload)
-                            raise WorkerError(f"worker {rank} failed: {payload}; all workers were stopped")
+                            self._fail(*self._root_cause(rank, kind, payload, waiting))
                         replies[rank] = payload
                         waiting.discard(rank)
                     elif not proc.is_alive() and not conn.poll():
-                        self.abort()
-                        raise WorkerError(f"worker {rank} {describe_exit(proc)}; all workers were stopped")
+                        self._fail(rank, "died", describe_exit(proc))
         except BaseException:
             self.abort()
             raise
         return replies
+
+    def _root_cause(self, rank, kind, payload, waiting):
+        """(rank, kind, payload) to report for a request in which worker `rank` failed: when its
+        failure is only a collective that broke ("collective-error"), the worker that broke it
+        (one of `waiting` that reports another error or dies within ROOT_CAUSE_S) is named instead.
+        """
+        deadline = time.monotonic() + ROOT_CAUSE_S
+        while kind == "collective-error" and time.monotonic() < deadline:
+            for other in sorted(waiting - {rank}):
+                conn, proc = self._conns[other], self._procs[other]
+                if conn.poll(POLL_S):
+                    try:
+                        other_kind, other_payload = conn.recv()
+                    except EOFError:
+                        return other, "died", describe_exit(proc)
+                    if other_kind in ("error", "user-error"):
+                        return other, other_kind, other_payload
+                elif not proc.is_alive() and not conn.poll():
+                    return other, "died", describe_exit(proc)
+        return rank, kind, payload
+
+    def _fail(self, rank, kind, payload):
+        """Stop every worker and raise the error for worker `rank`'s failure (`kind`: "user-error"
+        for the user's input, "died" for a process that ended, else a failure report)."""
+        self.abort()
+        if kind == "user-error":
+            raise LongCtxError(payload)
+        if kind == "died":
+            raise WorkerError(f"worker {rank} {payload}; all workers were stopped")
+        raise WorkerError(f"worker {rank} failed: {payload}; all workers were stopped")
 
     def abort(self):
         """Kill every worker now (a request in flight is lost); later requests are refused."""

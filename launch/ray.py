@@ -30,7 +30,7 @@ import torch
 from launch.local import describe_exception
 from launch.replies import rank0, run_to_end
 from launch.worker import build_engine, init_worker, shutdown_worker
-from longctx.errors import LongCtxError, WorkerError
+from longctx.errors import CollectiveError, LongCtxError, WorkerError
 
 STRATEGIES = {"pack": "PACK", "spread": "SPREAD"}
 # Environment variables that choose network interfaces and transports for the process group;
@@ -351,7 +351,8 @@ class RayLauncher:
 
     def _root_cause(self, waiting, rank, exc):
         """(rank, error) to report for a request whose worker `rank` failed with `exc`: a death
-        among the `waiting` refs (ref -> rank) reported within DEATH_REPORT_S, else `exc`."""
+        among the `waiting` refs (ref -> rank) reported within DEATH_REPORT_S; else, when `exc` is
+        only a collective that broke, another worker's own failure; else `exc`."""
         ray = self._ray
         pending = list(waiting)
         done, _ = ray.wait(pending, num_returns=len(pending), timeout=DEATH_REPORT_S) if pending else ([], [])
@@ -360,8 +361,9 @@ class RayLauncher:
                 ray.get(ref)
             except ray.exceptions.RayActorError as death:
                 return waiting[ref], death
-            except ray.exceptions.RayError:
-                continue
+            except ray.exceptions.RayError as failure:
+                if _broken_collective(exc) and not _broken_collective(failure):
+                    rank, exc = waiting[ref], failure
         return rank, exc
 
     def _worker_error(self, rank, exc):
@@ -395,3 +397,8 @@ class RayLauncher:
             self._ray.wait([actor.stop.remote() for actor in self._actors], num_returns=len(self._actors),
                            timeout=STOP_WAIT_S)
         self.abort()
+
+
+def _broken_collective(exc):
+    """Whether a Ray error is a worker's CollectiveError: a consequence of another's failure."""
+    return isinstance(getattr(exc, "cause", None), CollectiveError)

@@ -119,3 +119,64 @@ def test_only_the_face_imports_launch():
             continue
         bad = [name for name in _imports(path) if name == "launch" or name.startswith("launch.")]
         assert not bad, f"{relative} imports {bad}"
+
+
+class FinishedProcess:
+    """Stands for a worker process in the local launcher's failure path: alive, or ended with
+    `exitcode` (negative: killed by that signal)."""
+
+    def __init__(self, exitcode=None):
+        self.exitcode = exitcode
+
+    def is_alive(self):
+        return self.exitcode is None
+
+    def kill(self):
+        self.exitcode = -9
+
+    def join(self, timeout=None):
+        pass
+
+
+def pool_with_reports(reports, exitcodes):
+    """A LocalLauncher of len(reports) workers whose pipes already hold `reports` (one message or
+    None per rank, rank order); a rank with an exit code has ended and closed its pipe."""
+    import multiprocessing
+
+    from launch.local import LocalLauncher
+
+    pool = object.__new__(LocalLauncher)
+    pool.world, pool._store, pool._conns, pool._procs = len(reports), None, [], []
+    pool.worker_ends = []  # a live worker's end of its pipe stays open
+    for report, exitcode in zip(reports, exitcodes):
+        parent, child = multiprocessing.Pipe()
+        if report is not None:
+            child.send(report)
+        if exitcode is not None:
+            child.close()
+        else:
+            pool.worker_ends.append(child)
+        pool._conns.append(parent)
+        pool._procs.append(FinishedProcess(exitcode))
+    return pool
+
+
+@pytest.mark.parametrize("reports,exitcodes,message", [
+    ([("collective-error", "CollectiveError: a collective on rank 0 failed"), ("error", "RuntimeError: injected")],
+     [None, 1], "worker 1 failed: RuntimeError: injected"),
+    ([("collective-error", "CollectiveError: a collective on rank 0 failed"), None],
+     [None, -9], "worker 1 was killed by signal SIGKILL"),
+    ([("collective-error", "CollectiveError: a collective on rank 0 failed"), None],
+     [None, None], "worker 0 failed: CollectiveError"),
+])
+def test_a_broken_collective_names_the_worker_that_broke_it(reports, exitcodes, message):
+    """Rank 0's collective broke because rank 1 failed, and rank 0's report is read first: the
+    error names rank 1's own failure (found in CI: the raising worker's message was lost); with
+    no other report within the grace time, the collective failure itself is named."""
+    from launch.local import WorkerError
+    from launch.replies import run_to_end
+
+    pool = pool_with_reports(reports, exitcodes)
+    with pytest.raises(WorkerError, match=f"^{message}"):
+        run_to_end(pool._collect("ok"))
+    assert pool._procs == []
