@@ -3,9 +3,10 @@
     python benchmarks/apb_ablation.py --out benchmarks/results/apb_ablation.json
     python benchmarks/apb_ablation.py --smoke --out /tmp/apb_ablation.json     # seconds, for CI
 
-Every row answers the very same samples (`longctx.eval.harness.evaluate`, one pool per row,
-no HF baseline), on --hosts workers at each --lengths, with equal contiguous blocks for every
-row (`balance="equal"`: the published layout, so rows differ only in what they ablate):
+Each length is one `longctx.eval.harness.evaluate` call, i.e. one `longctx eval` command (the
+JSON records it per length) whose columns are method variants, so every row answers the very
+same samples (no HF baseline), on --hosts workers, with equal contiguous blocks for every row
+(`--balance equal`: the published layout, so rows differ only in what they ablate):
 
     dense                   one worker, the reference
     apb (query)             the query-aware compressor (default)
@@ -39,14 +40,14 @@ from longctx.eval.harness import evaluate
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ROWS = {
-    "dense": ("dense", {}),
-    "apb (query)": ("apb", {"compressor": "query"}),
-    "apb (retaining-heads)": ("apb", {"compressor": "retaining-heads"}),
-    "apb (random)": ("apb", {"compressor": "random"}),
-    "apb (no passing)": ("apb", {"passing_len": 0}),
-    "star": ("star", {}),
-    "apb (no anchor)": ("apb", {"anchor_len": 0}),
-    "burst": ("burst", {}),
+    "dense": "dense",
+    "apb (query)": "apb[compressor=query]",
+    "apb (retaining-heads)": "apb[compressor=retaining-heads,retaining-heads={heads}]",
+    "apb (random)": "apb[compressor=random]",
+    "apb (no passing)": "apb[passing-len=0]",
+    "star": "star",
+    "apb (no anchor)": "apb[anchor-len=0]",
+    "burst": "burst",
 }
 
 
@@ -71,49 +72,51 @@ def parse_args(argv=None):
     return args
 
 
-def run_row(args, row, length):
-    """`evaluate`'s report for one row at one length (the row's method and options)."""
-    method, options = ROWS[row]
-    if options.get("compressor") == "retaining-heads":
-        options = {**options, "retaining_heads": args.retaining_heads}
-    return evaluate(args.model, args.tasks, length, args.hosts, [method], args.samples, seed=args.seed,
-                    baseline=False, balance="equal", **options)
-
-
-def ablation(args):
-    """The results dict: settings, then per length and row the accuracy and per-sample answers."""
+def row_specs(args):
+    """{row: `longctx eval` method spec} of the rows asked for (retaining heads only with a file)."""
     rows = [row.strip() for row in args.rows.split(",") if row.strip()]
     unknown = [row for row in rows if row not in ROWS]
     if unknown:
         raise SystemExit(f"unknown row {unknown[0]!r}; rows: {', '.join(ROWS)}")
-    if args.retaining_heads is None:
-        rows = [row for row in rows if row != "apb (retaining-heads)"]
+    return {row: ROWS[row].format(heads=args.retaining_heads) for row in rows
+            if args.retaining_heads is not None or row != "apb (retaining-heads)"}
+
+
+def eval_command(args, specs, length):
+    """The `longctx eval` command line that computes the same report for one length."""
+    return (f"longctx eval --model {os.path.relpath(args.model, ROOT)} --tasks {args.tasks} --length {length} "
+            f"--nproc {args.hosts} --methods '{','.join(specs.values())}' --balance equal "
+            f"--samples {args.samples} --seed {args.seed} --no-baseline --json")
+
+
+def ablation(args):
+    """The results dict: settings, then per length the rows' accuracy and per-sample answers,
+    each length one `evaluate` call (what its `eval_command` runs), every row on the same samples."""
+    specs = row_specs(args)
     results = {"model": os.path.relpath(args.model, ROOT), "tasks": args.tasks.split(","), "hosts": args.hosts,
-               "samples": args.samples, "seed": args.seed, "balance": "equal", "rows": rows,
+               "samples": args.samples, "seed": args.seed, "balance": "equal", "rows": specs,
                "retaining_heads": args.retaining_heads, "lengths": {}}
     for length in args.lengths:
-        per_row = {}
-        for row in rows:
-            print(f"{length} tokens: {row}", file=sys.stderr, flush=True)
-            report = run_row(args, row, length)
-            method = report["methods"][0]
-            per_row[row] = {
-                "method": method, "options": report["options"], "workers": report["workers"][method],
-                "accuracy": {task: report["accuracy"][task][method] for task in report["tasks"]},
-                "correct": {task: report["correct"][task][method] for task in report["tasks"]},
-                "predictions": {task: report["predictions"][task][method] for task in report["tasks"]},
-            }
-            expected = report["expected"]
-        results["lengths"][str(length)] = {"expected": expected, "rows": per_row}
+        print(f"{length} tokens: {eval_command(args, specs, length)}", file=sys.stderr, flush=True)
+        report = evaluate(args.model, args.tasks, length, args.hosts, list(specs.values()), args.samples,
+                          seed=args.seed, baseline=False, balance="equal")
+        per_row = {row: {"method": spec, "workers": report["workers"][spec],
+                         "accuracy": {task: report["accuracy"][task][spec] for task in report["tasks"]},
+                         "correct": {task: report["correct"][task][spec] for task in report["tasks"]},
+                         "predictions": {task: report["predictions"][task][spec] for task in report["tasks"]}}
+                   for row, spec in specs.items()}
+        results["lengths"][str(length)] = {"command": eval_command(args, specs, length),
+                                           "expected": report["expected"], "rows": per_row}
     return results
 
 
 def table(results):
     """Markdown table: one line per row, one column per (task, length), accuracy in %."""
     lengths, tasks = list(results["lengths"]), results["tasks"]
+    rows = list(results["rows"])
     head = "| row | " + " | ".join(f"{task} {int(length):,}" for length in lengths for task in tasks) + " |"
     lines = [head, "|---" * (1 + len(lengths) * len(tasks)) + "|"]
-    for row in results["rows"]:
+    for row in rows:
         cells = [f"{100 * results['lengths'][length]['rows'][row]['accuracy'][task]:.0f} %"
                  for length in lengths for task in tasks]
         lines.append(f"| {row} | " + " | ".join(cells) + " |")

@@ -57,7 +57,9 @@ def _add_eval(sub, argv):
     parser = sub.add_parser("eval", help="accuracy of methods on RULER-style tasks, same samples for each")
     add_run_arguments(parser, with_method=False, argv=argv)
     add_launcher_arguments(parser)
-    parser.add_argument("--tasks", default="niah_single", help=f"comma-separated tasks: {', '.join(TASKS)}")
+    parser.add_argument("--tasks", default="niah_single",
+                        help=f"comma-separated tasks: {', '.join(TASKS)}; a variant with generator settings of "
+                             "its own is a row too: 'variable_tracking[num-hops=2,num-chains=2]'")
     parser.add_argument("--methods", default="dense,burst",
                         help=f"comma-separated methods ({', '.join(method_names())}); dense runs on one worker; "
                              "a variant with options of its own is a column too: 'apb[compressor=random,passing-len=0]'")

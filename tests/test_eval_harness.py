@@ -154,3 +154,27 @@ def test_method_variants_are_columns_of_one_run(word_model):
     assert report["method_options"] == {"dense": {}, full: {"anchor_len": 0, "passing_ratio": 1.0}, "apb": {}}
     assert report["predictions"]["niah_single"][full] == report["predictions"]["niah_single"]["dense"]
     assert report["workers"] == {"dense": 1, full: 2, "apb": 2}
+
+
+def test_task_variants_set_the_generator(word_model):
+    """A task variant is a row whose samples its settings made: one hop, so two statements."""
+    status, out, err = run_main("eval", "--model", word_model, "--tasks", "variable_tracking[num-hops=1]",
+                                "--length", "300", "--methods", "dense", "--samples", "2", "--no-baseline",
+                                "--threads", "1", "--json")
+    assert status == 0, err
+    report = json.loads(out)
+    assert report["tasks"] == ["variable_tracking[num-hops=1]"]
+    from longctx.eval.tasks import make_samples
+    from longctx.models import load_tokenizer
+
+    samples = make_samples("variable_tracking", 300, 2, seed=0, tokenizer=load_tokenizer(word_model), num_hops=1)
+    assert report["expected"]["variable_tracking[num-hops=1]"] == [sample.answer for sample in samples]
+    assert all(sample.document.count("The value of") == 4 for sample in samples)  # 2 chains x 2 statements
+
+
+def test_bad_task_variant_is_one_line_error(word_model):
+    status, out, err = run_main("eval", "--model", word_model, "--tasks", "variable_tracking[hops=1]",
+                                "--length", "300", "--methods", "dense", "--samples", "1")
+    assert status == 2 and out == ""
+    assert err == ("longctx: error: --tasks: task 'variable_tracking' has no option 'hops' (its options: depth, "
+                   "num-chains, num-distractors, num-hops, num-queries, num-values)\n")

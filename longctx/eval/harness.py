@@ -28,36 +28,21 @@ from longctx.api import LongContextLM
 from longctx.baseline import HFSDPABaseline, speedup
 from longctx.config import RunConfig
 from longctx.errors import LongCtxError
-from longctx.eval.tasks import TASKS, is_correct, make_samples
-from longctx.eval.variants import parse_specs
+from longctx.eval.tasks import is_correct, make_samples
+from longctx.eval.variants import parse_specs, parse_task_specs
 from longctx.models import check_model_dir, load_tokenizer
 from longctx.request import check_machine, encode_prompt, prepare_request, stop_ids, worker_count
 
 
-def parse_names(value, what):
-    """A list of names from a comma-separated string or an iterable; LongCtxError if empty."""
-    items = value.split(",") if isinstance(value, str) else list(value)
-    names = [str(item).strip() for item in items if str(item).strip()]
-    if not names:
-        raise LongCtxError(f"no {what} given")
-    return list(dict.fromkeys(names))
-
-
-def check_tasks(tasks):
-    """LongCtxError naming the first unknown task."""
-    for task in tasks:
-        if task not in TASKS:
-            raise LongCtxError(f"unknown task {task!r}; choose one of {', '.join(TASKS)}")
-
-
 def build_samples(tasks, length, count, seed, tokenizer):
-    """{task: [Sample]}: `count` samples per task at `length` prompt tokens."""
+    """{label: [Sample]}: `count` samples per task (TaskSpecs) at `length` prompt tokens."""
     if count < 1:
         raise LongCtxError(f"--samples must be at least 1 (got {count})")
     if length < 1:
         raise LongCtxError(f"--length must be at least 1 (got {length})")
     try:
-        return {task: make_samples(task, length, count, seed=seed, tokenizer=tokenizer) for task in tasks}
+        return {spec.label: make_samples(spec.task, length, count, seed=seed, tokenizer=tokenizer, **spec.settings)
+                for spec in tasks}
     except ValueError as exc:
         raise LongCtxError(str(exc)) from None
 
@@ -83,7 +68,8 @@ def evaluate(model_dir, tasks, length, nproc, methods, samples, seed=0, max_new_
     """Run every method on the same samples of every task; returns the report dict.
 
     `tasks` / `methods`: lists or comma-separated strings; a method may be a variant with options
-    of its own, `apb[compressor=random]` (`longctx.eval.variants`), reported under that label.
+    of its own, `apb[compressor=random]`, a task one with generator settings of its own,
+    `variable_tracking[num-hops=2]` (`longctx.eval.variants`), each reported under its label.
     Methods with the same worker count and own options share one pool. `run_options` are RunConfig fields
     (device, dtype, timeout_s, anchor_len, compressor, ...) for every pool. `progress` shows
     a tqdm bar on stderr. `baseline` times HF SDPA on every sample before any pool starts.
@@ -96,17 +82,17 @@ def evaluate(model_dir, tasks, length, nproc, methods, samples, seed=0, max_new_
     mean_s / ttft_s) and hf_token_disagreements[method] (samples whose first generated token
     is not HF's argmax).
     """
-    tasks = parse_names(tasks, "tasks")
+    task_specs = parse_task_specs(tasks)
+    tasks = [spec.label for spec in task_specs]
     specs = {spec.label: spec for spec in parse_specs(methods)}
     methods = list(specs)
-    check_tasks(tasks)
     base = RunConfig(model=model_dir, method=specs[methods[0]].method, nproc=nproc, **run_options).validate()
     check_machine(base)
     configs = {label: base.replace(method=spec.method, **spec.options).validate() for label, spec in specs.items()}
     model_config = check_model_dir(model_dir)
     workers = {label: worker_count(specs[label].method, configs[label], model_config) for label in methods}
     tokenizer = load_tokenizer(model_dir)
-    task_samples = build_samples(tasks, length, samples, seed, tokenizer)
+    task_samples = build_samples(task_specs, length, samples, seed, tokenizer)
     ids = {task: [prompt_ids(tokenizer, sample) for sample in task_samples[task]] for task in tasks}
     if max_new_tokens is None:
         max_new_tokens = default_max_new_tokens(tokenizer, task_samples)
