@@ -199,10 +199,12 @@ def recall_batch(tok, rng: random.Random, batch: int, needles=(2, 3), reverse: f
             lab += [-100] * len(query) + answer + [-100] * len(tail)
         seqs.append(seq)
         labs.append(lab)
-    return _pad(tok, seqs, labs)
+    return pad_batch(tok, seqs, labs)
 
 
-def _pad(tok, seqs, labs):
+def pad_batch(tok, seqs, labs):
+    """(input_ids, labels) long tensors [rows, longest]: `seqs` right-padded with pad, `labs`
+    with -100 (no loss)."""
     n = max(len(x) for x in seqs)
     ids = torch.full((len(seqs), n), tok.pad_token_id, dtype=torch.long)
     labels = torch.full((len(seqs), n), -100, dtype=torch.long)
@@ -275,7 +277,7 @@ def training_batch(tok, rng: random.Random, length: int, batch: int, seed: int, 
                 seq, lab = seq + q + a, lab + [-100] * len(q) + a
         seqs.append(seq)
         labs.append(lab)
-    return _pad(tok, seqs, labs)
+    return pad_batch(tok, seqs, labs)
 
 
 def answer_loss(model, ids, labels, pad_id, lm_weight=0.0):
