@@ -1,7 +1,7 @@
 """APB's ablation (Huang et al., Table 4) on our model: which of APB's parts an answer needs.
 
-    python benchmarks/apb_ablation.py --out benchmarks/results/apb_ablation.json
-    python benchmarks/apb_ablation.py --smoke --out /tmp/apb_ablation.json     # seconds, for CI
+    python benchmarks/apb_ablation.py --out /tmp/apb_ablation.json
+    python benchmarks/apb_ablation.py --smoke --out /tmp/apb_ablation.json     # 2 samples at 1,024 tokens
 
 Each length is one `longctx.eval.harness.evaluate` call, i.e. one `longctx eval` command (the
 JSON records it per length) whose columns are method variants, so every row answers the very
@@ -17,15 +17,20 @@ same samples (no HF baseline), on --hosts workers, with equal contiguous blocks 
     apb (no anchor)         --anchor-len 0
     burst                   exact (BurstAttention)
 
-The committed heads (benchmarks/results/needle_llama_heads.safetensors) were trained with
+The committed run (README, "When passing matters") is
 
     python -c "from longctx.eval import make_samples; from transformers import AutoTokenizer as A; \
-t = A.from_pretrained('examples/models/needle-llama'); open('/tmp/heads_corpus.txt', 'w').write(''.join( \
-s.prompt + ' ' + s.answer + chr(10) for task in ('niah_single', 'niah_multikey', 'variable_tracking') \
-for s in make_samples(task, 2048, 6, seed=77, tokenizer=t)))"
-    python -m apb.train_heads --model examples/models/needle-llama --texts /tmp/heads_corpus.txt \
-        --out benchmarks/results/needle_llama_heads.safetensors --seq-len 1024 --tail 64 --hidden 64 \
+t = A.from_pretrained('examples/models/vt-llama'); open('/tmp/vt_heads_corpus.txt', 'w').write(''.join( \
+s.prompt + ' ' + s.answer + chr(10) for task, kw in (('niah_single', {}), ('niah_multikey', {}), \
+('variable_tracking', {'num_hops': 1})) for s in make_samples(task, 2048, 6, seed=77, tokenizer=t, **kw)))"
+    python -m apb.train_heads --model examples/models/vt-llama --texts /tmp/vt_heads_corpus.txt \
+        --out benchmarks/results/vt_llama_heads.safetensors --seq-len 1024 --tail 64 --hidden 64 \
         --steps 800 --lr 3e-3 --device cpu
+    python benchmarks/apb_ablation.py --retaining-heads benchmarks/results/vt_llama_heads.safetensors \
+        --out benchmarks/results/apb_ablation_vt_llama.json
+
+(`benchmarks/results/needle_llama_heads.safetensors` and `apb_ablation_needle_llama.json` are the
+same for the needle model, with `variable_tracking` at its default three hops.)
 
 The JSON holds, per length, each row's accuracy per task, its predictions and correctness
 per sample, and the expected answers; `--table` prints a Markdown table of it.
@@ -37,6 +42,7 @@ import os
 import sys
 
 from longctx.eval.harness import evaluate
+from longctx.eval.variants import split_specs
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ROWS = {
@@ -54,11 +60,12 @@ ROWS = {
 def parse_args(argv=None):
     """Command-line options (defaults: the committed run)."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", default=os.path.join(ROOT, "examples", "models", "needle-llama"))
-    parser.add_argument("--tasks", default="variable_tracking,niah_multikey")
+    parser.add_argument("--model", default=os.path.join(ROOT, "examples", "models", "vt-llama"))
+    parser.add_argument("--tasks", default="variable_tracking[num-hops=1],niah_multikey",
+                        help="comma-separated tasks, variants allowed (see `longctx eval --help`)")
     parser.add_argument("--lengths", type=int, nargs="+", default=[4096, 8192])
     parser.add_argument("--hosts", type=int, default=4)
-    parser.add_argument("--samples", type=int, default=50)
+    parser.add_argument("--samples", type=int, default=20)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--rows", default=",".join(ROWS), help="comma-separated rows (see the module docstring)")
     parser.add_argument("--retaining-heads", default=None, metavar="FILE",
@@ -84,7 +91,7 @@ def row_specs(args):
 
 def eval_command(args, specs, length):
     """The `longctx eval` command line that computes the same report for one length."""
-    return (f"longctx eval --model {os.path.relpath(args.model, ROOT)} --tasks {args.tasks} --length {length} "
+    return (f"longctx eval --model {os.path.relpath(args.model, ROOT)} --tasks '{args.tasks}' --length {length} "
             f"--nproc {args.hosts} --methods '{','.join(specs.values())}' --balance equal "
             f"--samples {args.samples} --seed {args.seed} --no-baseline --json")
 
@@ -93,7 +100,7 @@ def ablation(args):
     """The results dict: settings, then per length the rows' accuracy and per-sample answers,
     each length one `evaluate` call (what its `eval_command` runs), every row on the same samples."""
     specs = row_specs(args)
-    results = {"model": os.path.relpath(args.model, ROOT), "tasks": args.tasks.split(","), "hosts": args.hosts,
+    results = {"model": os.path.relpath(args.model, ROOT), "tasks": split_specs(args.tasks), "hosts": args.hosts,
                "samples": args.samples, "seed": args.seed, "balance": "equal", "rows": specs,
                "retaining_heads": args.retaining_heads, "lengths": {}}
     for length in args.lengths:

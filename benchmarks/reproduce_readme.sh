@@ -11,9 +11,10 @@
 # speed         "Speed": simulated hosts and real local workers         ~14 min
 # planner       "Planner": equal vs balanced APB on 4 local workers     ~5 min
 # plan          "Planner": the 128K / 8-host estimate                   seconds
+# ablation      "When passing matters": APB's ablation on vt-llama      ~15 min
 set -euo pipefail
 cd "$(dirname "$0")/.."
-NAME=${1:?usage: benchmarks/reproduce_readme.sh demo|dense|eval|speed|planner|plan [OUT]}
+NAME=${1:?usage: benchmarks/reproduce_readme.sh demo|dense|eval|speed|planner|plan|ablation [OUT]}
 OUT=${2:-/tmp/longctx-readme}
 mkdir -p "$OUT"
 BIN=${VENV:-.venv}/bin
@@ -30,6 +31,8 @@ case "$NAME" in
   planner) "$BIN/python" benchmarks/bench_planner.py --nproc 4 --length 4096 --repeats 5 \
              --out "$OUT/planner_apb.json" ;;
   plan)    "$BIN/longctx" plan --method apb --length 131072 --nproc 8 --device cuda | tee "$OUT/plan.txt" ;;
-  *)       echo "unknown figure '$NAME'; choose demo, dense, eval, speed, planner or plan" >&2; exit 2 ;;
+  ablation) "$BIN/python" benchmarks/apb_ablation.py --retaining-heads benchmarks/results/vt_llama_heads.safetensors \
+             --out "$OUT/apb_ablation_vt_llama.json" ;;
+  *)       echo "unknown figure '$NAME'; choose demo, dense, eval, speed, planner, plan or ablation" >&2; exit 2 ;;
 esac
 echo "results in $OUT"

@@ -19,7 +19,8 @@ job, and trains it on variable tracking with `--hops` copies per chain plus the 
                        statement that holds B and its value
 
 Layer 1's head 0 is built (`nearest_word_head`: the needle model's nearest-key construction
-aimed at the word "is") and its q/k stay as built; the embeddings and layer 0 are not trained.
+aimed at the word "is") and its q/k stay as built; the embeddings, layer 0 and layer 1's input
+norm (what the built head reads) are not trained.
 Everything else is trained with the answer loss plus an attention loss that names, for every
 question and every copy statement, the position its lookup layer should read (`annotate`):
 without it, the new layers did not find the statements in 400 steps (see TRAINING.md).
@@ -61,13 +62,13 @@ def parse_args(argv=None):
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--recall-steps", type=int, default=400)
     p.add_argument("--recall-batch", type=int, default=32)
-    p.add_argument("--lengths", type=int, nargs="+", default=[256, 512, 1024, 2048])
-    p.add_argument("--steps", type=int, nargs="+", default=[200, 150, 150, 100], help="steps per length")
-    p.add_argument("--lrs", type=float, nargs="+", default=[1e-3, 5e-4, 5e-4, 5e-4],
+    p.add_argument("--lengths", type=int, nargs="+", default=[256, 512, 1024, 2048, 4096])
+    p.add_argument("--steps", type=int, nargs="+", default=[200, 150, 150, 100, 60], help="steps per length")
+    p.add_argument("--lrs", type=float, nargs="+", default=[1e-3, 5e-4, 5e-4, 5e-4, 3e-4],
                    help="learning rate per length (the warm-up uses the first)")
     p.add_argument("--tokens-per-step", type=int, default=4096)
     p.add_argument("--attention-weight", type=float, default=1.0, help="weight of the attention loss")
-    p.add_argument("--head-scale", type=float, default=2.0, help="scale of the built nearest-'is' head")
+    p.add_argument("--head-scale", type=float, default=4.0, help="scale of the built nearest-'is' head")
     p.add_argument("--eval-every", type=int, default=100)
     p.add_argument("--eval-samples", type=int, default=20)
     p.add_argument("--final-eval-samples", type=int, default=50)
@@ -157,7 +158,8 @@ def grow(args, tok):
         layer.mlp.down_proj.weight.zero_()
         model.model.layers[-1].self_attn.o_proj.weight.mul_(0.5)
     nearest_word_head(layer.self_attn, word_detector(model, tok, "is", 1), args.head_scale, head_dim)
-    for param in (*model.model.embed_tokens.parameters(), *model.model.layers[0].parameters()):
+    for param in (*model.model.embed_tokens.parameters(), *model.model.layers[0].parameters(),
+                  *layer.input_layernorm.parameters()):  # the built head reads these as they are
         param.requires_grad_(False)
     return model
 
@@ -329,6 +331,8 @@ def main(argv=None):
     model = grow(args, tok)
     built = model.model.layers[1].self_attn
     head_dim = model.config.head_dim
+    built_rows = [(param, param.detach()[:head_dim].clone())
+                  for param in (*built.q_proj.parameters(), *built.k_proj.parameters())]
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=args.lrs[0],
                                   betas=(0.9, 0.98), weight_decay=0.1)
     rng = random.Random(f"vt/{args.seed}")
@@ -345,10 +349,11 @@ def main(argv=None):
             loss = training_loss(model, tok, ids, labels, args.hops, args.attention_weight)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
-            for param in (*built.q_proj.parameters(), *built.k_proj.parameters()):
-                param.grad[:head_dim] = 0  # the built head keeps its q/k
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
             optimizer.step()
+            with torch.no_grad():  # the built head keeps its q/k exactly (no update, no weight decay)
+                for param, rows in built_rows:
+                    param[:head_dim] = rows
             step += 1
             smooth = loss.item() if smooth is None else 0.9 * smooth + 0.1 * loss.item()
             if step % 20 == 0:

@@ -1,0 +1,40 @@
+"""APB's ablation, small, on the shipped variable-tracking model: the README's command, on the
+first 8 of the committed run's 20 samples, answers exactly as the committed run did
+(benchmarks/results/apb_ablation_vt_llama.json), and the ordering that run showed holds.
+
+The task needs what an earlier host's block holds (one hop: "The value of B is the value of
+A." on a later host than "The value of A is 42."): exact methods keep dense's answers, a method
+that passes nothing loses them, StarAttention (no passing, no question in the anchor) loses most."""
+
+import contextlib
+import io
+import json
+import os
+
+from helpers import REPO
+from longctx.cli import main
+
+VT_MODEL = os.path.join(REPO, "examples", "models", "vt-llama")
+COMMITTED = os.path.join(REPO, "benchmarks", "results", "apb_ablation_vt_llama.json")
+TASK = "variable_tracking[num-hops=1]"
+ROWS = {"dense": "dense", "apb (query)": "apb[compressor=query]", "apb (random)": "apb[compressor=random]",
+        "apb (no passing)": "apb[passing-len=0]", "star": "star", "burst": "burst"}
+SAMPLES = 8
+
+
+def test_passing_is_what_the_cross_block_task_needs():
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        status = main(["eval", "--model", VT_MODEL, "--tasks", TASK, "--length", "4096", "--nproc", "4",
+                       "--methods", ",".join(ROWS.values()), "--balance", "equal", "--samples", str(SAMPLES),
+                       "--seed", "0", "--no-baseline", "--json"])
+    assert status == 0, err.getvalue()
+    predictions = json.loads(out.getvalue())["predictions"][TASK]
+    with open(COMMITTED) as handle:
+        committed = json.load(handle)["lengths"]["4096"]["rows"]
+    for row, spec in ROWS.items():
+        assert predictions[spec] == committed[row]["predictions"][TASK][:SAMPLES], row
+    right = {row: sum(committed[row]["correct"][TASK][:SAMPLES]) for row in ROWS}
+    assert right["burst"] == right["dense"] and predictions["burst"] == predictions["dense"]  # exact
+    assert right["dense"] >= right["apb (query)"] > right["apb (no passing)"] > right["star"]
+    assert right["dense"] - right["apb (no passing)"] >= 2 and right["apb (query)"] >= right["apb (random)"]
