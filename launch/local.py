@@ -264,9 +264,10 @@ class LocalLauncher:
         failure is only a collective that broke ("collective-error"), the worker that broke it
         (one of `waiting` that reports another error or dies within ROOT_CAUSE_S) is named instead.
         """
+        others = sorted(waiting - {rank})
         deadline = time.monotonic() + ROOT_CAUSE_S
-        while kind == "collective-error" and time.monotonic() < deadline:
-            for other in sorted(waiting - {rank}):
+        while kind == "collective-error" and others and time.monotonic() < deadline:
+            for other in others:
                 conn, proc = self._conns[other], self._procs[other]
                 if conn.poll(POLL_S):
                     try:
