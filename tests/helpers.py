@@ -23,6 +23,13 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TESTS = os.path.join(REPO, "tests")
 
 
+def default_sigint():
+    """`preexec_fn` of a child process the test sends Ctrl-C: SIGINT back to its default, which
+    Python turns into KeyboardInterrupt, even when this test run inherited SIGINT ignored (a run
+    started in the background by a non-interactive shell does; its children would never see it)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def run_cli(*args, timeout=240, stdin=None, env=None):
     """`longctx *args` in a fresh interpreter (the repository and tests/ on its path; `env`
     replaces the inherited environment)."""

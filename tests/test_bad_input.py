@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from helpers import REPO, TESTS, run_cli
+from helpers import REPO, TESTS, default_sigint, run_cli
 from longctx.api import LongContextLM
 from longctx.errors import LongCtxError, WorkerError
 
@@ -179,7 +179,8 @@ def test_ctrl_c_prints_one_line_and_stops_every_worker(tiny_model, doc_file):
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([REPO, TESTS]))
     proc = subprocess.Popen([sys.executable, "-m", "longctx.cli", "generate", "--model", tiny_model("llama"),
                              "--doc", doc_file[0], "--max-new-tokens", "30000"], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, env=env, start_new_session=True)
+                            stderr=subprocess.PIPE, text=True, env=env, start_new_session=True,
+                            preexec_fn=default_sigint)
     try:
         assert proc.stdout.read(len("answer: ")) == "answer: "  # workers are up and decoding
         workers = _workers(proc.pid)

@@ -30,7 +30,7 @@ from dataclasses import dataclass
 import pytest
 import torch
 
-from helpers import REPO, dense_result
+from helpers import REPO, default_sigint, dense_result
 from launch.ray import Slot, assign_slots, check_reachable, dist_environment, missing_resources, worker_bundle
 from longctx.api import LongContextLM
 from longctx.compare import random_prompt
@@ -352,7 +352,7 @@ def test_ctrl_c_on_the_driver_leaves_no_actor(ray_cluster, tiny_model):
             time.sleep(600)
     """)
     driver = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                              text=True, env=dict(os.environ, PYTHONPATH=REPO))
+                              text=True, env=dict(os.environ, PYTHONPATH=REPO), preexec_fn=default_sigint)
     try:
         assert driver.stdout.readline().strip() == "ready"
         assert len(_live_actors(ray_cluster)) == 2

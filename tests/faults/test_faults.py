@@ -17,7 +17,7 @@ import uuid
 
 import pytest
 
-from helpers import REPO, TESTS, assert_none_left, marked_processes
+from helpers import REPO, TESTS, assert_none_left, default_sigint, marked_processes
 
 INJECT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "inject")
 KINDS = ("kill", "raise", "hang")
@@ -104,7 +104,8 @@ def test_ctrl_c_on_the_driver_during_prefill_leaves_no_worker(job_files):
     marker = uuid.uuid4().hex
     fault = "hang:prefill-first:1"
     proc = subprocess.Popen(local_job(job_files, fault, marker, timeout_s=300), stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, cwd=REPO, env=job_env(fault, marker))
+                            stderr=subprocess.PIPE, text=True, cwd=REPO, env=job_env(fault, marker),
+                            preexec_fn=default_sigint)
     deadline = time.monotonic() + START_SLACK_S
     while len(marked_processes(marker)) < 3 and time.monotonic() < deadline:  # driver + 2 workers
         time.sleep(0.2)
