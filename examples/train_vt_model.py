@@ -10,18 +10,17 @@ layers) finds a needle by its key; this script grows it to `3 + --hops` layers, 
 job, and trains it on variable tracking with `--hops` copies per chain plus the needle tasks:
 
     layer 0            the needle model's layer 0: every position holds its nearest key token
-    layer 1            new: head 0 attends the nearest "is", so the "." that ends "The value of
-                       B is the value of A." also holds B (its "is" holds B from layer 0)
+    layer 1            new: head 0 reads the token five back, so the "." that ends "The value
+                       of B is the value of A." also holds B (its "is" holds B from layer 0)
     layer 2            the needle model's layer 1 (look a key's value up): that "." holds A,
                        and takes A's value
     layers 3..1+hops   copies of it: a later copy's "." takes the value of the copy it names
     last layer         a copy of it: the question ("... The value of B is") finds the
                        statement that holds B and its value
 
-Layer 1's head 0 is built (`nearest_word_head`: the needle model's nearest-key construction
-aimed at the word "is") and its q/k stay as built; the embeddings, layer 0 and layer 1's input
-norm (what the built head reads) are not trained.
-Everything else is trained with the answer loss plus an attention loss that names, for every
+Layer 1's head 0 is built (`offset_head`: a RoPE construction that reads exactly five tokens
+back) and its q/k stay as built; the embeddings and layer 0 are the needle model's and are not
+trained. Everything else is trained with the answer loss plus an attention loss that names, for every
 question and every copy statement, the position its lookup layer should read (`annotate`):
 without it, the new layers did not find the statements in 400 steps (see TRAINING.md).
 A warm-up on short statement-only sequences (`recall_batch`) precedes a length curriculum on
@@ -63,12 +62,14 @@ def parse_args(argv=None):
     p.add_argument("--recall-steps", type=int, default=400)
     p.add_argument("--recall-batch", type=int, default=32)
     p.add_argument("--lengths", type=int, nargs="+", default=[256, 512, 1024, 2048, 4096])
-    p.add_argument("--steps", type=int, nargs="+", default=[200, 150, 150, 100, 60], help="steps per length")
+    p.add_argument("--steps", type=int, nargs="+", default=[200, 150, 150, 100, 240], help="steps per length")
     p.add_argument("--lrs", type=float, nargs="+", default=[1e-3, 5e-4, 5e-4, 5e-4, 3e-4],
                    help="learning rate per length (the warm-up uses the first)")
     p.add_argument("--tokens-per-step", type=int, default=4096)
     p.add_argument("--attention-weight", type=float, default=1.0, help="weight of the attention loss")
-    p.add_argument("--head-scale", type=float, default=4.0, help="scale of the built nearest-'is' head")
+    p.add_argument("--head-scale", type=float, default=12.0, help="scale of layer 1's built head (`offset_head`)")
+    p.add_argument("--head-offset", type=int, default=5,
+                   help="how far back layer 1's built head reads (5: from a copy's '.' to its 'is')")
     p.add_argument("--eval-every", type=int, default=100)
     p.add_argument("--eval-samples", type=int, default=20)
     p.add_argument("--final-eval-samples", type=int, default=50)
@@ -81,52 +82,29 @@ def parse_args(argv=None):
     return args
 
 
-def word_detector(model, tok, word, layer):
-    """(w, b): a linear read-out of the input of `layer` (after its input norm) that is ~1 at
-    `word` tokens and ~0 elsewhere, fitted by ridge regression on generated variable_tracking
-    and needle prompts run through the model."""
-    prompts = [make_sample(task, 512, seed=5, index=i).prompt
-               for task in ("variable_tracking", "niah_multikey") for i in range(4)]
-    inputs, targets, captured = [], [], {}
-    norm = model.model.layers[layer].input_layernorm
-    hook = norm.register_forward_hook(lambda module, args, output: captured.update(x=output[0]))
-    try:
-        with torch.no_grad():
-            for prompt in prompts:
-                ids = tok(prompt, return_tensors="pt")["input_ids"]
-                model(ids)
-                inputs.append(captured["x"])
-                targets.append((ids[0] == tok.convert_tokens_to_ids(word)).float())
-    finally:
-        hook.remove()
-    x = torch.cat(inputs)
-    x = torch.cat([x, torch.ones(len(x), 1)], dim=1)
-    solution = torch.linalg.solve(x.T @ x + 1e-2 * torch.eye(x.shape[1]), x.T @ torch.cat(targets))
-    return solution[:-1], solution[-1]
+def offset_head(attn, scale, inv_freq, offset):
+    """Make head 0 of `attn` (and the k of its KV group) attend the token exactly `offset`
+    positions back, whatever it is.
 
-
-def nearest_word_head(attn, detector, scale, head_dim):
-    """Make head 0 of `attn` (and the k of its KV group) attend the nearest position that
-    `detector` (`word_detector`) marks.
-
-    The construction of the needle model's nearest-key head (train_needle_model.py,
-    `nearest_key_head_init`), aimed at one word: k is the detector's read-out on the first
-    entry of every RoPE pair, q is a bias of `scale` on the same entries, so the score of a
-    marked token peaks at distance 0 and falls with distance over all frequencies at once.
+    q and k are biases only (their weights are zero): q is `scale` on the first entry of every
+    RoPE pair (j, j + head_dim/2), k is `scale` rotated by `offset` positions' worth of the pair's
+    frequency (cos on j, sin on j + head_dim/2). After RoPE the score at distance d is
+    scale**2 / sqrt(head_dim) * sum_j cos((d - offset) * inv_freq_j), which every pair makes
+    largest at d = offset; the runner-up is d = offset +- 1 (for needle-llama's rope_theta
+    100000 and head_dim 32: 15.39 of 16), so scale 12 leaves that neighbour ~16 logits behind.
+    A copy statement's "is" is always five tokens before its ".", hence offset 5.
     """
-    weight, bias = detector
-    first = torch.arange(head_dim // 2)
+    half = inv_freq.numel()
+    head_dim = 2 * half
+    angle = offset * inv_freq.float()
     with torch.no_grad():
-        attn.q_proj.weight[:head_dim] = 0
-        attn.q_proj.bias[:head_dim] = 0
-        attn.q_proj.bias[first] = scale
-        attn.k_proj.weight[:head_dim] = 0
-        attn.k_proj.bias[:head_dim] = 0
-        attn.k_proj.weight[first] = scale * weight
-        attn.k_proj.bias[first] = scale * bias
+        for proj in (attn.q_proj, attn.k_proj):
+            proj.weight[:head_dim] = 0
+        attn.q_proj.bias[:head_dim] = torch.cat([torch.full((half,), float(scale)), torch.zeros(half)])
+        attn.k_proj.bias[:head_dim] = scale * torch.cat([torch.cos(angle), torch.sin(angle)])
 
 
-def grow(args, tok):
+def grow(args):
     """The needle model at `args.init` grown to 3 + hops layers (see the module docstring);
     eager attention (the attention loss reads the weights)."""
     from transformers import AutoModelForCausalLM, LlamaForCausalLM
@@ -157,10 +135,9 @@ def grow(args, tok):
         layer.self_attn.o_proj.weight[:, head_dim:] = 0  # only head 0 writes at first
         layer.mlp.down_proj.weight.zero_()
         model.model.layers[-1].self_attn.o_proj.weight.mul_(0.5)
-    nearest_word_head(layer.self_attn, word_detector(model, tok, "is", 1), args.head_scale, head_dim)
-    for param in (*model.model.embed_tokens.parameters(), *model.model.layers[0].parameters(),
-                  *layer.input_layernorm.parameters()):  # the built head reads these as they are
-        param.requires_grad_(False)
+    offset_head(layer.self_attn, args.head_scale, model.model.rotary_emb.inv_freq, args.head_offset)
+    for param in (*model.model.embed_tokens.parameters(), *model.model.layers[0].parameters()):
+        param.requires_grad_(False)  # the needle model's parts that its lookup layer reads as they are
     return model
 
 
@@ -168,13 +145,13 @@ def annotate(tokens, hops):
     """{layer: [(query position, key position)]}: where each layer's lookup should read.
 
     Finds (lower-case word tokens) definitions "the value of K is V .", copies "the value of K
-    is the value of S ." and questions "answer : the value of K is". Every copy's "." reads its
-    own "is" in layer 1 (head 0 only: see `training_loss`); a copy whose source is defined
-    directly resolves in layer 2 (reading the value token), a copy of a copy at hop h in layer
-    1 + h (reading the earlier copy's "."); a question, in the last layer, reads its variable's
-    carrier: the value token, or its copy's ".".
+    is the value of S ." and questions "answer : the value of K is". A copy whose source is
+    defined directly resolves in layer 2 (its "." reads the value token), a copy of a copy at
+    hop h in layer 1 + h (reading the earlier copy's "."); a question, in the last layer, reads
+    its variable's carrier: the value token, or its copy's ".". Layer 1 is not named: its built
+    head reads a fixed offset (`offset_head`).
     """
-    value_at, carrier, hop, copies, questions, own_is = {}, {}, {}, [], [], []
+    carrier, hop, copies, questions = {}, {}, [], []
     for j in range(len(tokens) - 6):
         if tokens[j:j + 3] != ["the", "value", "of"] or tokens[j + 3] not in KEYS or tokens[j + 4] != "is":
             if tokens[j:j + 5] == ["answer", ":", "the", "value", "of"] and tokens[j + 6:j + 7] == ["is"]:
@@ -182,17 +159,16 @@ def annotate(tokens, hops):
             continue
         key = tokens[j + 3]
         if tokens[j + 5].isdigit() and tokens[j + 6] == ".":
-            value_at[key] = carrier[key] = j + 5
+            carrier[key] = j + 5
             hop[key] = 0
         elif tokens[j + 5:j + 8] == ["the", "value", "of"] and tokens[j + 8:j + 9] and tokens[j + 8] in KEYS \
                 and tokens[j + 9:j + 10] == ["."]:
             source = tokens[j + 8]
-            own_is.append((j + 9, j + 4))
             if source in carrier:
                 hop[key] = hop[source] + 1
                 copies.append((j + 9, carrier[source], hop[key]))
                 carrier[key] = j + 9
-    pairs = {1: own_is, **{layer: [] for layer in range(2, 3 + hops)}}
+    pairs = {layer: [] for layer in range(2, 3 + hops)}
     for dot, read, level in copies:
         if level <= hops:
             pairs[1 + level].append((dot, read))
@@ -273,8 +249,7 @@ def task_batch(tok, rng, length, batch, seed, step, hops):
 
 def training_loss(model, tok, ids, labels, hops, attention_weight):
     """Cross-entropy on the answer tokens, plus `attention_weight` times the mean negative log
-    attention weight on the position `annotate` names: over every head of a lookup layer, over
-    head 0 (the built nearest-"is" head) of layer 1."""
+    attention weight, over every head of a lookup layer, on the position `annotate` names."""
     out = model.model(input_ids=ids, use_cache=False, output_attentions=True)
     hidden, target = out.last_hidden_state[:, :-1], labels[:, 1:]
     answered = target != -100
@@ -282,9 +257,8 @@ def training_loss(model, tok, ids, labels, hops, attention_weight):
     terms = []
     for row in range(ids.shape[0]):
         for layer, pairs in annotate(tok.convert_ids_to_tokens(ids[row]), hops).items():
-            heads = slice(0, 1) if layer == 1 else slice(None)
             for query, key in pairs:
-                terms.append(-torch.log(out.attentions[layer][row, heads, query, key] + 1e-6).mean())
+                terms.append(-torch.log(out.attentions[layer][row, :, query, key] + 1e-6).mean())
     if terms and attention_weight:
         loss = loss + attention_weight * torch.stack(terms).mean()
     return loss
@@ -328,7 +302,7 @@ def main(argv=None):
     from transformers import AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(args.init)
-    model = grow(args, tok)
+    model = grow(args)
     built = model.model.layers[1].self_attn
     head_dim = model.config.head_dim
     built_rows = [(param, param.detach()[:head_dim].clone())
