@@ -100,24 +100,28 @@ def representative_calls(length, q_heads, kv_heads, head_dim):
     ]
 
 
-def calibrate_kernels(q_heads, kv_heads, head_dim, dtype=torch.bfloat16, lengths=LENGTHS, repeats=5, progress=None):
-    """Measure every candidate kernel on every shape class on the current CUDA device (see
-    the module docstring); returns the entries (one per class and length: times in ms per
-    candidate, the errors of those that failed, the winner). Needs CUDA."""
+def calibrate_kernels(q_heads, kv_heads, head_dim, dtype=torch.bfloat16, lengths=LENGTHS, repeats=5, progress=None,
+                      device=None, candidates=None):
+    """Measure every candidate kernel on every shape class (see the module docstring) on
+    `device` (default: the current CUDA device); returns the entries (one per class and
+    length: times in ms per candidate, the errors of those that failed, the winner).
+    `candidates` default: the op `auto` uses by default ("default"), cuDNN's for 16-bit, and
+    "triton" when it imports."""
     from longctx.kernels import dispatch
 
-    device = torch.device("cuda", torch.cuda.current_device())
-    capability = torch.cuda.get_device_capability(device)
+    device = device or torch.device("cuda", torch.cuda.current_device())
+    capability = torch.cuda.get_device_capability(device) if device.type == "cuda" else None
     say = progress or (lambda text: None)
-    candidates = ["default"] + (["cuda-cudnn"] if dtype != torch.float32 else [])
-    candidates += ["triton"] if dispatch.triton_available() else []
+    if candidates is None:
+        candidates = ["default"] + (["cuda-cudnn"] if dtype != torch.float32 else [])
+        candidates += ["triton"] if dispatch.triton_available() else []
     failed, entries = {}, []
     for length in sorted(lengths):
         for name, q_len, k_len, masks, resume in representative_calls(length, q_heads, kv_heads, head_dim):
             q, k, v = _inputs(q_heads, kv_heads, q_len, k_len, head_dim, dtype, device)
             call = dispatch.CallShape(device.type, capability, dtype, q_heads, kv_heads, q_len, k_len, head_dim,
                                       head_dim, masks["causal"], "anchor_len" in masks, resume)
-            default = dispatch.choose("torch", call).op
+            default = dispatch.choose("torch", call).op or "reference"
             entry = {"class": shape_class(call), "call": name, "q_len": q_len, "k_len": k_len, "times_ms": {},
                      "errors": {}}
             for candidate in candidates:
@@ -130,15 +134,46 @@ def calibrate_kernels(q_heads, kv_heads, head_dim, dtype=torch.bfloat16, lengths
                 try:
                     if length == min(lengths):
                         _check(run, q, k, v, masks, resume)
-                    entry["times_ms"][label] = _median_ms(run, repeats)
+                    entry["times_ms"][label] = _median_ms(run, repeats, device)
                 except (RuntimeError, AssertionError) as exc:
                     failed[(entry["class"], label)] = entry["errors"][label] = str(exc).splitlines()[0][:300]
             if entry["times_ms"]:
                 entry["winner"] = min(entry["times_ms"], key=entry["times_ms"].get)
             entries.append(entry)
             del q, k, v
-            torch.cuda.empty_cache()
+            if device.type == "cuda":
+                torch.cuda.empty_cache()
     return entries
+
+
+def calibrate_and_save(q_heads, kv_heads, head_dim, dtype=None, progress=None, path=None):
+    """`calibrate_kernels` on the current CUDA device (dtype default bfloat16), saved for its
+    name; returns (path, device name, entries). What `longctx plan --calibrate --device cuda` runs."""
+    from longctx.kernels.dispatch import triton_available
+
+    dtype = dtype or torch.bfloat16
+    entries = calibrate_kernels(q_heads, kv_heads, head_dim, dtype, progress=progress)
+    name = torch.cuda.get_device_name()
+    meta = {"dtype": str(dtype).removeprefix("torch."), "heads": [q_heads, kv_heads, head_dim],
+            "torch": torch.__version__, "triton": _triton_version() if triton_available() else None,
+            "when": time.strftime("%Y-%m-%d %H:%M:%S")}
+    return save_entries(name, entries, meta, path), name, entries
+
+
+def _triton_version():
+    import triton
+
+    return triton.__version__
+
+
+def format_entries(entries):
+    """One line per entry: the call, its keys, each candidate's milliseconds (or error) and the winner."""
+    lines = []
+    for entry in entries:
+        times = "  ".join(f"{label} {ms:.3f} ms" for label, ms in entry["times_ms"].items())
+        errors = "  ".join(f"{label} failed ({error})" for label, error in entry["errors"].items())
+        lines.append(f"  {entry['call']:<20} {entry['k_len']:>7} keys  {times}  {errors}  -> {entry.get('winner')}")
+    return "\n".join(lines)
 
 
 def _inputs(q_heads, kv_heads, q_len, k_len, head_dim, dtype, device):
@@ -165,7 +200,12 @@ def _runner(label, q, k, v, masks, resume):
             triton_attend_into(out, lse, q, k, v, **masks)
             return out, lse
         return fold
-    op = op_named(label)
+    op = op_named(label) if label != "reference" else None
+    if op is None:
+        from longctx.kernels.reference import reference_attention
+
+        fresh = functools.partial(reference_attention, q, k, v, **masks)
+        return (lambda: merge(*_state(q), *fresh())) if resume else fresh
     if not resume:
         return lambda: fused_attention(q, k, v, op=op, **masks)
     state = _state(q)
@@ -194,16 +234,21 @@ def _check(run, q, k, v, masks, resume):
         raise AssertionError(f"max abs error {error:.3g} against the float32 reference")
 
 
-def _median_ms(run, repeats):
+def _median_ms(run, repeats, device):
+    def synchronize():
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+
     run()  # warm-up: compilation and autotuning stay outside the timing
-    torch.cuda.synchronize()
+    synchronize()
     times = []
     for _ in range(repeats):
         start = time.perf_counter()
         run()
-        torch.cuda.synchronize()
+        synchronize()
         times.append((time.perf_counter() - start) * 1e3)
     return statistics.median(times)
 
 
-__all__ = ["calibrate_kernels", "shape_class", "winner", "entries_for", "save_entries", "kernels_path"]
+__all__ = ["calibrate_kernels", "calibrate_and_save", "format_entries", "shape_class", "winner", "entries_for",
+           "save_entries", "kernels_path"]
