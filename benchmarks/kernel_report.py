@@ -3,8 +3,8 @@
 No GPU needed. Every combination the runtime may launch (`triton_aot.full_matrix`: dtypes x
 head dims 64/128/256 x GQA groups 1/4/8 x causal or not x prefill / decode shape x fresh or
 resumed running state, and on sm_90 each of those with tensor descriptors too) is built
-from the runtime's own `build_launches` on meta tensors, compiled with Triton, and its cubin
-read with the bundled `cuobjdump -res-usage` (registers, stack frame = spills). Prints the
+from the runtime's own `build_launches` on meta tensors and compiled with Triton, with
+ptxas's own figures for each cubin (registers, spills; `triton_aot.compile_with_usage`). Prints the
 GQA-8 causal builds (the Llama-3 shape) and a summary, and writes
 benchmarks/results/kernel_report.json with every record, the problems found
 (`triton_aot.record_problems`: shared memory over the part, no wgmma on Hopper, TMA asked
@@ -49,7 +49,7 @@ def line(record):
     shape = case["shape"] + ("+LAO" if case["resume"] else "") + ("+TMA" if record["constexprs"].get("KV_TMA") else "")
     return (f"sm_{case['arch']} {case['dtype']:<4} d{case['head_dim']:<3} {shape:<15} "
             f"{record['kernel'].strip('_'):<24} {blocks}w{config['num_warps']} s{config['num_stages']}  "
-            f"regs {usage.get('registers')!s:>3}  stack {usage.get('stack_bytes')!s:>4} B  "
+            f"regs {usage.get('registers')!s:>3}  spill st/ld {usage.get('spill_stores')}/{usage.get('spill_loads')} B  "
             f"smem {record['shared_bytes'] / 1024:6.1f} KB / {record['shared_limit'] // 1024} KB  "
             f"{'wgmma' if record['wgmma'] else ''}")
 
@@ -82,7 +82,7 @@ def main(argv=None):
     for problem in problems:
         print("PROBLEM:", problem)
     report = {
-        "report": "Triton attention kernel, full compile matrix: registers, stack frame (spills) and shared "
+        "report": "Triton attention kernel, full compile matrix: registers, spills and shared "
                   "memory per build",
         "created_unix": time.time(),
         "command": "python benchmarks/kernel_report.py " + " ".join(argv if argv is not None else sys.argv[1:]),
@@ -90,8 +90,8 @@ def main(argv=None):
         "kernel_source_sha256": source_hash,
         "versions": {"triton": triton.__version__, "python": platform.python_version()},
         "how": "triton.compile for GPUTarget('cuda', arch, 32) of the launches build_launches makes on meta tensors "
-               f"(B=1, 8 KV heads; prefill {SHAPES['prefill']}, decode {SHAPES['decode']}); registers and stack "
-               "frame from cuobjdump -res-usage on the cubin Triton built, shared memory from its metadata",
+               f"(B=1, 8 KV heads; prefill {SHAPES['prefill']}, decode {SHAPES['decode']}); registers "
+               "and spills from the log of the ptxas run that built each cubin, shared memory from its metadata",
         "full_matrix": {"archs": args.arch, "cases": len(cases), "compilations": len(records),
                         "problems": problems},
         "records": records,

@@ -7,15 +7,17 @@ types and specialisations come from Triton's own specialisation of the same argu
 values (integers equal to 1 become constants, multiples of 16 and pointers get the
 divisibility hint; meta tensors count as 16-byte aligned, as fresh allocations are).
 
-Each build's registers and stack frame are read from the cubin Triton built (`cuobjdump
--res-usage`), with Triton's own ptxas options, so a spill shows exactly as it would run.
+Each build's registers and spills are ptxas's own figures for the cubin Triton built (its
+log, with Triton's ptxas options), so a spill shows exactly as it would run.
 
 Used by tests/test_triton_compile.py and benchmarks/kernel_report.py. Triton must have been
 imported without TRITON_INTERPRET (interpreted kernels cannot be compiled).
 """
 
 import argparse
+import contextlib
 import hashlib
+import io
 import itertools
 import json
 import os
@@ -81,28 +83,48 @@ def uses_wgmma(compiled):
     return "wgmma.mma_async" in compiled.asm["ptx"]
 
 
-def resource_usage(compiled):
-    """Registers per thread and stack frame bytes of the built cubin (`cuobjdump -res-usage`,
-    the tool Triton bundles), or None where cuobjdump is missing. The kernels keep no local
-    arrays, so a stack frame holds register spills: 0 means none."""
-    import subprocess
-    import tempfile
+USAGE_FILE = "longctx_ptxas_usage.json"  # kept beside a build in Triton's cache
 
+
+def compile_with_usage(launch, config, arch):
+    """(compiled kernel, usage) of `launch` built with `config` for sm_`arch`. `usage` comes
+    from the log of the ptxas run that built the very cubin (Triton's own ptxas options):
+    {registers, stack_frame, spill_stores, spill_loads} in registers per thread and bytes
+    (a stack frame alone can hold a called routine's saved registers; spills are spills).
+    Triton's cache keeps the cubin, not the log, so the usage is kept beside it the first time
+    (a build found in the cache without it is rebuilt once). None where no log was printed."""
     from triton import knobs
+    from triton.runtime.cache import get_cache_manager
 
+    compiled = compile_launch(launch, config, arch)
+    manager = get_cache_manager(compiled.hash)
+    kept = manager.get_file(USAGE_FILE)
+    if kept:
+        with open(kept, encoding="utf-8") as handle:
+            return compiled, json.load(handle)
+    settings = knobs.nvidia.dump_ptxas_log, knobs.compilation.always_compile
+    log = io.StringIO()
     try:
-        cuobjdump = knobs.nvidia.cuobjdump.path
-    except Exception:  # noqa: BLE001 - no bundled cuobjdump: report without it
+        knobs.nvidia.dump_ptxas_log, knobs.compilation.always_compile = True, True
+        with contextlib.redirect_stdout(log):
+            compiled = compile_launch(launch, config, arch)
+    finally:
+        knobs.nvidia.dump_ptxas_log, knobs.compilation.always_compile = settings
+    usage = parse_ptxas_log(log.getvalue())
+    if usage is not None:
+        manager.put(json.dumps(usage), USAGE_FILE, binary=False)
+    return compiled, usage
+
+
+def parse_ptxas_log(text):
+    """{registers, stack_frame, spill_stores, spill_loads} from `ptxas -v` output (sums over
+    the functions it lists, registers the largest), or None when it has no such figures."""
+    registers = [int(n) for n in re.findall(r"Used (\d+) registers", text)]
+    frames = re.findall(r"(\d+) bytes stack frame, (\d+) bytes spill stores, (\d+) bytes spill loads", text)
+    if not registers or not frames:
         return None
-    with tempfile.NamedTemporaryFile(suffix=".cubin") as cubin:
-        cubin.write(compiled.asm["cubin"])
-        cubin.flush()
-        text = subprocess.run([cuobjdump, "-res-usage", cubin.name], capture_output=True, text=True,
-                              timeout=120).stdout
-    registers, stack = re.search(r"REG:(\d+)", text), re.search(r"STACK:(\d+)", text)
-    if not (registers and stack):
-        return None
-    return {"registers": int(registers.group(1)), "stack_bytes": int(stack.group(1))}
+    return {"registers": max(registers), "stack_frame": sum(int(f[0]) for f in frames),
+            "spill_stores": sum(int(f[1]) for f in frames), "spill_loads": sum(int(f[2]) for f in frames)}
 
 
 @dataclass(frozen=True)
@@ -161,8 +183,8 @@ def uses_tma(compiled):
 def record_problems(records):
     """One line per thing wrong in compilation `records` (empty when all is well): shared
     memory over the part's limit, a Hopper 16-bit main-kernel build without wgmma, a TMA case
-    whose PTX does not use TMA, a register spill (a stack frame in the cubin), a build whose
-    resource usage could not be read."""
+    whose PTX does not use TMA, a register spill (ptxas's figures for the cubin), a build
+    without those figures."""
     problems = []
     for record in records:
         case, usage = record["case"], record["usage"]
@@ -177,10 +199,10 @@ def record_problems(records):
         if main and record["constexprs"].get("KV_TMA") and not record["tma"]:
             problems.append(f"{name}: asked for tensor descriptors, the PTX has no TMA copy")
         if usage is None:
-            problems.append(f"{name}: no resource usage (is Triton's cuobjdump missing?)")
-        elif usage["stack_bytes"]:
-            problems.append(f"{name}: spills registers ({usage['registers']} registers, "
-                            f"{usage['stack_bytes']} B stack frame)")
+            problems.append(f"{name}: no ptxas figures (the build printed no ptxas log)")
+        elif usage["spill_stores"] or usage["spill_loads"]:
+            problems.append(f"{name}: spills registers ({usage['registers']} registers, {usage['spill_stores']} B "
+                            f"stored, {usage['spill_loads']} B loaded)")
     return problems
 
 
@@ -217,7 +239,7 @@ def compile_job(job):
     case, launch_index, config_index = job
     launch = case_launches(case)[launch_index]
     config = launch.configs[config_index]
-    compiled = compile_launch(launch, config, case.arch)
+    compiled, usage = compile_with_usage(launch, config, case.arch)
     record = {
         "kernel": launch.name, "case": asdict(case), "config": dict(config),
         "constexprs": {p.name: launch.args[p.name] for p in launch.kernel.params
@@ -226,7 +248,7 @@ def compile_job(job):
         "shared_bytes": compiled.metadata.shared, "shared_limit": SHARED_MEMORY_LIMIT[case.arch],
         "wgmma": uses_wgmma(compiled), "tma": uses_tma(compiled),
     }
-    record["usage"] = resource_usage(compiled)
+    record["usage"] = usage
     return record
 
 

@@ -1,6 +1,6 @@
 """How the Triton attention kernels are launched: configurations, GQA packing, split-K, TMA.
 
-`plan_launch` is a pure function of the shapes, dtype, running-state mode and `Target`; the
+`plan_launch` is a pure function of the shapes, dtype and `Target`; the
 runtime (`longctx.kernels.triton_attention`) and the ahead-of-time compile test
 (`tests/test_triton_compile.py`, through `longctx.kernels.triton_aot`) both build their
 launches with `build_launches`, so the test compiles what runs.
@@ -87,8 +87,8 @@ def tune_configs(target, dtype, block_d, block_dv):
     BLOCK_M >= 64 (a Hopper warpgroup MMA) and the candidates are few, so autotuning
     compiles little; float32 runs IEEE dots on the FMA units, whose operands live in
     registers, so its tiles are small. Every configuration fits the shared memory of its
-    part and its cubin has no stack frame (no register spills), fresh, resumed or with TMA,
-    as Triton builds it (tests/test_triton_compile.py fails on a spill;
+    part and ptxas reports no register spill for its cubin, fresh, resumed or with TMA, as
+    Triton builds it (tests/test_triton_compile.py fails on a spill;
     benchmarks/kernel_report.py lists registers per build). That rules out, on sm_90,
     128 x 128 tiles pipelined at head dim 128 and 128-row tiles at head dim 256.
     """
@@ -96,7 +96,7 @@ def tune_configs(target, dtype, block_d, block_dv):
         return [_config(32, 16, 4, 1)]
     width = max(block_d, block_dv)
     if dtype == torch.float32:
-        return [_fp32_config(width)]
+        return [_fp32_config(width, target.arch)]
     if target.arch >= 90:
         if width <= 64:
             return [_config(128, 64, 4, 3), _config(128, 128, 8, 3)]
@@ -117,16 +117,20 @@ def split_config(target, dtype, block_d, block_dv):
         return _config(32, 16, 4, 1)
     width = max(block_d, block_dv)
     if dtype == torch.float32:
-        return _fp32_config(width)
+        return _fp32_config(width, target.arch)
     if width > 128:
         return _config(64, 32, 8, 2)
     return _config(64, 64, 4, 3) if target.arch >= 90 else _config(64, 32, 4, 3)
 
 
-def _fp32_config(width):
-    """float32 on a GPU: one spill-free configuration per head-dim class (fresh or resumed)."""
+def _fp32_config(width, arch):
+    """float32 on a GPU: one configuration per head-dim class and part, spill-free fresh or
+    resumed for every GQA group and mask (ptxas places these registers unevenly: the
+    configuration that is spill-free on one part spills on the other)."""
+    if width <= 64:
+        return _config(32, 16, 4, 2) if arch >= 90 else _config(32, 32, 4, 2)
     if width <= 128:
-        return _config(16, 16, 4, 2)
+        return _config(32, 16, 8, 2) if arch >= 90 else _config(32, 16, 4, 2)
     return _config(16, 16, 8, 2)
 
 
