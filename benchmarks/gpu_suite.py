@@ -70,8 +70,9 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import prefill_suite  # noqa: E402
 from bench_kernel import attention_flops, sdpa_runner  # noqa: E402
 from gpu_first_light import (_versions, backends, compare, head_shape, llama_model, randn,  # noqa: E402
-                             simulated_rows, timed)
+                             simulated_rows, start)
 from longctx.kernels import reference_attention  # noqa: E402
+from longctx.kernels.calibration import time_calls  # noqa: E402
 from prefill_suite import Link  # noqa: E402
 
 GRID = prefill_suite.parse_grid(ARGS.grid)
@@ -101,7 +102,7 @@ def time_backends(runners, device, flops, kv_bytes=None):
             cells[name] = {"error": run}
             continue
         try:
-            timing = timed(run, device, ARGS.repeats)
+            timing = time_calls(run, device, ARGS.repeats)
         except Exception as exc:  # noqa: BLE001 - a backend that cannot run this call: recorded
             cells[name] = {"error": f"{type(exc).__name__}: {str(exc).splitlines()[0][:300]}"}
             continue
@@ -120,7 +121,7 @@ def kernel_rows(lengths, device, smoke):
         q = randn((1, q_heads, length, head_dim), dtype, device, 1)
         k = randn((1, kv_heads, length, head_dim), dtype, device, 2)
         v = randn((1, kv_heads, length, head_dim), dtype, device, 3)
-        ours = {name: (lambda fresh=fresh: fresh(q, k, v, {"causal": True})) for name, (fresh, _) in
+        ours = {name: (lambda fresh=fresh, q=q, k=k, v=v: fresh(q, k, v, {"causal": True})) for name, (fresh, _) in
                 backends(device).items()}
         sdpa = sdpa_runners(q, k, v, True, device)
         check_name = next((name for name, fn in sdpa.items() if callable(fn)), None)
@@ -175,14 +176,10 @@ def shaped_rows(device, smoke):
 
 def main():
     """Run the parts, print a summary, write JSON (+ PNG)."""
-    device = torch.device("cuda" if torch.cuda.is_available() and not ARGS.smoke else "cpu")
-    if device.type == "cpu" and not ARGS.smoke:
-        print("gpu_suite.py needs a CUDA GPU; run with --smoke to check it on the CPU.", file=sys.stderr)
+    begun = start("gpu_suite.py", ARGS.smoke)
+    if begun is None:
         return 2
-    started = time.perf_counter()
-
-    def progress(text):
-        print(f"[{time.perf_counter() - started:7.1f} s] {text}", file=sys.stderr, flush=True)
+    device, started, progress = begun
 
     report = {
         "benchmark": "gpu_suite",
@@ -223,7 +220,7 @@ def main():
                                "modelled": f"network: {prefill_suite.link_description(link)}; hosts meet at "
                                            f"every layer with communication",
                                "rows": rows}
-        prefill_suite.print_table([row for row in rows if row["mode"] != "failed"], "simulated")
+        prefill_suite.print_table([row for row in rows if row["mode"] not in ("failed", "skipped")], "simulated")
     report["wall_s"] = time.perf_counter() - started
     out = ARGS.out or (os.path.join(RESULTS, "gpu_suite.json") if not ARGS.smoke else
                        os.path.join(os.environ.get("TMPDIR", "/tmp"), "gpu_suite_smoke.json"))
@@ -231,7 +228,7 @@ def main():
     with open(out, "w") as handle:
         json.dump(report, handle, indent=1, default=float)
     if "simulated" in report:
-        prefill_suite.plot([row for row in report["simulated"]["rows"] if row["mode"] != "failed"],
+        prefill_suite.plot([row for row in report["simulated"]["rows"] if row["mode"] not in ("failed", "skipped")],
                            os.path.splitext(out)[0] + ".png",
                            f"{report['device']}: simulated hosts, {report['simulated']['modelled']}")
     print(f"wrote {out} in {report['wall_s']:.0f} s")

@@ -84,6 +84,10 @@ def test_gpu_first_light_verdict_fails_on_a_wrong_result():
                                 "prefill": {"rows": [{"mode": "failed", "method": "apb", "hosts": 8,
                                                       "error": "ValueError: x"}]}})
     assert not passed and len(problems) == 3 and "triton wrong on decode: out err 5.00e-01" in problems[1]
+    # An optional backend that cannot run here is listed, not failed; a required one fails.
+    missing = {"backend": "torch:cuda-cudnn", "call": "decode", "ok": False, "error": "RuntimeError: no cuDNN"}
+    assert verdict({"correctness": [good, missing]}) == (True, [])
+    assert not verdict({"correctness": [good, {**missing, "backend": "auto"}]})[0]
 
 
 @pytest.mark.slow

@@ -195,6 +195,60 @@ def test_gqa_groups_pack_into_one_tile(group):
     _check(q.bfloat16(), k.bfloat16(), v.bfloat16(), causal=False)
 
 
+# --- tensor descriptors (TMA) for the K/V loads ------------------------------------------------
+
+
+@pytest.fixture
+def tma(monkeypatch):
+    monkeypatch.setenv(triton_launch.TMA_ENV, "1")
+
+
+def _kv_tma(q, k, v, resume=False):
+    """Whether the main launch of this call loads K/V through tensor descriptors."""
+    out = torch.zeros(*q.shape[:3], v.shape[-1], dtype=torch.float32)
+    lse = torch.zeros(q.shape[:3])
+    launch = triton_launch.build_launches(q, k, v, out, lse, causal=True, anchor_len=0, prefix_len=0, scale=1.0,
+                                          resume=resume, target=triton_launch.target_for(q))[0]
+    return launch.args["KV_TMA"]
+
+
+@pytest.mark.parametrize("shape", MASK_CASES, ids=case_id)
+def test_tma_loads_match_reference(tma, shape):
+    """With LONGCTX_TRITON_TMA=1 the descriptor path (rows past the keys zero-filled by the
+    descriptor, not masked loads) computes every mask case as the reference does."""
+    batch, q_heads, kv_heads, q_len, k_len, head_dim, causal, anchor, prefix = shape
+    q, k, v = _inputs(batch, q_heads, kv_heads, q_len, k_len, head_dim, torch.bfloat16, seed=q_len + 3 * k_len)
+    assert _kv_tma(q, k, v)
+    _check(q, k, v, causal=causal, anchor_len=anchor, prefix_len=prefix)
+
+
+def test_tma_resumes_and_splits(tma):
+    q, k, v = _inputs(1, 4, 2, 1, 260, 16, torch.float16, seed=8)
+    out, lse = _fold(q, k, v, [(0, 100, False), (100, 260, True)], "triton")
+    want_out, want_lse = reference_attention(q, k, v, causal=True)
+    torch.testing.assert_close(lse, want_lse, atol=1e-3, rtol=0)
+    torch.testing.assert_close(out, want_out.float(), atol=5e-3, rtol=5e-3)
+    q, k, v = _inputs(1, 4, 2, 70, 130, 32, torch.bfloat16, seed=9)
+    assert _kv_tma(q, k, v, resume=True)
+    out, lse = _fold(q, k, v, [(0, 60, False), (60, 130, True)], "triton")
+    want_out, want_lse = reference_attention(q, k, v, causal=True)
+    torch.testing.assert_close(lse, want_lse, atol=1e-3, rtol=0)
+    torch.testing.assert_close(out, want_out.float(), atol=2e-2, rtol=2e-2)
+
+
+def test_tma_only_where_the_layout_allows(monkeypatch, tma):
+    """float32 keeps pointer loads; so do K/V a descriptor cannot read (head-dim stride 2),
+    and the result is right either way; without the request nothing changes."""
+    q, k, v = _inputs(1, 4, 2, 40, 50, 32, torch.bfloat16, seed=1)
+    assert not _kv_tma(q.float(), k.float(), v.float())
+    strided_v = torch.randn(1, 2, 50, 64).bfloat16()[..., ::2]
+    assert not _kv_tma(q, k, strided_v)
+    _check(q, k, strided_v, causal=True)
+    assert _kv_tma(q, k, v)
+    monkeypatch.setenv(triton_launch.TMA_ENV, "0")
+    assert not _kv_tma(q, k, v)
+
+
 # --- split-K (flash-decoding) ----------------------------------------------------------------
 
 

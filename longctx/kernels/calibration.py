@@ -134,7 +134,7 @@ def calibrate_kernels(q_heads, kv_heads, head_dim, dtype=torch.bfloat16, lengths
                 try:
                     if length == min(lengths):
                         _check(run, q, k, v, masks, resume)
-                    entry["times_ms"][label] = _median_ms(run, repeats, device)
+                    entry["times_ms"][label] = time_calls(run, device, repeats)["median_ms"]
                 except (RuntimeError, AssertionError) as exc:
                     failed[(entry["class"], label)] = entry["errors"][label] = str(exc).splitlines()[0][:300]
             if entry["times_ms"]:
@@ -234,21 +234,23 @@ def _check(run, q, k, v, masks, resume):
         raise AssertionError(f"max abs error {error:.3g} against the float32 reference")
 
 
-def _median_ms(run, repeats, device):
+def time_calls(fn, device, repeats):
+    """One untimed warm-up call of `fn` (compilation and autotuning stay outside the timing),
+    then `repeats` timed calls, each synchronised on CUDA: {median_ms, min_ms, max_ms, runs_ms}."""
     def synchronize():
         if device.type == "cuda":
             torch.cuda.synchronize(device)
 
-    run()  # warm-up: compilation and autotuning stay outside the timing
+    fn()
     synchronize()
-    times = []
+    runs = []
     for _ in range(repeats):
         start = time.perf_counter()
-        run()
+        fn()
         synchronize()
-        times.append((time.perf_counter() - start) * 1e3)
-    return statistics.median(times)
+        runs.append((time.perf_counter() - start) * 1e3)
+    return {"median_ms": statistics.median(runs), "min_ms": min(runs), "max_ms": max(runs), "runs_ms": runs}
 
 
-__all__ = ["calibrate_kernels", "calibrate_and_save", "format_entries", "shape_class", "winner", "entries_for",
+__all__ = ["time_calls", "calibrate_kernels", "calibrate_and_save", "format_entries", "shape_class", "winner", "entries_for",
            "save_entries", "kernels_path"]

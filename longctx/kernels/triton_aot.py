@@ -91,29 +91,37 @@ def compile_with_usage(launch, config, arch):
     from the log of the ptxas run that built the very cubin (Triton's own ptxas options):
     {registers, stack_frame, spill_stores, spill_loads} in registers per thread and bytes
     (a stack frame alone can hold a called routine's saved registers; spills are spills).
-    Triton's cache keeps the cubin, not the log, so the usage is kept beside it the first time
-    (a build found in the cache without it is rebuilt once). None where no log was printed."""
-    from triton import knobs
+    Triton's cache keeps the cubin, not the log, so the usage is kept beside it; a build found
+    in the cache without it is rebuilt once. None where no log was printed."""
     from triton.runtime.cache import get_cache_manager
 
-    compiled = compile_launch(launch, config, arch)
+    compiled, usage = _compile_logging_ptxas(launch, config, arch, always=False)
     manager = get_cache_manager(compiled.hash)
-    kept = manager.get_file(USAGE_FILE)
-    if kept:
-        with open(kept, encoding="utf-8") as handle:
-            return compiled, json.load(handle)
+    if usage is None:  # found in Triton's cache: no ptxas ran
+        kept = manager.get_file(USAGE_FILE)
+        if kept:
+            with open(kept, encoding="utf-8") as handle:
+                return compiled, json.load(handle)
+        compiled, usage = _compile_logging_ptxas(launch, config, arch, always=True)
+    if usage is not None:
+        manager.put(json.dumps(usage), USAGE_FILE, binary=False)
+    return compiled, usage
+
+
+def _compile_logging_ptxas(launch, config, arch, always):
+    """`compile_launch` with Triton printing its ptxas log (captured and parsed); `always`
+    bypasses Triton's cache. Returns (compiled, usage or None when ptxas did not run)."""
+    from triton import knobs
+
     settings = knobs.nvidia.dump_ptxas_log, knobs.compilation.always_compile
     log = io.StringIO()
     try:
-        knobs.nvidia.dump_ptxas_log, knobs.compilation.always_compile = True, True
+        knobs.nvidia.dump_ptxas_log, knobs.compilation.always_compile = True, always
         with contextlib.redirect_stdout(log):
             compiled = compile_launch(launch, config, arch)
     finally:
         knobs.nvidia.dump_ptxas_log, knobs.compilation.always_compile = settings
-    usage = parse_ptxas_log(log.getvalue())
-    if usage is not None:
-        manager.put(json.dumps(usage), USAGE_FILE, binary=False)
-    return compiled, usage
+    return compiled, parse_ptxas_log(log.getvalue())
 
 
 def parse_ptxas_log(text):
@@ -192,7 +200,8 @@ def record_problems(records):
                 f"{'causal' if case['causal'] else 'full'} {case['shape']}{' resumed' if case['resume'] else ''}"
                 f"{' tma' if case.get('tma') else ''} {record['config']}")
         if record["shared_bytes"] > record["shared_limit"]:
-            problems.append(f"{name}: shared memory {record['shared_bytes']} B over the limit {record['shared_limit']} B")
+            problems.append(f"{name}: shared memory {record['shared_bytes']} B over the part's "
+                            f"{record['shared_limit']} B")
         main = record["kernel"] == "_attention_fwd_kernel"
         if main and case["arch"] >= 90 and case["dtype"] != "fp32" and not record["wgmma"]:
             problems.append(f"{name}: a Hopper 16-bit build without wgmma")
