@@ -85,7 +85,7 @@ def main(argv=None):
         "report": "Triton attention kernel, full compile matrix: registers, spills and shared "
                   "memory per build",
         "created_unix": time.time(),
-        "command": "python benchmarks/kernel_report.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+        "command": " ".join(["python benchmarks/kernel_report.py", *(argv if argv is not None else sys.argv[1:])]),
         "kernel_sources": [f"longctx/kernels/{name}" for name in KERNEL_SOURCES],
         "kernel_source_sha256": source_hash,
         "versions": {"triton": triton.__version__, "python": platform.python_version()},
