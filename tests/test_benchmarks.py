@@ -55,7 +55,7 @@ def test_gpu_first_light_smoke(tmp_path):
     """The GPU first-light script on the CPU: every backend present checked on every call kind
     (and found right), timed with a spread, the end-to-end prefill of every method; PASS."""
     report, stdout = _run("gpu_first_light.py", tmp_path / "light.json")
-    assert report["smoke"] and report["verdict"] == {"passed": True, "problems": []}
+    assert report["smoke"] and report["verdict"] == {"passed": True, "problems": [], "unavailable": {}}
     checks = report["correctness"]
     assert {row["backend"] for row in checks} >= {"auto", "triton", "triton+tma", "torch:cpu-flash"}
     assert {row["call"] for row in checks} >= {"causal prefill", "ring step (non-causal)", "decode (split-K)",
@@ -100,6 +100,12 @@ def test_cpu_methods_smoke(tmp_path):
     _check_speedups(rows, {"measured", "simulated", "local workers", "video local workers"})
     simulated = [row for row in rows if row["mode"] == "simulated"]
     assert all(len(row["host_compute_s"]) == row["hosts"] for row in simulated)
+    assert "spava" in {row["method"] for row in simulated}
+    # Medians of three runs with their range, in the JSON and in the printed README tables.
+    assert report["repeats"] == 3 and all(row["min_s"] <= row["seconds"] <= row["max_s"] for row in rows)
+    assert all(row["speedup_range"][0] <= row["speedup_vs_hf"] <= row["speedup_range"][1]
+               for row in rows if row["method"] != "hf-sdpa")
+    assert "median of the runs (slowest-fastest)" in stdout
     assert (tmp_path / "cpu.png").exists()
     video = [row for row in rows if row["mode"] == "video local workers"]
     assert {(row["method"], row["hosts"]) for row in video} == {("hf-sdpa", 1), ("dense", 1), ("burst", 2),
