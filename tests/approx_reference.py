@@ -328,3 +328,28 @@ def spava_errors(spy, doc_ids, query_ids, fused_query=True):
 
     errors.update(new_token_errors(spy, cached))
     return errors
+
+
+def gloo_worker(rank, world, init_file, model_dir, jobs, out_dir):
+    """Body of one real worker process (gloo over loopback, rendezvous in the file `init_file`):
+    run every job (name, method, options, doc_ids, query_ids, max_new_tokens) under a Spy and
+    save {name: Spy.state()} to `out_dir`/rank<rank>.pt. Who calls it: the gloo reference test."""
+    import os
+
+    from launch.worker import init_worker, shutdown_worker
+    from longctx.config import RunConfig
+    from longctx.engine import Engine, Request
+    from longctx.models import load_model
+
+    os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")
+    config = RunConfig(model=model_dir, nproc=world, threads=1, timeout_s=120)
+    comm, device = init_worker(config, rank, world, init_method=f"file://{init_file}")
+    model = load_model(model_dir, device, torch.float32)
+    states = {}
+    for name, method, options, doc_ids, query_ids, max_new_tokens in jobs:
+        engine = Engine(model, comm, config.replace(method=method, **options), device)
+        with Spy() as spy:
+            engine.run(Request(doc_ids, query_ids, max_new_tokens, method))
+        states[name] = spy.state()
+    torch.save(states, os.path.join(out_dir, f"rank{rank}.pt"))
+    shutdown_worker()
