@@ -17,6 +17,7 @@ TINY_MODELS = {
     "llama-mha": ("llama", 64, 2, 4, 4),
     "llama-gqa4": ("llama", 64, 2, 8, 2),
     "qwen2": ("qwen2", 64, 2, 4, 2),
+    "qwen3": ("qwen3", 64, 2, 4, 2),
     "mistral": ("mistral", 64, 2, 4, 2),
 }
 
