@@ -262,9 +262,12 @@ class LocalLauncher:
     def _root_cause(self, rank, kind, payload, waiting):
         """(rank, kind, payload) to report for a request in which worker `rank` failed: when its
         failure is only a collective that broke ("collective-error"), the worker that broke it
-        (one of `waiting` that reports another error or dies within ROOT_CAUSE_S) is named instead.
+        (one of `waiting` that reports another error or dies within ROOT_CAUSE_S) is named
+        instead; failing that, a worker still running that sent no report at all ("silent": it
+        hung, and its peers' collectives timed out waiting for it).
         """
         others = sorted(waiting - {rank})
+        silent = set(others)
         deadline = time.monotonic() + ROOT_CAUSE_S
         while kind == "collective-error" and others and time.monotonic() < deadline:
             for other in others:
@@ -276,18 +279,26 @@ class LocalLauncher:
                         return other, "died", describe_exit(proc)
                     if other_kind in ("error", "user-error"):
                         return other, other_kind, other_payload
+                    silent.discard(other)
                 elif not proc.is_alive() and not conn.poll():
                     return other, "died", describe_exit(proc)
+        if kind == "collective-error" and silent:
+            return min(silent), "silent", f"worker {rank}: {payload}"
         return rank, kind, payload
 
     def _fail(self, rank, kind, payload):
         """Stop every worker and raise the error for worker `rank`'s failure (`kind`: "user-error"
-        for the user's input, "died" for a process that ended, else a failure report)."""
+        for the user's input, "died" for a process that ended, "silent" for one that stopped
+        answering (`payload`: the collective that timed out waiting for it), else a failure
+        report)."""
         self.abort()
         if kind == "user-error":
             raise LongCtxError(payload)
         if kind == "died":
             raise WorkerError(f"worker {rank} {payload}; all workers were stopped")
+        if kind == "silent":
+            raise WorkerError(f"worker {rank} stopped answering (hung?): no report from it while a collective "
+                              f"timed out waiting ({payload}); all workers were stopped")
         raise WorkerError(f"worker {rank} failed: {payload}; all workers were stopped")
 
     def abort(self):

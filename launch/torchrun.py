@@ -4,8 +4,9 @@
 
 The world size is torchrun's (`--nproc_per_node` times its nodes): this entry has no --nproc,
 and none of its options is one torchrun's parser would take for its own. Rank 0 prints the
-answer (or one JSON object with --json). A failing rank makes torchrun stop the others, and
-collective timeouts bound every wait.
+answer (or one JSON object with --json). A failing rank says so in one line naming its rank
+and the cause (bad input: exit status 2; anything else, a collective that timed out included:
+1) and torchrun stops the others; collective timeouts bound every wait.
 """
 
 import argparse
@@ -13,6 +14,7 @@ import json
 import os
 import sys
 
+from launch.local import describe_exception
 from launch.spmd import SPMDLongContextLM
 from longctx.config import DefaultsHelpFormatter, add_run_arguments
 from longctx.errors import LongCtxError
@@ -49,6 +51,10 @@ def main(argv=None):
     except (LongCtxError, OSError) as exc:
         print(f"longctx: error (rank {rank}): {exc}", file=sys.stderr)
         return 2
+    except Exception as exc:  # this rank failed (or a collective with a failed peer): one line, no traceback
+        print(f"longctx: error (rank {rank}): {describe_exception(exc)}", file=sys.stderr, flush=True)
+        sys.stdout.flush()
+        os._exit(1)  # at once: after a failed collective an ordinary exit can die in the process group's C++
     if rank == 0:
         if args.json:
             payload = result.to_dict()
