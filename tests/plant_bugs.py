@@ -63,6 +63,11 @@ BUGS = {
         "decode_attention: hosts that do not hold the new tokens' keys attend causally too",
         "longctx/method.py", "causal=owner, scale=scale, backend=ctx.kernel_backend)",
         "causal=True, scale=scale, backend=ctx.kernel_backend)", ("tests/test_approx_reference.py",)),
+    "memory-check": Bug(
+        "the request path no longer checks the memory estimate (the refusal's call deleted)",
+        "longctx/request.py",
+        "check_memory(planner, plan, model_config.vocab_size, max_new_tokens, resolve_device_type(config.device))",
+        "None", ("tests/test_memory.py",)),
 }
 
 
