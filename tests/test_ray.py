@@ -1,8 +1,9 @@
 """The Ray launcher (launch/ray.py) on a real local Ray cluster.
 
-The module starts one cluster (`ray start --head --block` on loopback, 4 CPUs, a 100 MB object
-store, its own temp dir) and stops it by signalling that process at the end; every test that
-needs Ray shares it. Tiny random-weight models, CPU, gloo. Checked: the same tokens as the
+The module starts one cluster (`ray.init` in a head process of its own on loopback, 4 CPUs, a
+100 MB object store, its own temp dir, every port chosen by Ray) and stops it at the end;
+every test that needs Ray shares it. Ray is part of the `dev` extra: without it these tests
+fail, they do not skip. Tiny random-weight models, CPU, gloo. Checked: the same tokens as the
 local launcher for burst, ulysses and apb on 2 and 4 actors (burst and ulysses also the same
 hidden states); warm actors across requests; the placement group freed on exit; a request for
 more workers than the cluster has, or than it has free; an actor killed during a request; Ctrl-C
@@ -124,10 +125,14 @@ class Cluster:
     env: dict
 
 
-def _free_port():
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+HEAD_SCRIPT = """
+import json, sys, ray
+context = ray.init(num_cpus=int(sys.argv[2]), num_gpus=0, object_store_memory=100_000_000, _temp_dir=sys.argv[1],
+                   _node_ip_address="127.0.0.1", include_dashboard=True, dashboard_host="127.0.0.1", dashboard_port=0)
+print(json.dumps({"gcs": context.address_info["gcs_address"], "dashboard": context.dashboard_url}), flush=True)
+sys.stdin.read()  # the cluster lives until the test closes this process's stdin
+ray.shutdown()
+"""
 
 
 def _dashboard_up(url):
@@ -140,10 +145,8 @@ def _dashboard_up(url):
 
 @pytest.fixture(scope="module")
 def ray_cluster(tmp_path_factory):
-    """`ray start --head --block` on loopback with CLUSTER_CPUS CPUs, token authentication off
-    (in this process too: its launchers connect to it); stopped by SIGTERM to that process (which
-    stops every Ray process it started) when the module ends."""
-    pytest.importorskip("ray", reason="the Ray launcher's tests need the ray extra (pip install -e '.[ray]')")
+    """A Ray cluster on this machine with CLUSTER_CPUS CPUs, token authentication off (in this
+    process too: its launchers connect to it); stopped when the module ends."""
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("RAY_AUTH_MODE", "disabled")
         patch.delenv("RAY_ADDRESS", raising=False)
@@ -151,31 +154,29 @@ def ray_cluster(tmp_path_factory):
 
 
 def _start_cluster(tmp_path_factory):
+    """Start the head in a process of its own (`ray.init` there, so every port is Ray's choice:
+    none is picked here, and no fixed one such as the Ray client server's is needed), read its
+    addresses, and stop it by closing that process's stdin (`ray.shutdown`; killed if it hangs)."""
     import ray
 
     temp = tempfile.mkdtemp(prefix="ray-")  # short: Ray's socket paths live under it
     log_path = tmp_path_factory.mktemp("ray-head") / "head.log"
-    gcs, dashboard, client, agent = (_free_port() for _ in range(4))
     env = dict(os.environ, PATH=BIN + os.pathsep + os.environ.get("PATH", ""), RAY_USAGE_STATS_ENABLED="0")
     with open(log_path, "w") as log:
-        head = subprocess.Popen(
-            [os.path.join(BIN, "ray"), "start", "--head", "--block", "--node-ip-address=127.0.0.1", f"--port={gcs}",
-             "--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard}", f"--ray-client-server-port={client}",
-             f"--dashboard-agent-listen-port={agent}", f"--num-cpus={CLUSTER_CPUS}", "--num-gpus=0",
-             "--object-store-memory=100000000", f"--temp-dir={temp}", "--disable-usage-stats"],
-            stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
-    cluster = Cluster(f"127.0.0.1:{gcs}", f"http://127.0.0.1:{dashboard}", env)
+        head = subprocess.Popen([sys.executable, "-c", HEAD_SCRIPT, temp, str(CLUSTER_CPUS)], stdin=subprocess.PIPE,
+                                stdout=subprocess.PIPE, stderr=log, text=True, env=env, start_new_session=True)
     try:
-        deadline = time.monotonic() + 180
-        while not _dashboard_up(cluster.dashboard):
-            assert head.poll() is None, f"ray start exited:\n{log_path.read_text()[-3000:]}"
-            assert time.monotonic() < deadline, f"the Ray dashboard did not come up:\n{log_path.read_text()[-3000:]}"
-            time.sleep(1)
+        line = head.stdout.readline()  # written once the cluster is up; empty if the head died
+        assert line, f"the Ray head did not start:\n{log_path.read_text()[-3000:]}"
+        addresses = json.loads(line)
+        port = addresses["gcs"].rsplit(":", 1)[1]
+        cluster = Cluster(f"127.0.0.1:{port}", f"http://{addresses['dashboard']}", env)
+        assert _dashboard_up(cluster.dashboard), f"the Ray dashboard is not up:\n{log_path.read_text()[-3000:]}"
         yield cluster
     finally:
         if ray.is_initialized():  # the launchers' connection from this process
             ray.shutdown()
-        head.send_signal(signal.SIGTERM)
+        head.stdin.close()
         try:
             head.wait(timeout=90)
         except subprocess.TimeoutExpired:
