@@ -167,12 +167,16 @@ def pool_with_reports(reports, exitcodes):
     ([("collective-error", "CollectiveError: a collective on rank 0 failed"), None],
      [None, -9], "worker 1 was killed by signal SIGKILL"),
     ([("collective-error", "CollectiveError: a collective on rank 0 failed"), None],
+     [None, None], r"worker 1 stopped answering \(hung\?\): .*\(worker 0: CollectiveError"),
+    ([("collective-error", "CollectiveError: a collective on rank 0 failed"),
+      ("collective-error", "CollectiveError: a collective on rank 1 failed")],
      [None, None], "worker 0 failed: CollectiveError"),
 ])
 def test_a_broken_collective_names_the_worker_that_broke_it(reports, exitcodes, message):
     """Rank 0's collective broke because rank 1 failed, and rank 0's report is read first: the
-    error names rank 1's own failure (found in CI: the raising worker's message was lost); with
-    no other report within the grace time, the collective failure itself is named."""
+    error names rank 1's own failure (found in CI: the raising worker's message was lost); a
+    rank 1 still running that sends nothing within the grace time is named as hung, with the
+    collective that timed out; when every worker reports a broken collective, the first is named."""
     from launch.local import WorkerError
     from launch.replies import run_to_end
 
