@@ -8,9 +8,9 @@ from those inputs, the plan and the selected rows alone: the keys each query row
 are written out as an explicit boolean matrix from the papers' rules (anchor rows never see
 passed keys; a block sees exactly the keys passed to it, all of the anchor and its own block
 causally; the question and new tokens see the whole context once), and each row attends to
-exactly its keys through the torch reference kernel without any mask of its own
-(`reference_attention(..., causal=False)`). Nothing of the methods' own mask code, kernel
-calls or merges is used.
+exactly its keys by textbook softmax attention in float64 (`attend_visible`, which agrees
+with the torch reference kernel run on each row's gathered keys). Nothing of the methods' own
+mask code, kernel calls or merges is used.
 
 `apb_errors(spy, doc, question)` / `spava_errors(...)` check the structure (inputs, selected
 rows, caches) with assertions and return {what: largest absolute difference} of the outputs.
@@ -23,7 +23,6 @@ import torch
 import apb.passing
 import spava.select
 from apb.method import APBAttention
-from longctx.kernels.reference import reference_attention
 from longctx.method import Method
 from spava.method import SpavaAttention
 
@@ -126,16 +125,17 @@ class Spy:
 
 
 def attend_visible(q, keys, values, visible, scale):
-    """out [B, Hq, R, D]: query row i of q [B, Hq, R, D] over exactly the keys j of keys/values
-    [B, Hkv, K, D] with visible[i, j] (bool [R, K]); the reference kernel on the gathered keys,
-    no mask."""
-    rows = []
-    for row in range(q.shape[2]):
-        cols = visible[row].nonzero().flatten()
-        out, _ = reference_attention(q[:, :, row : row + 1], keys[:, :, cols], values[:, :, cols], causal=False,
-                                     scale=scale)
-        rows.append(out)
-    return torch.cat(rows, dim=2)
+    """out [B, Hq, R, D] float64: query row i of q [B, Hq, R, D] over exactly the keys j of
+    keys/values [B, Hkv, K, D] (GQA: query head h reads KV head h // (Hq // Hkv)) with
+    visible[i, j] (bool [R, K]); textbook softmax attention in float64 with that mask and no
+    other. A row that sees no key gets 0. (`tests/test_approx_reference.py` checks it against
+    the torch reference kernel on the gathered keys, row by row.)"""
+    group = q.shape[1] // keys.shape[1]
+    keys, values = keys.double().repeat_interleave(group, 1), values.double().repeat_interleave(group, 1)
+    scores = (q.double() @ keys.transpose(-1, -2)) * scale
+    scores = scores.masked_fill(~visible, float("-inf"))
+    probs = torch.softmax(scores, dim=-1).nan_to_num(0.0)
+    return probs @ values
 
 
 def take(tensor, rows):

@@ -12,12 +12,12 @@ import pytest
 import torch
 
 from apb.heads import RetainingHeads
-from approx_reference import TOLERANCE, Spy, apb_errors, spava_errors
+from approx_reference import TOLERANCE, Spy, apb_errors, attend_visible, spava_errors
 from helpers import run_workers
 from longctx.compare import random_prompt
 from longctx.config import RunConfig
 from longctx.engine import Request
-from longctx.kernels import attention
+from longctx.kernels import attention, reference_attention
 from longctx.models import load_model
 
 DOC_LEN, QUERY_LEN, NEW_TOKENS = 300, 5, 3
@@ -112,3 +112,21 @@ def test_the_reference_catches_an_anchor_that_sees_passed_keys(models, monkeypat
     spy, doc, question, _ = spied_run(model, path, method, 3, options)
     errors = (apb_errors if method == "apb" else spava_errors)(spy, doc, question)
     assert max(errors.values()) > 1e-3, errors
+
+
+def test_the_masked_oracle_agrees_with_the_reference_kernel_row_by_row():
+    """`attend_visible` (one masked softmax) equals the torch reference kernel run without a mask
+    on exactly the keys each row sees, GQA included."""
+    generator = torch.Generator().manual_seed(0)
+    q = torch.randn(1, 4, 12, 8, generator=generator)
+    keys, values = torch.randn(1, 2, 20, 8, generator=generator), torch.randn(1, 2, 20, 8, generator=generator)
+    visible = torch.rand(12, 20, generator=generator) < 0.4
+    visible[3] = False  # a row that sees nothing
+    expected = []
+    for row in range(12):
+        cols = visible[row].nonzero().flatten()
+        out, _ = reference_attention(q[:, :, row : row + 1], keys[:, :, cols], values[:, :, cols], causal=False,
+                                     scale=0.3)
+        expected.append(out)
+    torch.testing.assert_close(attend_visible(q, keys, values, visible, 0.3).float(), torch.cat(expected, dim=2),
+                               rtol=0, atol=1e-6)
