@@ -3,6 +3,7 @@
     .venv/bin/python tests/plant_bugs.py                 # list the bugs
     .venv/bin/python tests/plant_bugs.py anchor-rule     # plant one, run its tests, report
     .venv/bin/python tests/plant_bugs.py --all           # every bug, one after the other
+    .venv/bin/python tests/plant_bugs.py anchor-rule --tests tests/test_apb_inprocess.py   # other tests
 
 The working tree is never touched: the tracked and untracked (not ignored) files are copied to
 a temporary directory, one exact line edit is applied there (it must match exactly once), and
@@ -88,8 +89,9 @@ def planted_text(bug, repo=REPO):
     return text.replace(bug.old, bug.new)
 
 
-def run(name, bug, keep=False):
-    """Plant `bug` in a scratch copy, run its tests; returns (caught, report line)."""
+def run(name, bug, keep=False, tests=None):
+    """Plant `bug` in a scratch copy, run its tests (or `tests`); returns (caught, report line)."""
+    tests = tests or bug.tests
     scratch = tempfile.mkdtemp(prefix=f"longctx-bug-{name}-")
     try:
         for path in source_files():
@@ -102,12 +104,12 @@ def run(name, bug, keep=False):
         env = dict(os.environ, PYTHONPATH=os.pathsep.join([scratch, os.path.join(scratch, "tests")]))
         started = time.monotonic()
         proc = subprocess.run([sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider",
-                               f"--junitxml={report}", *bug.tests], cwd=scratch, env=env, capture_output=True,
+                               f"--junitxml={report}", *tests], cwd=scratch, env=env, capture_output=True,
                               text=True)
         wall = time.monotonic() - started
         failed = _first_failure(report)
         if failed is None:
-            return False, f"{name}: NOT CAUGHT by {' '.join(bug.tests)} ({wall:.0f} s wall; exit {proc.returncode})"
+            return False, f"{name}: NOT CAUGHT by {' '.join(tests)} ({wall:.0f} s wall; exit {proc.returncode})"
         test, seconds = failed
         return True, f"{name}: caught by {test} in {seconds:.1f} s ({wall:.0f} s wall with start-up)"
     finally:
@@ -133,6 +135,7 @@ def main(argv=None):
     parser.add_argument("bugs", nargs="*", help=f"bugs to plant ({', '.join(BUGS)})")
     parser.add_argument("--all", action="store_true", help="plant every bug, one at a time")
     parser.add_argument("--keep", action="store_true", help="keep the scratch copies (their paths are printed)")
+    parser.add_argument("--tests", nargs="+", help="test files or ids to run instead of the bug's own")
     args = parser.parse_args(argv)
     names = list(BUGS) if args.all else args.bugs
     if not names:
@@ -144,7 +147,7 @@ def main(argv=None):
         parser.error(f"unknown bug {unknown[0]!r}; choose from {', '.join(BUGS)}")
     missed = 0
     for name in names:
-        caught, line = run(name, BUGS[name], keep=args.keep)
+        caught, line = run(name, BUGS[name], keep=args.keep, tests=args.tests)
         missed += not caught
         print(line, flush=True)
     return 1 if missed else 0
