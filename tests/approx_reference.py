@@ -160,13 +160,13 @@ def new_token_errors(spy, cached_rows):
     """{"new tokens": error} of the first new-token call of every layer on every rank against
     the exact attention over [every rank's cache in rank order ; the new tokens causally].
 
-    `cached_rows(rank, layer)` are the rows of that rank's prefill k/v the cache must hold
+    `cached_rows(rank)` are the rows of that rank's prefill k/v its cache must hold
     (checked exactly, so the caches are the prefill's keys and nothing else)."""
     plan, worst = spy.plan, 0.0
     for layer in spy.layers:
         records = [spy.decode[(rank, layer)] for rank in range(plan.world)]
         for rank, record in enumerate(records):
-            rows = torch.tensor(cached_rows(rank, layer), dtype=torch.long)
+            rows = torch.tensor(cached_rows(rank), dtype=torch.long)
             prefill = spy.prefill[(rank, layer)]
             assert torch.equal(record["cache_k"], prefill["k"].index_select(2, rows)), f"rank {rank} cache keys"
             assert torch.equal(record["cache_v"], prefill["v"].index_select(2, rows)), f"rank {rank} cache values"
@@ -240,8 +240,8 @@ def apb_errors(spy, doc_ids, query_ids, head_tokens=16):
             expected = attend_visible(record["q"], keys, values, visible, record["scale"])
             name = f"host {host.rank}"
             errors[name] = max(errors.get(name, 0.0), largest_difference(record["out"], expected))
-    errors.update(new_token_errors(spy, lambda rank, layer: range(plan.hosts[rank].lead_len,
-                                                                  plan.hosts[rank].lead_len + plan.hosts[rank].num_tokens)))
+    errors.update(new_token_errors(spy, lambda rank: range(plan.hosts[rank].lead_len,
+                                                           plan.hosts[rank].lead_len + plan.hosts[rank].num_tokens)))
     return errors
 
 
@@ -319,7 +319,7 @@ def spava_errors(spy, doc_ids, query_ids, fused_query=True):
             name = f"host {host.rank}"
             errors[name] = max(errors.get(name, 0.0), largest_difference(record["out"], torch.cat(outs, dim=2)))
 
-    def cached(rank, layer):
+    def cached(rank):
         host = plan.hosts[rank]
         rows = list(host.shard.positions()) + list(range(anchor, host.local_len))
         if rank == plan.append_rank and fused_query:
