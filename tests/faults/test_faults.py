@@ -130,7 +130,7 @@ def test_torchrun_entry_fault(job_files, kind, phase, tmp_path):
     traceback; the failing rank and the cause are named: by rank 1 itself when it raises, by
     torchrun's summary (signal) when it is killed, by rank 0's timed-out collective when it
     hangs. torchrun's own failure report (its ChildFailedError) is torchrun's, not checked.
-    One phase per kind in CI (the full 3 x 3 matrix passed when it was written: docs/reliability.md)."""
+    One phase per kind (the local launcher runs the whole matrix); figures in docs/reliability.md."""
     log_dir = tmp_path / "logs"
     proc, after_fault = run_job(torchrun_job(job_files, str(log_dir)), f"{kind}:{phase}:1", tmp_path)
     assert proc.returncode != 0
