@@ -6,6 +6,7 @@ from datetime import timedelta
 import torch
 import torch.distributed as dist
 
+from launch.interfaces import bind_to_rank0_route
 from longctx.comm import Comm
 from longctx.engine import Engine
 from longctx.models import load_model, resolve_device, resolve_dtype
@@ -42,15 +43,13 @@ def init_worker(config, rank, world, local_rank=None, local_world=None, init_met
     torch.set_num_threads(config.threads or max(1, (os.cpu_count() or 1) // max(1, local_world)))
     if world > 1:
         backend = pick_dist_backend(config, device, local_world)
-        dist.init_process_group(
-            backend,
-            init_method=None if store is not None else init_method,
-            store=store,
-            rank=rank,
-            world_size=world,
-            timeout=timedelta(seconds=config.timeout_s),
-            device_id=device if backend == "nccl" else None,
-        )
+        timeout = timedelta(seconds=config.timeout_s)
+        if store is None:
+            store, _, _ = next(dist.rendezvous(init_method, rank, world, timeout=timeout))
+        if local_world < world and getattr(store, "host", None):
+            bind_to_rank0_route(store, store.host)
+        dist.init_process_group(backend, store=store, rank=rank, world_size=world, timeout=timeout,
+                                device_id=device if backend == "nccl" else None)
     return Comm(rank=rank, world=world, timeout_s=config.timeout_s), device
 
 
