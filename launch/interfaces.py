@@ -67,6 +67,13 @@ def interface_of(address):
     return next((name for name in names if _ipv4_of(name) == str(ip)), None)
 
 
+def interface_address(name):
+    """An address of the interface `name` (IPv4 first), None when it has none or does not exist."""
+    if not name:
+        return None
+    return _ipv4_of(name) or next((address for address, owner in _ipv6_addresses().items() if owner == name), None)
+
+
 def route_interface(host):
     """(interface name, source address) of this machine's route to `host`."""
     address = source_address(host)
