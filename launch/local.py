@@ -102,6 +102,7 @@ def _serve(rank, world, port, config, conn):
     """
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the driver's to handle
     _exit_with_driver()
+    os.environ.update(config.worker_env)
     try:
         _use_loopback()
         comm, device = init_worker(config, rank, world, store=_join_store(port, config.timeout_s))
