@@ -106,7 +106,8 @@ def connect(ray, address, timeout_s):
     LongCtxError (one line) when that cannot happen within `timeout_s`."""
     if ray.is_initialized():
         return
-    use_available_token()
+    if "RAY_AUTH_MODE" not in os.environ and use_available_token():
+        _reload_ray_config(ray)
     target, source = resolve_address(address)
     if target is not None:
         check_reachable(target, source, min(CONNECT_S, timeout_s))
@@ -134,6 +135,14 @@ def connect(ray, address, timeout_s):
     if error is not None:
         first = next((line.strip() for line in str(error).splitlines() if line.strip()), type(error).__name__)
         raise LongCtxError(f"cannot connect to the Ray cluster at {shown}: {first[:300]}") from None
+
+
+def _reload_ray_config(ray):
+    """Make an already imported Ray read RAY_AUTH_MODE again (it reads its settings once, at
+    import; Ray's own `ray start` does the same when it turns token authentication on)."""
+    from ray._raylet import Config
+
+    Config.initialize("")
 
 
 class _Without(logging.Filter):

@@ -6,7 +6,10 @@ stays between the nodes). Every process of a node runs under `ip netns exec` in 
 of its own, so it sees the node's host name, which resolves to 127.0.1.1 as on a default
 Debian/Ubuntu install; the other nodes' names resolve to their addresses (the node's /etc/hosts
 comes from /etc/netns/NAME/hosts, which `ip netns exec` mounts over /etc/hosts). The file
-system is shared, so every node sees the repository and the models.
+system is shared, so every node sees the repository and the models, except `Node.tmp`: the
+same path on every node, a directory of its own on each (a bind mount in the process's own
+mount namespace), for what one machine keeps to itself (Ray's session directories, which a Ray
+worker node places at the head's path).
 
 Names are unique per bed (`longctx-PID-TAG-NODE`); `close()` kills every process of every node
 and removes the namespaces, the bridge and the /etc/netns files, whatever happened before (it
@@ -26,6 +29,7 @@ from dataclasses import dataclass
 NETNS_ETC = "/etc/netns"
 PREFIX = "longctx-"
 SUBNET = "10.231.{index}.0/24"  # on the bed's own bridge only: no route on the host
+TMP_ROOT = "/tmp/longctx-bed-{tag}"  # the nodes' private directories and the path they appear at
 
 
 def _ip(*args, check=True):
@@ -64,6 +68,7 @@ def sweep_stale():
         if len(parts) >= 4 and parts[1].isdigit() and not _alive(int(parts[1])):
             _remove_namespace(name)
             _ip("link", "del", f"lc{parts[2]}br", check=False)
+            shutil.rmtree(TMP_ROOT.format(tag=parts[2]), ignore_errors=True)
 
 
 def _namespace_pids(name):
@@ -86,17 +91,21 @@ def _remove_namespace(name):
 
 @dataclass
 class Node:
-    """One machine of the bed: its namespace `netns`, host `name` and `address` on the bridge."""
+    """One machine of the bed: its namespace `netns`, host `name`, `address` on the bridge, base
+    environment `env`, and `tmp`, the path of its private directory (`private` on the host)."""
 
     netns: str
     name: str
     address: str
     env: dict
+    tmp: str
+    private: str
 
     def command(self, args):
-        """`args` as run inside this node (its network, its host name)."""
-        return ["ip", "netns", "exec", self.netns, "unshare", "--uts", "sh", "-c",
-                'hostname "$0" && exec "$@"', self.name, *args]
+        """`args` as run inside this node (its network, its host name, its private `tmp`)."""
+        return ["ip", "netns", "exec", self.netns, "unshare", "--uts", "--mount", "sh", "-c",
+                'mount --bind "$1" "$2" && hostname "$0" && shift 2 && exec "$@"', self.name, self.private,
+                self.tmp, *args]
 
     def popen(self, args, env=None, **kwargs):
         """Start `args` inside this node; `env` is added to the node's environment."""
@@ -156,7 +165,9 @@ class Bed:
         atexit.register(self.close)
         index = int(self.tag, 16) % 250
         base = dict(os.environ if env is None else env)
+        self.root = TMP_ROOT.format(tag=self.tag)
         try:
+            os.makedirs(os.path.join(self.root, "tmp"))
             _ip("link", "add", self.bridge, "type", "bridge")
             _ip("link", "set", self.bridge, "up")
             addresses = {name: SUBNET.format(index=index).replace(".0/24", f".{n + 1}") for n, name in enumerate(nodes)}
@@ -180,7 +191,9 @@ class Bed:
         _ip("-n", netns, "addr", "add", f"{addresses[name]}/24", "dev", "eth0")
         _ip("-n", netns, "link", "set", "eth0", "up")
         _ip("-n", netns, "link", "set", "lo", "up")
-        self.nodes[name] = Node(netns, host, addresses[name], dict(base))
+        private = os.path.join(self.root, name)
+        os.makedirs(private)
+        self.nodes[name] = Node(netns, host, addresses[name], dict(base), os.path.join(self.root, "tmp"), private)
 
     def __getitem__(self, name):
         return self.nodes[name]
@@ -192,10 +205,12 @@ class Bed:
         self.close()
 
     def close(self):
-        """Kill every process of every node; remove the namespaces, the bridge and their files."""
+        """Kill every process of every node; remove the namespaces, the bridge, their files and
+        the nodes' private directories."""
         if self._closed:
             return
         self._closed = True
         for netns in self._made:
             _remove_namespace(netns)
         _ip("link", "del", self.bridge, check=False)
+        shutil.rmtree(self.root, ignore_errors=True)
