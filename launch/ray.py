@@ -342,9 +342,10 @@ class RayLauncher:
         ).remote() for index in bundles]
 
     def run(self, request):
-        """Send `request` to every actor (serialised once) and return rank 0's result dict."""
+        """Send `request` to every actor (serialised once, or each worker's share of a video) and
+        return rank 0's result dict."""
         shared = self._share(request)
-        return self._gather([actor.run.remote(shared) for actor in self._actors])[0]
+        return self._gather([actor.run.remote(part) for actor, part in zip(self._actors, shared)])[0]
 
     def stream(self, request):
         """Send `request` to every actor; a generator yielding each generated token id (from
@@ -354,8 +355,9 @@ class RayLauncher:
         if self._client:
             return self._stream_when_done(request)
         shared = self._share(request)
-        tokens = self._actors[0].stream.remote(shared)
-        return rank0(self._collect([None] + [actor.run.remote(shared) for actor in self._actors[1:]], tokens))
+        tokens = self._actors[0].stream.remote(shared[0])
+        return rank0(self._collect([None] + [actor.run.remote(part) for actor, part in
+                                             zip(self._actors[1:], shared[1:])], tokens))
 
     def _stream_when_done(self, request):
         result = self.run(request)
@@ -363,10 +365,14 @@ class RayLauncher:
         return result
 
     def _share(self, request):
+        """One object reference per rank: the request put once, or each rank's own when it
+        carries a video split over the workers (`Request.for_rank`)."""
         if not self._actors:
             raise LongCtxError("the Ray workers have been shut down (closed, or stopped after a failure); "
                                "start a new LongContextLM")
-        return self._ray.put(request)
+        if request.video_shares is None:
+            return [self._ray.put(request)] * self.world
+        return [self._ray.put(request.for_rank(rank)) for rank in range(self.world)]
 
     def _gather(self, refs):
         """The results of `refs` (one per actor, in rank order); see `_collect`."""
