@@ -165,6 +165,33 @@ class _Posted:
         return self.result
 
 
+def exchange_received(recv_shape, element_size, recv_from, rank):
+    """(bytes, messages) rank `rank` receives in a ring exchange of a `recv_shape` block from
+    `recv_from` (nothing when it is itself). Shared by SimulatedComm and the measured check of
+    the model (benchmarks/comm_model.py), so both count the same bytes."""
+    if recv_from == rank:
+        return 0, 0
+    return math.prod(recv_shape) * element_size, 1
+
+
+def gather_received(shape, element_size, sizes, dim, world):
+    """(bytes, messages) one rank receives in an all-gather of `shape` tensors along `dim`
+    (`sizes`: each rank's length there, None: all equal): the real collective pads every part
+    to the longest, so that is what travels, from each of the `world - 1` others."""
+    sizes = sizes or [shape[dim]] * world
+    row = math.prod(size for axis, size in enumerate(shape) if axis != dim % len(shape))
+    return (world - 1) * row * max(sizes) * element_size, world - 1
+
+
+def all_to_all_received(shape, element_size, recv_splits, rank):
+    """(bytes, messages) rank `rank` receives in an all-to-all along dim 0 of rows shaped like
+    `shape[1:]` (`recv_splits[r]`: the rows from rank r)."""
+    others = sum(size for source, size in enumerate(recv_splits) if source != rank)
+    if not others:
+        return 0, 0
+    return others * math.prod(shape[1:]) * element_size, len(recv_splits) - 1
+
+
 class SimulatedComm(Comm):
     """Rank `rank` of a `world`-host job with no other host present (see the module docstring).
 
@@ -191,8 +218,8 @@ class SimulatedComm(Comm):
         """Post the ring transfer: a block of `recv_shape` from `recv_from` (zeros)."""
         def make():
             recv = torch.zeros(recv_shape, dtype=send.dtype, device=send.device)
-            nbytes = 0 if recv_from == self.rank else recv.numel() * recv.element_size()
-            return _Posted(self.recorder, recv, nbytes, 1)
+            return _Posted(self.recorder, recv, *exchange_received(recv_shape, send.element_size(), recv_from,
+                                                                  self.rank))
         return self._timed(make)
 
     def all_gather(self, tensor, sizes=None, dim=0):
@@ -210,23 +237,20 @@ class SimulatedComm(Comm):
             shape = list(tensor.shape)
             shape[dim] = size
             parts.append(tensor if rank == self.rank else tensor.new_zeros(shape))
-        # the real collective pads every part to the longest, so that is what travels
-        row = math.prod(size for axis, size in enumerate(tensor.shape) if axis != dim % tensor.dim())
-        nbytes = (self.world - 1) * row * max(sizes) * tensor.element_size()
+        nbytes, messages = gather_received(tensor.shape, tensor.element_size(), sizes, dim, self.world)
         if not blocking:
-            return _Posted(self.recorder, parts, nbytes, self.world - 1)
+            return _Posted(self.recorder, parts, nbytes, messages)
         if nbytes:
-            self.recorder.receive(nbytes, self.world - 1)
+            self.recorder.receive(nbytes, messages)
         return parts
 
     def all_to_all(self, send, send_splits, recv_splits):
         """Received rows: this rank's own split, zeros for the others."""
         def make():
             recv = send.new_zeros((sum(recv_splits),) + tuple(send.shape[1:]))
-            row_bytes = recv[:1].numel() * recv.element_size()
-            others = sum(size for rank, size in enumerate(recv_splits) if rank != self.rank)
-            if others:
-                self.recorder.receive(others * row_bytes, self.world - 1)
+            nbytes, messages = all_to_all_received(send.shape, send.element_size(), recv_splits, self.rank)
+            if nbytes:
+                self.recorder.receive(nbytes, messages)
             return recv
         return self._timed(make)
 
