@@ -15,10 +15,14 @@ namespace shares).
 For each collective on each rank: it can start once every rank it receives from has posted it
 (`start`); the **measured** communication is the time from `start`, or from when the rank
 began to wait if later, until the wait returned: the part no compute covered. The
-**modelled** time is what `longctx.simulate.Link` says for the same received bytes, message
-count and overlap window (the compute between `start` and the wait) on a link of the shaped
-rate. Both are summed per rank and forward, divided by the decoder layers, and averaged over the
-ranks; the table gives prefill and query pass per layer, and their ratio.
+**modelled** time is what `longctx.simulate.Link` says for the same bytes received and sent,
+message count and overlap window (the compute between `start` and the wait) on a link of the
+shaped rate, twice: with the defaults the README's simulated hosts use (full duplex, 20 us per
+message, no limit of the host's own) and with the link as measured (`calibrated`: half duplex,
+as gloo's TCP pairs are, and the latency and host rate that a first job measures on the
+unshaped link, `comm_probe.calibrate`). Both are summed per rank and forward, divided by the
+decoder layers, and averaged over the ranks; the table gives prefill and query pass per
+layer, and the ratios.
 """
 
 import argparse
@@ -42,6 +46,7 @@ from netbed import Bed, unavailable  # noqa: E402
 
 PROBE = os.path.join(REPO, "benchmarks", "comm_probe.py")
 WITHIN = 0.25  # the model counts as right when modelled / measured is within 1 +- this
+VISIBLE_S = 1e-3  # rows whose measured communication is below this per layer are hidden: no ratio
 
 
 def parse_args(argv=None):
@@ -66,19 +71,22 @@ def parse_args(argv=None):
     return args
 
 
-def torchrun_job(bed, args, model, out, rate):
-    """Run the probe on both nodes (the link shaped to `rate`); returns every rank's records."""
+def torchrun_job(bed, args, model, out, rate, probe_args):
+    """Run the probe with `probe_args` on both nodes (the link shaped to `rate`, None: not
+    shaped); returns every rank's records (none for a calibration)."""
     for node in bed.nodes.values():
         node.shape(rate)
     command = ["torchrun", "--nnodes", "2", "--nproc-per-node", str(args.workers_per_node), "--rdzv-backend", "c10d",
                "--rdzv-endpoint", "nodea:29600", "--rdzv-id", uuid.uuid4().hex[:12], PROBE, "--model", model,
-               "--methods", args.methods, "--lengths", args.lengths, "--out", out]
+               "--out", out, *probe_args]
     procs = [node.popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
              for node in bed.nodes.values()]
     outputs = [proc.communicate(timeout=3600)[0] for proc in procs]
     for proc, output in zip(procs, outputs):
         if proc.returncode:
             raise SystemExit(f"the probe failed:\n{output[-4000:]}")
+    if "--calibrate" in probe_args:
+        return []
     world = 2 * args.workers_per_node
     records = []
     for rank in range(world):
@@ -87,8 +95,9 @@ def torchrun_job(bed, args, model, out, rate):
     return records
 
 
-def compare(records, link, layers):
-    """Rows (one per run and forward) of measured against modelled communication per layer."""
+def compare(records, links, layers):
+    """Rows (one per run and forward) of measured against modelled communication per layer, one
+    modelled figure per entry of `links` (name -> Link)."""
     world = len(records)
     rows = {}
     for index in range(len(records[0])):
@@ -101,13 +110,14 @@ def compare(records, link, layers):
             waited_from = max(op["wait"], start)
             measured = max(0.0, op["done"] - waited_from)
             window = max(0.0, op["wait"] - start)
-            modelled = link.exposed(Transfer(op["nbytes"], op["messages"], window if op["kind"] in (
-                "exchange", "all_gather_async") else None)) if op["nbytes"] else 0.0
+            posted_kind = op["kind"] in ("exchange", "all_gather_async")
+            transfer = Transfer(op["nbytes"], op["messages"], window if posted_kind else None, op["sent"])
             key = (op["run"], op["forward"])
-            row = rows.setdefault(key, {"measured": [0.0] * world, "modelled": [0.0] * world,
-                                        "bytes": [0] * world, "messages": [0] * world, "kinds": set()})
+            row = rows.setdefault(key, {"measured": [0.0] * world, "bytes": [0] * world, "messages": [0] * world,
+                                        "kinds": set(), **{name: [0.0] * world for name in links}})
             row["measured"][rank] += measured
-            row["modelled"][rank] += modelled
+            for name, link in links.items():
+                row[name][rank] += link.exposed(transfer) if op["nbytes"] else 0.0
             row["bytes"][rank] += op["nbytes"]
             row["messages"][rank] += op["messages"]
             row["kinds"].add(op["kind"])
@@ -115,13 +125,23 @@ def compare(records, link, layers):
     for (run, forward), row in rows.items():
         method, length = run.split(":")
         measured = statistics.mean(row["measured"]) / layers
-        modelled = statistics.mean(row["modelled"]) / layers
-        table.append({"method": method, "tokens": int(length), "forward": ("prefill", "query")[forward],
-                      "collectives": sorted(row["kinds"]), "bytes_per_layer": statistics.mean(row["bytes"]) / layers,
-                      "messages_per_layer": statistics.mean(row["messages"]) / layers,
-                      "measured_ms_per_layer": 1e3 * measured, "modelled_ms_per_layer": 1e3 * modelled,
-                      "modelled_over_measured": modelled / measured if measured > 0 else None})
+        entry = {"method": method, "tokens": int(length), "forward": ("prefill", "query")[forward],
+                 "collectives": sorted(row["kinds"]), "bytes_per_layer": statistics.mean(row["bytes"]) / layers,
+                 "messages_per_layer": statistics.mean(row["messages"]) / layers,
+                 "measured_ms_per_layer": 1e3 * measured}
+        for name in links:
+            modelled = statistics.mean(row[name]) / layers
+            entry[f"{name}_ms_per_layer"] = 1e3 * modelled
+            entry[f"{name}_over_measured"] = modelled / measured if measured >= VISIBLE_S else None
+        table.append(entry)
     return table
+
+
+def within(rows, name):
+    """(rows within WITHIN of measured, rows with a ratio) of model `name` over prefill rows."""
+    ratios = [row[f"{name}_over_measured"] for row in rows if row["forward"] == "prefill"
+              and row[f"{name}_over_measured"] is not None]
+    return sum(abs(ratio - 1) <= WITHIN for ratio in ratios), len(ratios)
 
 
 def main(argv=None):
@@ -134,48 +154,70 @@ def main(argv=None):
                PYTHONPATH=REPO, OMP_NUM_THREADS="1")
     for name in ("GLOO_SOCKET_IFNAME", "NCCL_SOCKET_IFNAME", "MASTER_ADDR", "MASTER_PORT"):
         env.pop(name, None)
-    link_defaults = Link(1.0)
-    latency_us = link_defaults.latency_us if args.latency_us is None else args.latency_us
     results = {"what": "longctx.simulate's link model against a tc-tbf-shaped link between two network namespaces",
                "measured": "each collective timed directly on every rank (monotonic clock shared by the nodes): "
                            "from when every rank it receives from had posted it, or from the rank's wait if later, "
-                           "to the wait's return; compute times do not enter, so CPU contention matters little",
-               "modelled": "longctx.simulate.Link(rate, latency_us).exposed(...) for the same bytes, messages "
-                           "and overlap window",
+                           "to the wait's return; compute times do not enter, so CPU contention moves them little "
+                           "(it still delays small messages and slows transfers that overlap compute)",
+               "modelled": "longctx.simulate.Link(...).exposed(Transfer(received, messages, window, sent)) for the "
+                           "same bytes, messages and overlap window: 'default' = Link(rate) as the README's "
+                           "simulated hosts use it (full duplex, 20 us per message, no host limit); 'calibrated' = "
+                           "Link(rate, latency_us, duplex=False, host_gb_per_s) with the latency and host rate "
+                           "measured on the unshaped link first",
                "command": "python benchmarks/comm_model.py " + " ".join(argv if argv is not None else sys.argv[1:]),
-               "machine": {"cpus": os.cpu_count(), "platform": platform.platform()},
+               "machine": {"cpus": os.cpu_count(), "platform": platform.platform(),
+                           "load_average_at_start": os.getloadavg()},
                "model": {"family": "llama", "layers": args.layers, "hidden": args.hidden, "heads": args.heads,
                          "kv_heads": args.kv_heads, "dtype": "float32"},
-               "nodes": 2, "workers_per_node": args.workers_per_node, "latency_us": latency_us, "rows": []}
+               "nodes": 2, "workers_per_node": args.workers_per_node, "rows": []}
     try:
         model = make_tiny_model(os.path.join(scratch, "model"), "llama", args.hidden, args.layers, args.heads,
                                 args.kv_heads, seed=0)
         with Bed(("a", "b"), env=env) as bed:
+            torchrun_job(bed, args, model, scratch, None, ["--calibrate"])
+            with open(os.path.join(scratch, "calibration.json")) as handle:
+                calibration = json.load(handle)
+            if args.latency_us is not None:
+                calibration["latency_us"] = args.latency_us
+            results["calibration"] = calibration
             for rate in (float(value) for value in args.rates.split(",")):
                 out = os.path.join(scratch, f"rate-{rate:g}")
                 os.makedirs(out)
                 started = time.monotonic()
-                records = torchrun_job(bed, args, model, out, rate)
+                records = torchrun_job(bed, args, model, out, rate,
+                                       ["--methods", args.methods, "--lengths", args.lengths])
                 if args.traces:
                     shutil.copytree(out, os.path.join(args.traces, f"rate-{rate:g}"), dirs_exist_ok=True)
-                link = Link(rate / 8, latency_us)  # Gbit/s -> GB/s
-                for row in compare(records, link, args.layers):
+                links = {"default": Link(rate / 8),  # Gbit/s -> GB/s
+                         "calibrated": Link(rate / 8, calibration["latency_us"], duplex=False,
+                                            host_gb_per_s=calibration["host_gb_per_s"])}
+                for row in compare(records, links, args.layers):
                     results["rows"].append({"gbit_per_s": rate, **row})
                 print(f"{rate:g} Gbit/s: {time.monotonic() - started:.0f} s", file=sys.stderr)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
-    prefill = [row for row in results["rows"] if row["forward"] == "prefill" and row["modelled_over_measured"]]
-    results["prefill_rows_within_25_percent"] = sum(abs(row["modelled_over_measured"] - 1) <= WITHIN for row in prefill)
-    results["prefill_rows"] = len(prefill)
+    for name in ("default", "calibrated"):
+        hits, total = within(results["rows"], name)
+        results[f"{name}_prefill_rows_within_25_percent"] = f"{hits} of {total}"
     with open(args.out, "w") as handle:
         json.dump(results, handle, indent=1)
-    print(f"{'Gbit/s':>6} {'method':>9} {'tokens':>6} {'forward':>7} {'MB/layer':>8} {'measured ms':>11} "
-          f"{'modelled ms':>11} {'ratio':>6}")
+    print_table(results)
+
+
+def print_table(results):
+    """The rows as a text table, then how many prefill rows each model gets within 25 %."""
+    print(f"calibration: {results['calibration']['latency_us']:.0f} us per message, host "
+          f"{results['calibration']['host_gb_per_s']:.2f} GB/s")
+    print(f"{'Gbit/s':>6} {'method':>9} {'tokens':>6} {'forward':>7} {'MB/layer':>8} {'measured':>8} "
+          f"{'default':>8} {'ratio':>5} {'calib.':>8} {'ratio':>5}   (ms per layer)")
     for row in results["rows"]:
-        ratio = row["modelled_over_measured"]
+        ratios = [row[f"{name}_over_measured"] for name in ("default", "calibrated")]
+        shown = ["-" if ratio is None else f"{ratio:.2f}" for ratio in ratios]
         print(f"{row['gbit_per_s']:>6g} {row['method']:>9} {row['tokens']:>6} {row['forward']:>7} "
-              f"{row['bytes_per_layer'] / 1e6:>8.2f} {row['measured_ms_per_layer']:>11.2f} "
-              f"{row['modelled_ms_per_layer']:>11.2f} {ratio if ratio is None else round(ratio, 2)!s:>6}")
+              f"{row['bytes_per_layer'] / 1e6:>8.2f} {row['measured_ms_per_layer']:>8.2f} "
+              f"{row['default_ms_per_layer']:>8.2f} {shown[0]:>5} {row['calibrated_ms_per_layer']:>8.2f} {shown[1]:>5}")
+    for name in ("default", "calibrated"):
+        print(f"{name}: {results[f'{name}_prefill_rows_within_25_percent']} prefill rows within 25 %")
 
 
 if __name__ == "__main__":

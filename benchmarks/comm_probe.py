@@ -22,7 +22,7 @@ from launch.spmd import SPMDLongContextLM
 from longctx.comm import Comm
 from longctx.compare import random_prompt
 from longctx.engine import Request
-from longctx.simulate import all_to_all_received, decoder_layers, exchange_received, gather_received
+from longctx.simulate import all_to_all_traffic, decoder_layers, exchange_traffic, gather_traffic
 
 
 class Trace:
@@ -31,10 +31,12 @@ class Trace:
     def __init__(self):
         self.records, self.run, self.forward, self.layer = [], None, -1, None
 
-    def add(self, kind, nbytes, messages, peers, posted, wait=None, done=None):
-        """Record one collective; returns the record (a posted one is completed by its wait)."""
-        record = {"run": self.run, "forward": self.forward, "layer": self.layer, "kind": kind, "nbytes": int(nbytes),
-                  "messages": messages, "peers": peers, "posted": posted, "wait": wait, "done": done}
+    def add(self, kind, traffic, peers, posted, wait=None, done=None):
+        """Record one collective (`traffic`: bytes received, bytes sent, messages); returns the
+        record (a posted one is completed by its wait)."""
+        received, sent, messages = traffic
+        record = {"run": self.run, "forward": self.forward, "layer": self.layer, "kind": kind, "nbytes": int(received),
+                  "sent": int(sent), "messages": messages, "peers": peers, "posted": posted, "wait": wait, "done": done}
         self.records.append(record)
         return record
 
@@ -63,31 +65,30 @@ class TimedComm(Comm):
         """Comm.exchange, posted now, completed at its wait."""
         posted = time.perf_counter()
         pending = super().exchange(send, recv_shape, send_to, recv_from)
-        nbytes, messages = exchange_received(recv_shape, send.element_size(), recv_from, self.rank)
-        return _TimedPending(pending, self.trace.add("exchange", nbytes, messages, [recv_from], posted))
+        traffic = exchange_traffic(send.numel(), recv_shape, send.element_size(), send_to, recv_from, self.rank)
+        return _TimedPending(pending, self.trace.add("exchange", traffic, [recv_from], posted))
 
     def all_gather(self, tensor, sizes=None, dim=0):
         """Comm.all_gather (blocking)."""
         posted = time.perf_counter()
         parts = super().all_gather(tensor, sizes, dim)
-        nbytes, messages = gather_received(tensor.shape, tensor.element_size(), sizes, dim, self.world)
-        self.trace.add("all_gather", nbytes, messages, list(range(self.world)), posted, posted, time.perf_counter())
+        traffic = gather_traffic(tensor.shape, tensor.element_size(), sizes, dim, self.world)
+        self.trace.add("all_gather", traffic, list(range(self.world)), posted, posted, time.perf_counter())
         return parts
 
     def all_gather_async(self, tensor):
         """Comm.all_gather_async, posted now, completed at its wait."""
         posted = time.perf_counter()
         pending = super().all_gather_async(tensor)
-        nbytes, messages = gather_received(tensor.shape, tensor.element_size(), None, 0, self.world)
-        return _TimedPending(pending, self.trace.add("all_gather_async", nbytes, messages, list(range(self.world)),
-                                                     posted))
+        traffic = gather_traffic(tensor.shape, tensor.element_size(), None, 0, self.world)
+        return _TimedPending(pending, self.trace.add("all_gather_async", traffic, list(range(self.world)), posted))
 
     def all_to_all(self, send, send_splits, recv_splits):
         """Comm.all_to_all (blocking)."""
         posted = time.perf_counter()
         received = super().all_to_all(send, send_splits, recv_splits)
-        nbytes, messages = all_to_all_received(send.shape, send.element_size(), recv_splits, self.rank)
-        self.trace.add("all_to_all", nbytes, messages, list(range(self.world)), posted, posted, time.perf_counter())
+        traffic = all_to_all_traffic(send.shape, send.element_size(), send_splits, recv_splits, self.rank)
+        self.trace.add("all_to_all", traffic, list(range(self.world)), posted, posted, time.perf_counter())
         return received
 
 
@@ -111,14 +112,40 @@ def track_layers(model, trace):
         block.register_forward_hook(ends)
 
 
+def calibrate(comm, repeats=9):
+    """{latency_us, host_gb_per_s} of this link: the median time of a 4-byte all-gather (one
+    message each way), and the bytes a rank sends plus receives over the median time of a
+    16 MB all-gather."""
+    def median_s(tensor):
+        times = []
+        for _ in range(repeats):
+            comm.barrier()
+            started = time.perf_counter()
+            comm.all_gather(tensor)
+            times.append(time.perf_counter() - started)
+        return sorted(times)[repeats // 2]
+
+    big = torch.ones(4 << 20)  # 16 MB of float32
+    received, sent, _ = gather_traffic(big.shape, big.element_size(), None, 0, comm.world)
+    return {"latency_us": 1e6 * median_s(torch.ones(1)), "host_gb_per_s": (received + sent) / median_s(big) / 1e9}
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", required=True)
-    parser.add_argument("--methods", required=True)
-    parser.add_argument("--lengths", required=True)
+    parser.add_argument("--methods", default="")
+    parser.add_argument("--lengths", default="")
+    parser.add_argument("--calibrate", action="store_true", help="only measure the link (calibrate())")
     parser.add_argument("--out", required=True)
     args = parser.parse_args()
     lm = SPMDLongContextLM(args.model, method="burst", timeout_s=600, balance="equal")
+    if args.calibrate:
+        measured = calibrate(lm.engine.comm)
+        if lm.rank == 0:
+            with open(os.path.join(args.out, "calibration.json"), "w") as handle:
+                json.dump(measured, handle)
+        lm.close()
+        return
     trace = Trace()
     lm.engine.comm = TimedComm(lm.engine.comm, trace)
     track_layers(lm.engine.model, trace)

@@ -16,9 +16,16 @@ time with the whole machine, through the unmodified engine and method:
 2. Forward hooks time every decoder layer (the device synchronised at each boundary), minus
    the time spent inside the simulated collectives, which is not compute.
 
-What is modelled (`critical_path`): a transfer takes `latency + bytes / bandwidth` on a link
-of `Link.gb_per_s`; a blocking collective adds its time to the host's layer, a posted one
-only what its window does not cover (all of it when `Link.overlap` is False). Hosts meet at
+What is modelled (`critical_path`): a transfer of `messages` messages takes
+`messages * latency + bytes / bandwidth` on a link of `Link.gb_per_s` per host, where the bytes
+are what the host receives when the link is full duplex (it sends at the same time, at the
+full rate: NCCL, RDMA), and what it sends plus what it receives when not (`Link.duplex`
+False: gloo's TCP pairs, measured at about half the link rate each way on a symmetric
+exchange), and never faster than the host itself moves data (`Link.host_gb_per_s`, sent plus
+received; None: no limit). A blocking collective adds its time to the host's layer, a posted
+one only what its window does not cover (all of it when `Link.overlap` is False). The form was
+checked against a real link shaped with `tc tbf` between two network namespaces
+(`benchmarks/comm_model.py`, results in benchmarks/results/comm_model.json). Hosts meet at
 every layer in which any host communicates (the layer ends when the slowest host's compute
 and exposed communication end); in layers without communication each host runs on its own.
 The critical path of a forward is its slowest host at the end; a request's is the sum of
@@ -37,12 +44,14 @@ from longctx.engine import Engine, Request
 
 @dataclass
 class Transfer:
-    """Bytes a host receives in one collective; `window_s` None = blocking, else the compute
-    time between posting and waiting (the part of the transfer that can overlap)."""
+    """Bytes a host receives in one collective (`nbytes`) and sends (`sent`, None: as many);
+    `window_s` None = blocking, else the compute time between posting and waiting (the part
+    of the transfer that can overlap)."""
 
     nbytes: int
     messages: int
     window_s: float = None
+    sent: int = None
 
 
 @dataclass
@@ -82,15 +91,23 @@ class HostTrace:
 @dataclass(frozen=True)
 class Link:
     """The modelled network: bandwidth per host in GB/s, latency per message in microseconds,
-    and whether posted transfers overlap compute."""
+    whether posted transfers overlap compute, whether a host sends and receives at the full
+    rate at once (`duplex`), and the rate in GB/s at which a host itself moves data, sent plus
+    received (`host_gb_per_s`, None: no limit)."""
 
     gb_per_s: float
     latency_us: float = 20.0
     overlap: bool = True
+    duplex: bool = True
+    host_gb_per_s: float = None
 
     def seconds(self, transfer):
         """Time of one transfer on this link."""
-        return transfer.messages * self.latency_us * 1e-6 + transfer.nbytes / (self.gb_per_s * 1e9)
+        received = transfer.nbytes
+        sent = received if transfer.sent is None else transfer.sent
+        wire = (max(sent, received) if self.duplex else sent + received) / (self.gb_per_s * 1e9)
+        host = (sent + received) / (self.host_gb_per_s * 1e9) if self.host_gb_per_s else 0.0
+        return transfer.messages * self.latency_us * 1e-6 + max(wire, host)
 
     def exposed(self, transfer):
         """The part of a transfer's time compute does not hide."""
@@ -116,13 +133,14 @@ class _Recorder:
             torch.cuda.synchronize(self.device)
         return time.perf_counter() - self.comm_s
 
-    def receive(self, nbytes, messages, window_s=None):
+    def receive(self, nbytes, messages, window_s=None, sent=None):
         """Record a transfer into the current layer (or the forward's first layer if outside one)."""
         forward = self.trace.forwards[-1]
         index = self.layer if self.layer is not None else 0
         while len(forward.layers) <= index:
             forward.layers.append(LayerTrace())
-        forward.layers[index].transfers.append(Transfer(int(nbytes), messages, window_s))
+        forward.layers[index].transfers.append(Transfer(int(nbytes), messages, window_s,
+                                                        None if sent is None else int(sent)))
 
     def forward_begins(self, module, args, kwargs):
         self.trace.forwards.append(ForwardTrace())
@@ -152,44 +170,47 @@ class _Recorder:
 class _Posted:
     """A simulated posted transfer: `wait()` records the overlap window and returns the result."""
 
-    def __init__(self, recorder, result, nbytes, messages):
+    def __init__(self, recorder, result, nbytes, sent, messages):
         self.recorder, self.result = recorder, result
-        self.nbytes, self.messages = nbytes, messages
+        self.nbytes, self.sent, self.messages = nbytes, sent, messages
         self.posted_at = None  # set once the simulated collective's own time is accounted
 
     def wait(self):
         window = self.recorder.now() - self.posted_at
         if self.nbytes:
-            self.recorder.receive(self.nbytes, self.messages, window)
+            self.recorder.receive(self.nbytes, self.messages, window, self.sent)
             self.nbytes = 0
         return self.result
 
 
-def exchange_received(recv_shape, element_size, recv_from, rank):
-    """(bytes, messages) rank `rank` receives in a ring exchange of a `recv_shape` block from
-    `recv_from` (nothing when it is itself). Shared by SimulatedComm and the measured check of
-    the model (benchmarks/comm_model.py), so both count the same bytes."""
-    if recv_from == rank:
-        return 0, 0
-    return math.prod(recv_shape) * element_size, 1
+def exchange_traffic(send_numel, recv_shape, element_size, send_to, recv_from, rank):
+    """(bytes received, bytes sent, messages) of rank `rank` in a ring exchange: a block of
+    `send_numel` elements to `send_to`, one of `recv_shape` from `recv_from` (nothing to or from
+    itself). Shared by SimulatedComm and the measured check of the model
+    (benchmarks/comm_probe.py), so both count the same bytes."""
+    received = 0 if recv_from == rank else math.prod(recv_shape) * element_size
+    sent = 0 if send_to == rank else send_numel * element_size
+    return received, sent, int(bool(received))
 
 
-def gather_received(shape, element_size, sizes, dim, world):
-    """(bytes, messages) one rank receives in an all-gather of `shape` tensors along `dim`
-    (`sizes`: each rank's length there, None: all equal): the real collective pads every part
-    to the longest, so that is what travels, from each of the `world - 1` others."""
+def gather_traffic(shape, element_size, sizes, dim, world):
+    """(bytes received, bytes sent, messages) of one rank in an all-gather of `shape` tensors
+    along `dim` (`sizes`: each rank's length there, None: all equal): the real collective pads
+    every part to the longest, so that is what travels, from each of the `world - 1` others;
+    in a ring a rank also forwards `world - 1` parts."""
     sizes = sizes or [shape[dim]] * world
     row = math.prod(size for axis, size in enumerate(shape) if axis != dim % len(shape))
-    return (world - 1) * row * max(sizes) * element_size, world - 1
+    received = (world - 1) * row * max(sizes) * element_size
+    return received, received, world - 1
 
 
-def all_to_all_received(shape, element_size, recv_splits, rank):
-    """(bytes, messages) rank `rank` receives in an all-to-all along dim 0 of rows shaped like
-    `shape[1:]` (`recv_splits[r]`: the rows from rank r)."""
-    others = sum(size for source, size in enumerate(recv_splits) if source != rank)
-    if not others:
-        return 0, 0
-    return others * math.prod(shape[1:]) * element_size, len(recv_splits) - 1
+def all_to_all_traffic(shape, element_size, send_splits, recv_splits, rank):
+    """(bytes received, bytes sent, messages) of rank `rank` in an all-to-all along dim 0 of rows
+    shaped like `shape[1:]` (`send_splits[r]` rows to rank r, `recv_splits[r]` from it)."""
+    row = math.prod(shape[1:]) * element_size
+    received = sum(size for source, size in enumerate(recv_splits) if source != rank) * row
+    sent = sum(size for target, size in enumerate(send_splits) if target != rank) * row
+    return received, sent, (len(recv_splits) - 1) if received else 0
 
 
 class SimulatedComm(Comm):
@@ -218,8 +239,8 @@ class SimulatedComm(Comm):
         """Post the ring transfer: a block of `recv_shape` from `recv_from` (zeros)."""
         def make():
             recv = torch.zeros(recv_shape, dtype=send.dtype, device=send.device)
-            return _Posted(self.recorder, recv, *exchange_received(recv_shape, send.element_size(), recv_from,
-                                                                  self.rank))
+            return _Posted(self.recorder, recv, *exchange_traffic(send.numel(), recv_shape, send.element_size(),
+                                                                 send_to, recv_from, self.rank))
         return self._timed(make)
 
     def all_gather(self, tensor, sizes=None, dim=0):
@@ -237,20 +258,21 @@ class SimulatedComm(Comm):
             shape = list(tensor.shape)
             shape[dim] = size
             parts.append(tensor if rank == self.rank else tensor.new_zeros(shape))
-        nbytes, messages = gather_received(tensor.shape, tensor.element_size(), sizes, dim, self.world)
+        nbytes, sent, messages = gather_traffic(tensor.shape, tensor.element_size(), sizes, dim, self.world)
         if not blocking:
-            return _Posted(self.recorder, parts, nbytes, messages)
+            return _Posted(self.recorder, parts, nbytes, sent, messages)
         if nbytes:
-            self.recorder.receive(nbytes, messages)
+            self.recorder.receive(nbytes, messages, sent=sent)
         return parts
 
     def all_to_all(self, send, send_splits, recv_splits):
         """Received rows: this rank's own split, zeros for the others."""
         def make():
             recv = send.new_zeros((sum(recv_splits),) + tuple(send.shape[1:]))
-            nbytes, messages = all_to_all_received(send.shape, send.element_size(), recv_splits, self.rank)
+            nbytes, sent, messages = all_to_all_traffic(send.shape, send.element_size(), send_splits, recv_splits,
+                                                        self.rank)
             if nbytes:
-                self.recorder.receive(nbytes, messages)
+                self.recorder.receive(nbytes, messages, sent=sent)
             return recv
         return self._timed(make)
 
