@@ -19,8 +19,8 @@ began to wait if later, until the wait returned: the part no compute covered. Th
 message count and overlap window (the compute between `start` and the wait) on a link of the
 shaped rate, twice: with the defaults the README's simulated hosts use (full duplex, 20 us per
 message, no limit of the host's own) and with the link as measured (`calibrated`: half duplex,
-as gloo's TCP pairs are, and the latency and host rate that a first job measures on the
-unshaped link, `comm_probe.calibrate`). Both are summed per rank and forward, divided by the
+as gloo's TCP pairs are, and the latency and the host's own rate per kind of collective that
+a first job measures on the unshaped link, `comm_probe.calibrate`). Both are summed per rank and forward, divided by the
 decoder layers, and averaged over the ranks; the table gives prefill and query pass per
 layer, and the ratios.
 """
@@ -111,7 +111,8 @@ def compare(records, links, layers):
             measured = max(0.0, op["done"] - waited_from)
             window = max(0.0, op["wait"] - start)
             posted_kind = op["kind"] in ("exchange", "all_gather_async")
-            transfer = Transfer(op["nbytes"], op["messages"], window if posted_kind else None, op["sent"])
+            transfer = Transfer(op["nbytes"], op["messages"], window if posted_kind else None, op["sent"],
+                                op["model_kind"])
             key = (op["run"], op["forward"])
             row = rows.setdefault(key, {"measured": [0.0] * world, "bytes": [0] * world, "messages": [0] * world,
                                         "kinds": set(), **{name: [0.0] * world for name in links}})
@@ -162,8 +163,8 @@ def main(argv=None):
                "modelled": "longctx.simulate.Link(...).exposed(Transfer(received, messages, window, sent)) for the "
                            "same bytes, messages and overlap window: 'default' = Link(rate) as the README's "
                            "simulated hosts use it (full duplex, 20 us per message, no host limit); 'calibrated' = "
-                           "Link(rate, latency_us, duplex=False, host_gb_per_s) with the latency and host rate "
-                           "measured on the unshaped link first",
+                           "Link(rate, latency_us, duplex=False, host_gb_per_s) with the latency and the host's "
+                           "rate per kind of collective measured on the unshaped link first",
                "command": "python benchmarks/comm_model.py " + " ".join(argv if argv is not None else sys.argv[1:]),
                "machine": {"cpus": os.cpu_count(), "platform": platform.platform(),
                            "load_average_at_start": os.getloadavg()},
@@ -206,8 +207,8 @@ def main(argv=None):
 
 def print_table(results):
     """The rows as a text table, then how many prefill rows each model gets within 25 %."""
-    print(f"calibration: {results['calibration']['latency_us']:.0f} us per message, host "
-          f"{results['calibration']['host_gb_per_s']:.2f} GB/s")
+    rates = ", ".join(f"{kind} {rate:.2f}" for kind, rate in results["calibration"]["host_gb_per_s"].items())
+    print(f"calibration: {results['calibration']['latency_us']:.0f} us per message; host GB/s: {rates}")
     print(f"{'Gbit/s':>6} {'method':>9} {'tokens':>6} {'forward':>7} {'MB/layer':>8} {'measured':>8} "
           f"{'default':>8} {'ratio':>5} {'calib.':>8} {'ratio':>5}   (ms per layer)")
     for row in results["rows"]:

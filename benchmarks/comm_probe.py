@@ -35,7 +35,8 @@ class Trace:
         """Record one collective (`traffic`: bytes received, bytes sent, messages); returns the
         record (a posted one is completed by its wait)."""
         received, sent, messages = traffic
-        record = {"run": self.run, "forward": self.forward, "layer": self.layer, "kind": kind, "nbytes": int(received),
+        record = {"run": self.run, "forward": self.forward, "layer": self.layer, "kind": kind,
+                  "model_kind": "all_gather" if kind == "all_gather_async" else kind, "nbytes": int(received),
                   "sent": int(sent), "messages": messages, "peers": peers, "posted": posted, "wait": wait, "done": done}
         self.records.append(record)
         return record
@@ -112,22 +113,33 @@ def track_layers(model, trace):
         block.register_forward_hook(ends)
 
 
-def calibrate(comm, repeats=9):
-    """{latency_us, host_gb_per_s} of this link: the median time of a 4-byte all-gather (one
-    message each way), and the bytes a rank sends plus receives over the median time of a
-    16 MB all-gather."""
-    def median_s(tensor):
+def calibrate(comm, repeats=7):
+    """{latency_us, host_gb_per_s: {kind: rate}} of this link: the median time of a 4-byte
+    all-gather (one message each way), and per kind of collective the bytes a rank sends plus
+    receives over the median time of one moving 16 MB each way."""
+    def median_s(collective):
         times = []
         for _ in range(repeats):
             comm.barrier()
             started = time.perf_counter()
-            comm.all_gather(tensor)
+            collective()
             times.append(time.perf_counter() - started)
         return sorted(times)[repeats // 2]
 
-    big = torch.ones(4 << 20)  # 16 MB of float32
-    received, sent, _ = gather_traffic(big.shape, big.element_size(), None, 0, comm.world)
-    return {"latency_us": 1e6 * median_s(torch.ones(1)), "host_gb_per_s": (received + sent) / median_s(big) / 1e9}
+    world, rank = comm.world, comm.rank
+    part = torch.ones(4 << 20)  # 16 MB of float32
+    rows = torch.ones(world * part.numel(), 1)
+    after, before = (rank + 1) % world, (rank - 1) % world
+    splits = [part.numel()] * world
+    collectives = {
+        "exchange": (lambda: comm.exchange(part, part.shape, after, before).wait(),
+                     exchange_traffic(part.numel(), part.shape, 4, after, before, rank)),
+        "all_gather": (lambda: comm.all_gather(part), gather_traffic(part.shape, 4, None, 0, world)),
+        "all_to_all": (lambda: comm.all_to_all(rows, splits, splits),
+                       all_to_all_traffic(rows.shape, 4, splits, splits, rank)),
+    }
+    rates = {kind: (traffic[0] + traffic[1]) / median_s(run) / 1e9 for kind, (run, traffic) in collectives.items()}
+    return {"latency_us": 1e6 * median_s(lambda: comm.all_gather(torch.ones(1))), "host_gb_per_s": rates}
 
 
 def main():

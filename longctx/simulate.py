@@ -21,8 +21,10 @@ What is modelled (`critical_path`): a transfer of `messages` messages takes
 are what the host receives when the link is full duplex (it sends at the same time, at the
 full rate: NCCL, RDMA), and what it sends plus what it receives when not (`Link.duplex`
 False: gloo's TCP pairs, measured at about half the link rate each way on a symmetric
-exchange), and never faster than the host itself moves data (`Link.host_gb_per_s`, sent plus
-received; None: no limit). A blocking collective adds its time to the host's layer, a posted
+exchange), and never faster than the host itself moves data in that kind of collective
+(`Link.host_gb_per_s`, sent plus received, one rate or one per `Transfer.kind`; None: no
+limit; gloo's all-gather on a CPU moves data several times slower than its point-to-point
+sends). A blocking collective adds its time to the host's layer, a posted
 one only what its window does not cover (all of it when `Link.overlap` is False). The form was
 checked against a real link shaped with `tc tbf` between two network namespaces
 (`benchmarks/comm_model.py`, results in benchmarks/results/comm_model.json). Hosts meet at
@@ -46,12 +48,14 @@ from longctx.engine import Engine, Request
 class Transfer:
     """Bytes a host receives in one collective (`nbytes`) and sends (`sent`, None: as many);
     `window_s` None = blocking, else the compute time between posting and waiting (the part
-    of the transfer that can overlap)."""
+    of the transfer that can overlap); `kind` the collective ("exchange", "all_gather",
+    "all_to_all"; None: unknown)."""
 
     nbytes: int
     messages: int
     window_s: float = None
     sent: int = None
+    kind: str = None
 
 
 @dataclass
@@ -93,7 +97,8 @@ class Link:
     """The modelled network: bandwidth per host in GB/s, latency per message in microseconds,
     whether posted transfers overlap compute, whether a host sends and receives at the full
     rate at once (`duplex`), and the rate in GB/s at which a host itself moves data, sent plus
-    received (`host_gb_per_s`, None: no limit)."""
+    received (`host_gb_per_s`: one rate, or a dict of rates by `Transfer.kind`; None, or a
+    kind the dict does not name: no limit)."""
 
     gb_per_s: float
     latency_us: float = 20.0
@@ -106,7 +111,10 @@ class Link:
         received = transfer.nbytes
         sent = received if transfer.sent is None else transfer.sent
         wire = (max(sent, received) if self.duplex else sent + received) / (self.gb_per_s * 1e9)
-        host = (sent + received) / (self.host_gb_per_s * 1e9) if self.host_gb_per_s else 0.0
+        rate = self.host_gb_per_s
+        if isinstance(rate, dict):
+            rate = rate.get(transfer.kind)
+        host = (sent + received) / (rate * 1e9) if rate else 0.0
         return transfer.messages * self.latency_us * 1e-6 + max(wire, host)
 
     def exposed(self, transfer):
@@ -133,14 +141,14 @@ class _Recorder:
             torch.cuda.synchronize(self.device)
         return time.perf_counter() - self.comm_s
 
-    def receive(self, nbytes, messages, window_s=None, sent=None):
+    def receive(self, nbytes, messages, window_s=None, sent=None, kind=None):
         """Record a transfer into the current layer (or the forward's first layer if outside one)."""
         forward = self.trace.forwards[-1]
         index = self.layer if self.layer is not None else 0
         while len(forward.layers) <= index:
             forward.layers.append(LayerTrace())
         forward.layers[index].transfers.append(Transfer(int(nbytes), messages, window_s,
-                                                        None if sent is None else int(sent)))
+                                                        None if sent is None else int(sent), kind))
 
     def forward_begins(self, module, args, kwargs):
         self.trace.forwards.append(ForwardTrace())
@@ -170,15 +178,15 @@ class _Recorder:
 class _Posted:
     """A simulated posted transfer: `wait()` records the overlap window and returns the result."""
 
-    def __init__(self, recorder, result, nbytes, sent, messages):
-        self.recorder, self.result = recorder, result
+    def __init__(self, recorder, kind, result, nbytes, sent, messages):
+        self.recorder, self.kind, self.result = recorder, kind, result
         self.nbytes, self.sent, self.messages = nbytes, sent, messages
         self.posted_at = None  # set once the simulated collective's own time is accounted
 
     def wait(self):
         window = self.recorder.now() - self.posted_at
         if self.nbytes:
-            self.recorder.receive(self.nbytes, self.messages, window, self.sent)
+            self.recorder.receive(self.nbytes, self.messages, window, self.sent, self.kind)
             self.nbytes = 0
         return self.result
 
@@ -239,7 +247,7 @@ class SimulatedComm(Comm):
         """Post the ring transfer: a block of `recv_shape` from `recv_from` (zeros)."""
         def make():
             recv = torch.zeros(recv_shape, dtype=send.dtype, device=send.device)
-            return _Posted(self.recorder, recv, *exchange_traffic(send.numel(), recv_shape, send.element_size(),
+            return _Posted(self.recorder, "exchange", recv, *exchange_traffic(send.numel(), recv_shape, send.element_size(),
                                                                  send_to, recv_from, self.rank))
         return self._timed(make)
 
@@ -260,9 +268,9 @@ class SimulatedComm(Comm):
             parts.append(tensor if rank == self.rank else tensor.new_zeros(shape))
         nbytes, sent, messages = gather_traffic(tensor.shape, tensor.element_size(), sizes, dim, self.world)
         if not blocking:
-            return _Posted(self.recorder, parts, nbytes, sent, messages)
+            return _Posted(self.recorder, "all_gather", parts, nbytes, sent, messages)
         if nbytes:
-            self.recorder.receive(nbytes, messages, sent=sent)
+            self.recorder.receive(nbytes, messages, sent=sent, kind="all_gather")
         return parts
 
     def all_to_all(self, send, send_splits, recv_splits):
@@ -272,7 +280,7 @@ class SimulatedComm(Comm):
             nbytes, sent, messages = all_to_all_traffic(send.shape, send.element_size(), send_splits, recv_splits,
                                                         self.rank)
             if nbytes:
-                self.recorder.receive(nbytes, messages, sent=sent)
+                self.recorder.receive(nbytes, messages, sent=sent, kind="all_to_all")
             return recv
         return self._timed(make)
 
