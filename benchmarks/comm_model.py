@@ -52,7 +52,7 @@ VISIBLE_S = 1e-3  # rows whose measured communication is below this per layer ar
 def parse_args(argv=None):
     """Command-line options (defaults: the committed run)."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rates", default="1,4", help="link rates to shape to, Gbit/s per direction")
+    parser.add_argument("--rates", default="0.5,1,2", help="link rates to shape to, Gbit/s per direction")
     parser.add_argument("--lengths", default="4096,8192,16384", help="document tokens")
     parser.add_argument("--methods", default="ring,burst,allgather,ulysses,apb")
     parser.add_argument("--workers-per-node", type=int, default=1)
