@@ -51,5 +51,6 @@ def test_the_script_runs_on_a_shaped_link(tmp_path):
     assert {row["method"] for row in report["rows"]} == {"ring", "allgather"}
     assert all(row["bytes_per_layer"] > 0 and row["measured_ms_per_layer"] > 0 for row in report["rows"]
                if row["forward"] == "prefill")
-    assert report["calibration"]["latency_us"] > 0 and report["calibration"]["host_gb_per_s"] > 0
+    assert report["calibration"]["latency_us"] > 0
+    assert set(report["calibration"]["host_gb_per_s"]) == {"exchange", "all_gather", "all_to_all"}
     assert "timed directly" in report["measured"]
