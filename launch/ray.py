@@ -274,6 +274,9 @@ class RayLauncher:
         connect(ray, config.ray_address, config.timeout_s)
         self._client = ray.util.client.ray.is_connected()  # Ray Client: no streaming generators
         use_gpus = wants_gpus(config.device, torch.cuda.is_available())
+        if config.device == "auto" and not use_gpus and ray.cluster_resources().get("GPU"):
+            self._progress("--device auto: CPU workers, as this driver has no GPU; the cluster has GPUs: "
+                           "--device cuda puts one worker on each")
         bundle = worker_bundle(use_gpus, config.ray_cpus_per_worker)
         try:
             bundles = self._reserve(bundle, config)
