@@ -1,16 +1,21 @@
-"""The Ray launcher (launch/ray.py) on a real local Ray cluster.
+"""The Ray launcher (launch/ray.py, launch/ray_connect.py) on a real local Ray cluster.
 
 The module starts one cluster (`ray start --head --block` on loopback, 4 CPUs, a 100 MB object
 store, its own temp dir) and stops it by signalling that process at the end; every test that
 needs Ray shares it. Tiny random-weight models, CPU, gloo. Checked: the same tokens as the
-local launcher for burst, ulysses and apb on 2 and 4 actors (burst and ulysses also the same
-hidden states); warm actors across requests; the placement group freed on exit; a request for
-more workers than the cluster has, or than it has free; an actor killed during a request; Ctrl-C
-on a driver; `ray job submit ... -- longctx generate --launcher ray`.
+local launcher for burst, ulysses and apb on 2 actors and burst and apb on 4 (burst and ulysses
+also the same hidden states), with a driver GLOO_SOCKET_IFNAME that must not reach the actors;
+warm actors across requests; the placement group freed on exit; more workers than the cluster
+has, or than it has free, waited for within the timeout with progress on stderr; --worker-env
+reaching the actors; a driver inside a placement group using its bundles; an actor killed
+during a request; Ctrl-C on a driver; `ray job submit ... -- longctx generate --launcher ray`.
+Without a cluster: a stale saved address (one line, at once), an address that never answers
+(the timeout; Ctrl-C at once), IPv6 and ray:// addresses, token handling, relative model paths.
+Across two machines: tests/multinode/test_ray_nodes.py.
 
-Measured on the 2-core machine: about 2 minutes for the module (the cluster starts in 6-10 s;
-the 2-actor comparison 20-25 s, the job submission 20-25 s, Ctrl-C 12 s, the killed actor 8-10 s;
-the 4-actor comparison, 30-60 s, is marked slow).
+Measured on the shared 2-core machine: about 3 minutes for the module (the cluster starts in
+6-10 s; the 2-actor comparison 25-40 s, the job submission 20-30 s, Ctrl-C 15 s, the killed
+actor 8-10 s; the 4-actor comparison, 45 s, is marked slow).
 """
 
 import json
