@@ -102,6 +102,7 @@ def _serve(rank, world, port, config, conn):
     """
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the driver's to handle
     _exit_with_driver()
+    os.environ.update(config.worker_env)
     try:
         _use_loopback()
         comm, device = init_worker(config, rank, world, store=_join_store(port, config.timeout_s))
@@ -181,6 +182,17 @@ def _spawning():
                 signal.signal(signal.SIGINT, previous)
 
 
+def _messages(request, stream, world):
+    """The pickled ("run", request, stream) message of each rank: one for all, unless the request
+    gives each worker its own share of a video (`Request.for_rank`)."""
+    def pickled(rank):
+        return pickle.dumps(("run", request.for_rank(rank), stream), protocol=pickle.HIGHEST_PROTOCOL)
+
+    if request.video_shares is None:
+        return [pickled(0)] * world
+    return [pickled(rank) for rank in range(world)]
+
+
 class LocalLauncher:
     """Start `config.nproc` local workers; `run(request)` returns rank 0's result."""
 
@@ -217,10 +229,10 @@ class LocalLauncher:
     def _send(self, request, stream):
         if not self._procs:
             raise LongCtxError("the workers have been shut down")
-        message = pickle.dumps(("run", request, stream), protocol=pickle.HIGHEST_PROTOCOL)  # once, not per worker
+        messages = _messages(request, stream, self.world)
         for rank, conn in enumerate(self._conns):
             try:
-                conn.send_bytes(message)
+                conn.send_bytes(messages[rank])
             except OSError:  # this worker is gone
                 ended = describe_exit(self._procs[rank])
                 self.abort()

@@ -126,6 +126,31 @@ def test_frame_parallel_encoder_equals_single_process(tiny_vl, world):
         assert float((result - reference).norm() / reference.norm()) <= 1e-5
 
 
+def test_each_worker_receives_only_its_frames_as_uint8(tiny_vl):
+    """A frame-parallel request gives worker r only the uint8 frames of its temporal patches
+    (their float32 patches are the whole video's rows, bit for bit); the local launcher's
+    message to each worker is then about an eighth (3 workers) of the whole float32 video."""
+    from launch.local import _messages
+    from longctx.models import check_model_dir
+    from longctx.request import prepare_request
+
+    path, _ = tiny_vl
+    video = load_video(FRAMES, path)  # 6 temporal patches
+    doc, question = video_prompt(load_tokenizer(path), video.grid, "what moves?")
+    request = prepare_request(RunConfig(model=path, method="spava", nproc=3), check_model_dir(path), doc, question,
+                              video=video)
+    parts = [request.for_rank(rank).video for rank in range(3)]
+    assert [part.patch_range for part in parts] == [(0, 2), (2, 4), (4, 6)]
+    assert all(part.frames.dtype == np.uint8 for part in parts)
+    assert np.array_equal(np.concatenate([part.pixels for part in parts]), video.pixels)
+    whole_float = video.pixels.nbytes
+    sizes = [len(message) for message in _messages(request, False, 3)]
+    assert max(sizes) < whole_float / 12 + 4096, (sizes, whole_float)  # a third of the frames, a quarter of the bytes
+    whole = prepare_request(RunConfig(model=path, method="spava", nproc=3, frame_parallel=0), check_model_dir(path),
+                            doc, question, video=video)
+    assert whole.video_shares is None and whole.for_rank(2).video.patch_range == (0, 6)  # every worker encodes all
+
+
 def test_more_workers_than_temporal_patches_is_one_error():
     assert frame_shares(5, 2) == [(0, 3), (3, 5)]
     with pytest.raises(LongCtxError, match="3 temporal patches .* fewer than the 4 workers"):
