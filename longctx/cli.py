@@ -76,9 +76,11 @@ def _add_eval(sub, argv):
 
 
 def _add_tiny_model(sub, argv):
+    from longctx.models.tiny import FAMILIES
+
     parser = sub.add_parser("tiny-model", help="write a small random-weight model with a byte-level tokenizer")
     parser.add_argument("out_dir", help="directory to write (created)")
-    parser.add_argument("--family", default="llama", choices=("llama", "qwen2", "mistral", "qwen2_5_vl"))
+    parser.add_argument("--family", default="llama", choices=FAMILIES)
     parser.add_argument("--hidden", type=int, default=64, help="hidden size")
     parser.add_argument("--layers", type=int, default=2)
     parser.add_argument("--heads", type=int, default=4, help="query heads")

@@ -251,7 +251,8 @@ def prepare_request(config, model_config, doc_ids, query_ids, max_new_tokens=32,
 
     `stop` are the ids that end generation (`stop_ids`); `method` overrides `config.method`;
     `video` is the request's `VideoPatches` (`encode_request`), whose temporal patches must
-    be at least the workers when the method encodes frames in parallel. With local workers the
+    be at least the workers when the method encodes frames in parallel; each worker then
+    receives only the frames it encodes (`Request.for_rank`). With local workers the
     estimated memory must fit this machine (`longctx.memory.check_memory`).
     """
     check_modality(model_config, video is not None)
@@ -259,9 +260,11 @@ def prepare_request(config, model_config, doc_ids, query_ids, max_new_tokens=32,
     planner, plan = _planned(config, model_config, len(doc_ids), len(query_ids), method)
     if config.launcher == "local":  # workers on this machine: their memory is this machine's
         check_memory(planner, plan, model_config.vocab_size, max_new_tokens, resolve_device_type(config.device))
+    shares = None
     if video is not None and get_method(method or config.method, config).frame_parallel():
-        frame_shares(video.grid[0], config.nproc)
-    return Request(list(doc_ids), list(query_ids), max_new_tokens, method, return_hidden, tuple(stop), video)
+        shares = tuple(frame_shares(video.grid[0], config.nproc))  # each worker receives only its frames
+    return Request(list(doc_ids), list(query_ids), max_new_tokens, method, return_hidden, tuple(stop), video,
+                   shares)
 
 
 def check_request(config, document, question, max_new_tokens=0, video=None, num_frames=None, fps=None):
