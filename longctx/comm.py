@@ -1,9 +1,19 @@
 """Process-group helpers every method uses: ring exchange, all-gather, all-to-all, broadcast.
 
 A `Comm` wraps one process group (never a global) with the worker's rank, the world size and
-a timeout applied to every blocking wait. With `world == 1` and no group every operation is a
-local no-op, so single-process runs (the dense reference) need no torch.distributed at all.
-Works with gloo (CPU tensors) and nccl (CUDA tensors).
+the timeout. With `world == 1` and no group every operation is a local no-op, so
+single-process runs (the dense reference) need no torch.distributed at all. Works with gloo
+(CPU tensors) and nccl (CUDA tensors).
+
+How a wait is bounded depends on the backend (`bounded_waits`). On gloo a wait blocks the
+CPU, so each one carries the timeout (`work.wait(timeout)`) and a failure is one
+CollectiveError. On NCCL `work.wait()` only makes the current CUDA stream wait for the
+collective and returns at once, so the CPU keeps queueing kernels ahead of the GPU (the
+run-ahead the asynchronous all-gathers of Spava and the ring's double buffer rely on); a
+timed wait would poll on the CPU instead. There the process group's timeout bounds every
+collective: NCCL's watchdog aborts a collective that overruns it and, with
+TORCH_NCCL_ASYNC_ERROR_HANDLING (which `launch.worker.init_worker` turns on unless the user set
+it), tears the process down, which the launchers report as the worker's death.
 """
 
 import re
@@ -18,12 +28,16 @@ from longctx.errors import CollectiveError
 
 @dataclass
 class Comm:
-    """Communication handle for one worker: `group` (None when world == 1), `rank`, `world`, `timeout_s`."""
+    """Communication handle for one worker: `group` (None when world == 1), `rank`, `world`,
+    `timeout_s`, and `bounded_waits` (True: every wait carries the timeout, for gloo; False: a
+    wait orders the device stream and the process group's timeout bounds it, for NCCL; see the
+    module docstring and `bounded_waits_for`)."""
 
     rank: int = 0
     world: int = 1
     group: object = None
     timeout_s: float = 300.0
+    bounded_waits: bool = True
 
     def __post_init__(self):
         if self.world > 1 and self.group is None and not dist.is_initialized():
@@ -35,7 +49,11 @@ class Comm:
         return timedelta(seconds=self.timeout_s)
 
     def _wait(self, work):
-        """Wait for `work` at most the timeout; CollectiveError (one line) when it fails."""
+        """Wait for `work`: at most the timeout when `bounded_waits` (CollectiveError, one line,
+        when it fails), else by ordering the current device stream after it (NCCL)."""
+        if not self.bounded_waits:
+            work.wait()
+            return
         try:
             work.wait(self.timeout)
         except RuntimeError as exc:
@@ -119,6 +137,12 @@ class Comm:
         """Block until every rank arrives (bounded by the timeout)."""
         if self.world > 1:
             self._wait(dist.barrier(group=self.group, async_op=True))
+
+
+def bounded_waits_for(backend):
+    """Whether a Comm over a process group of `backend` ("gloo", "nccl", ...) bounds each wait
+    itself: every backend but NCCL, whose waits are stream-ordered and watched by its watchdog."""
+    return str(backend).lower() != "nccl"
 
 
 @dataclass

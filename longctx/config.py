@@ -1,6 +1,7 @@
 """One run's settings (`RunConfig`), methods' own options, and the argument parser every entry point shares."""
 
 import argparse
+import re
 import sys
 from dataclasses import dataclass, field, fields
 
@@ -14,6 +15,7 @@ DIST_BACKENDS = ("auto", "gloo", "nccl")
 BALANCES = ("equal", "auto")
 LAUNCHERS = ("local", "ray")
 PLACEMENTS = ("pack", "spread")
+ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 # Default block sizing for contiguous layouts: None = the method's (its planner's `default_balance`):
 # ring "equal" (the textbook ring), the others "auto". Measured for APB (benchmarks/results/
 # cpu_methods.json, simulated hosts): balanced vs equal blocks 1.04x at 16K on 4 hosts, 1.53x at 32K
@@ -39,7 +41,9 @@ class RunConfig:
     a Ray cluster at `ray_address`: None = RAY_ADDRESS, else the cluster running here, else a
     new local one; "auto" = RAY_ADDRESS or the cluster running here; or an address;
     `placement` "pack" or "spread" over its nodes; `ray_cpus_per_worker` CPUs reserved per
-    worker, which are its threads on CPU clusters).
+    worker, which are its threads on CPU clusters). `worker_env` holds (NAME, VALUE) pairs set
+    in every worker's environment (a dict is accepted): the only driver-side variables a Ray
+    worker gets besides the job's runtime_env.
 
     `method_options` holds the options given for methods, by name (anchor_len, intra_size,
     ...): each method declares its own (`Method.Options`) and reads only those. Keywords that
@@ -63,6 +67,7 @@ class RunConfig:
     ray_address: str = None
     placement: str = "pack"
     ray_cpus_per_worker: int = 1
+    worker_env: tuple = ()
     method_options: dict = field(default_factory=dict)
 
     def __init__(self, **values):
@@ -84,6 +89,10 @@ class RunConfig:
         for name, allowed in (("launcher", LAUNCHERS), ("placement", PLACEMENTS)):
             if getattr(self, name) not in allowed:
                 raise LongCtxError(f"--{name} must be one of {', '.join(allowed)} (got {getattr(self, name)!r})")
+        self.worker_env = tuple(sorted(dict(self.worker_env or ()).items()))
+        for name, value in self.worker_env:
+            if not ENV_NAME.fullmatch(str(name)) or not isinstance(value, str):
+                raise LongCtxError(f"--worker-env: {name}={value!r} is not NAME=VALUE (a variable name and a string)")
         if self.ray_cpus_per_worker < 1:
             raise LongCtxError(f"--ray-cpus-per-worker must be at least 1 (got {self.ray_cpus_per_worker})")
         if self.balance is not None and self.balance not in BALANCES:
@@ -159,8 +168,9 @@ def add_run_arguments(parser, *, with_method=True, model_required=True, defaults
     parser.add_argument("--dtype", default="auto", choices=DTYPES, help="auto: bfloat16 on CUDA, float32 on CPU")
     parser.add_argument("--dist-backend", default="auto", choices=DIST_BACKENDS)
     parser.add_argument("--kernel-backend", default="auto", choices=BACKENDS,
-                        help="attention kernels: auto (Triton on CUDA, torch's fused kernels on the CPU), "
-                             "torch, reference (the chunked test oracle) or triton")
+                        help="attention kernels: auto (PyTorch's fused kernels; on CUDA Triton or cuDNN where "
+                             "`longctx plan --calibrate --device cuda` measured them faster), torch, flash-attn "
+                             "(needs the flash_attn package), triton, or reference (the chunked test oracle)")
     parser.add_argument("--timeout", type=float, default=300.0, dest="timeout_s",
                         help="seconds any collective may wait before the job fails")
     parser.add_argument("--layout", default=None,
@@ -200,21 +210,33 @@ def add_method_arguments(parser, names=()):
 
 
 def add_launcher_arguments(parser):
-    """Add --launcher and the Ray launcher's options (--ray-address, --placement,
-    --ray-cpus-per-worker) to `parser`; they land in RunConfig's launcher fields."""
+    """Add --launcher, the Ray launcher's options (--ray-address, --placement,
+    --ray-cpus-per-worker) and --worker-env to `parser`; they land in RunConfig's launcher fields."""
     group = parser.add_argument_group("launcher")
     group.add_argument("--launcher", default="local", choices=LAUNCHERS,
                        help="local: worker processes on this machine; ray: one actor per GPU (or per "
                             "--ray-cpus-per-worker CPUs) on a Ray cluster (pip install 'longctx[ray]')")
     group.add_argument("--ray-address", default=None, metavar="ADDR",
-                       help="Ray cluster: 'auto' (the one running here), HOST:PORT or ray://HOST:PORT; "
-                            "default RAY_ADDRESS (set inside `ray job submit`), else the one running here, "
-                            "else a new local cluster")
+                       help="Ray cluster: 'auto' (the one started here), HOST:PORT, [IPV6]:PORT or "
+                            "ray://HOST:PORT; default RAY_ADDRESS (set inside `ray job submit`), else the one "
+                            "started here, else a new local cluster")
     group.add_argument("--placement", default="pack", choices=PLACEMENTS,
                        help="Ray placement of the workers: pack (fewest nodes) or spread (default: pack)")
     group.add_argument("--ray-cpus-per-worker", type=int, default=1, metavar="K",
                        help="CPUs reserved per Ray worker, its threads on CPU clusters (default: 1)")
+    group.add_argument("--worker-env", type=parse_env_pair, action="append", default=[], metavar="NAME=VALUE",
+                       help="set NAME=VALUE in every worker's environment (repeatable); with --launcher ray the "
+                            "workers get no other variable of the driver's (their nodes set their own NCCL_*, "
+                            "GLOO_*), besides the job's runtime_env")
     return parser
+
+
+def parse_env_pair(text):
+    """argparse type of --worker-env: 'NAME=VALUE' -> ('NAME', 'VALUE')."""
+    name, sep, value = text.partition("=")
+    if not sep or not ENV_NAME.fullmatch(name):
+        raise argparse.ArgumentTypeError(f"expected NAME=VALUE, got {text!r}")
+    return name, value
 
 
 def parse_speeds(text):

@@ -8,7 +8,7 @@ broadcasts it).
 """
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from enum import Enum
 
 import torch
@@ -60,6 +60,9 @@ class Request:
 
     `video` (a `longctx.video.VideoPatches`, or None) is the video whose vision embeddings
     replace the document's `<|video_pad|>` tokens (`longctx.models.qwen_vl.video_prompt`).
+    `video_shares` ([start, stop) temporal patches per rank, or None: every worker gets the
+    whole video) is set by the driver when each worker encodes only its frames; a launcher
+    sends rank r `for_rank(r)`, which holds only those.
     """
 
     doc_ids: list
@@ -69,6 +72,13 @@ class Request:
     return_hidden: bool = False
     stop_ids: tuple = ()
     video: object = None
+    video_shares: tuple = None
+
+    def for_rank(self, rank):
+        """This request as worker `rank` needs it: with `video_shares`, only its frames."""
+        if self.video is None or self.video_shares is None:
+            return self
+        return replace(self, video=self.video.share(*self.video_shares[rank]), video_shares=None)
 
 
 class Engine:

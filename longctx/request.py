@@ -184,6 +184,15 @@ def check_machine(config):
         if not on_cuda and os.environ.get("TRITON_INTERPRET") != "1":
             raise LongCtxError("--kernel-backend triton needs CUDA tensors, and the workers here run on the CPU "
                                "(set TRITON_INTERPRET=1 to run the kernel interpreted, slowly)")
+    if config.kernel_backend == "flash-attn":
+        from longctx.kernels.fused import op_named
+
+        try:
+            op_named("flash-attn")
+        except RuntimeError as exc:
+            raise LongCtxError(str(exc)) from None
+        if not on_cuda:
+            raise LongCtxError("--kernel-backend flash-attn needs CUDA tensors, and the workers here run on the CPU")
 
 
 def check_lengths(model_config, doc_len, query_len, max_new_tokens):
@@ -242,7 +251,8 @@ def prepare_request(config, model_config, doc_ids, query_ids, max_new_tokens=32,
 
     `stop` are the ids that end generation (`stop_ids`); `method` overrides `config.method`;
     `video` is the request's `VideoPatches` (`encode_request`), whose temporal patches must
-    be at least the workers when the method encodes frames in parallel. With local workers the
+    be at least the workers when the method encodes frames in parallel; each worker then
+    receives only the frames it encodes (`Request.for_rank`). With local workers the
     estimated memory must fit this machine (`longctx.memory.check_memory`).
     """
     check_modality(model_config, video is not None)
@@ -250,9 +260,11 @@ def prepare_request(config, model_config, doc_ids, query_ids, max_new_tokens=32,
     planner, plan = _planned(config, model_config, len(doc_ids), len(query_ids), method)
     if config.launcher == "local":  # workers on this machine: their memory is this machine's
         check_memory(planner, plan, model_config.vocab_size, max_new_tokens, resolve_device_type(config.device))
+    shares = None
     if video is not None and get_method(method or config.method, config).frame_parallel():
-        frame_shares(video.grid[0], config.nproc)
-    return Request(list(doc_ids), list(query_ids), max_new_tokens, method, return_hidden, tuple(stop), video)
+        shares = tuple(frame_shares(video.grid[0], config.nproc))  # each worker receives only its frames
+    return Request(list(doc_ids), list(query_ids), max_new_tokens, method, return_hidden, tuple(stop), video,
+                   shares)
 
 
 def check_request(config, document, question, max_new_tokens=0, video=None, num_frames=None, fps=None):

@@ -15,18 +15,26 @@ from apb.compress import QueryCompressor, select
 SCORER = QueryCompressor(None)
 
 
-def selected_keys(question_q, keys, values, sends):
-    """(keys, values) [B, Hkv, sends, D] a block passes: all of its first `sends` rows when it
-    has no more than that, else the best-scoring `sends` per KV head in position order.
+def selected_rows(question_q, keys, sends):
+    """Rows of the block a virtual block passes: int64 [B, Hkv, min(sends, L)], ascending per
+    KV head: all L rows when the block has no more than `sends` (none when `sends` is 0),
+    else the best-scoring `sends`.
 
-    question_q [B, Hq, q, D] are the question's queries of this layer; keys/values
-    [B, Hkv, L, D] the block's. Who calls it: `SpavaAttention.prefill_attention`.
+    question_q [B, Hq, q, D] are the question's queries of this layer; keys [B, Hkv, L, D] the
+    block's. Who calls it: `selected_keys` (tests spy on it to rebuild a host's attention).
     """
-    if sends >= keys.shape[2]:
-        return keys[:, :, :sends], values[:, :, :sends]
+    if sends >= keys.shape[2] or sends == 0:
+        rows = torch.arange(min(sends, keys.shape[2]), device=keys.device)
+        return rows.expand(keys.shape[0], keys.shape[1], -1)
     rows = SimpleNamespace(head_len=0, question_len=question_q.shape[2], lead_len=0, protected=0, sends=sends)
-    index = select(SCORER.scores(None, 0, rows, question_q, keys, values), rows, SCORER.pool)
-    index = index[..., None].expand(-1, -1, -1, keys.shape[-1])
+    return select(SCORER.scores(None, 0, rows, question_q, keys, None), rows, SCORER.pool)
+
+
+def selected_keys(question_q, keys, values, sends):
+    """(keys, values) [B, Hkv, min(sends, L), D] a block passes: its `selected_rows` in
+    position order. Shapes as in `selected_rows`; values [B, Hkv, L, D].
+    Who calls it: `SpavaAttention.prefill_attention`."""
+    index = selected_rows(question_q, keys, sends)[..., None].expand(-1, -1, -1, keys.shape[-1])
     return keys.gather(2, index), values.gather(2, index)
 
 

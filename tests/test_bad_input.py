@@ -67,7 +67,7 @@ def test_missing_document_file(tiny_model, tmp_path):
 
 
 @pytest.mark.parametrize("plugin,needle", [("RaisingBurst", "injected failure on rank 1"),
-                                           ("HangingBurst", "worker 0 failed")])
+                                           ("HangingBurst", "worker 1 stopped answering")])
 def test_failing_worker_stops_every_worker(tiny_model, plugin, needle):
     """A worker that raises (or hangs) in prefill ends the job with one error; none survive."""
     lm = LongContextLM(tiny_model("llama"), method="burst", nproc=2, timeout_s=5)
@@ -91,6 +91,7 @@ def _without_cuda():
     (("--device", "cuda"), "--device cuda: this machine has no CUDA device"),
     (("--dist-backend", "nccl"), "--dist-backend nccl needs a CUDA device per worker"),
     (("--kernel-backend", "triton"), "--kernel-backend triton needs CUDA tensors"),
+    (("--kernel-backend", "flash-attn"), "--kernel-backend flash-attn: the flash_attn package does not import"),
 ])
 def test_machine_settings_are_checked_before_workers_start(tiny_model, doc_file, flags, needle, monkeypatch):
     """Refused on the driver before any worker exists (the message comes from

@@ -78,7 +78,7 @@ class VideoInputs:
             second_per_grid_ts=torch.tensor([video.seconds_per_patch]))
         self.table, self.delta = table[:, 0].to(device), int(delta)
         pixels = torch.from_numpy(video.pixels).to(device)
-        self.vision = encode_video(model.model.visual, pixels, video.grid, comm, frame_parallel)
+        self.vision = encode_video(model.model.visual, pixels, video.grid, comm, frame_parallel, video.patch_range)
 
     def embeds(self, model, sources):
         """inputs_embeds [1, n, d] of the rows whose tokens are the sequence's `sources` (global
@@ -112,22 +112,29 @@ def frame_shares(temporal_patches, world):
     return list(zip(bounds, bounds[1:]))
 
 
-def encode_video(visual, pixels, grid, comm, frame_parallel=True):
+def encode_video(visual, pixels, grid, comm, frame_parallel=True, held=None):
     """Vision embeddings [t*h*w / merge^2, d] of a whole video on every host.
 
     `visual` is the model's vision encoder (`model.model.visual`), `pixels` float
-    [t*h*w, patch_dim] (`longctx.video.VideoPatches.pixels` as a tensor on the model's
-    device), `grid` (t, h, w). With `frame_parallel` host r encodes its `frame_shares` range
-    of temporal patches and the pieces are all-gathered through `comm` (a `Comm`) in order;
-    otherwise every host encodes the whole video.
+    [n*h*w, patch_dim] (`longctx.video.VideoPatches.pixels` as a tensor on the model's
+    device) of the temporal patches `held` ([start, stop), default all of them) of a video
+    of patch grid `grid` (t, h, w). With `frame_parallel` host r encodes its `frame_shares`
+    range of temporal patches (it must hold them; the launchers send each worker only those)
+    and the pieces are all-gathered through `comm` (a `Comm`) in order; otherwise every host
+    encodes the whole video, which it must hold.
     """
     t, h, w = grid
     per_patch = h * w
-    if not frame_parallel or comm.world == 1:
-        return _encode(visual, pixels, (t, h, w))
-    shares = frame_shares(t, comm.world)
-    start, stop = shares[comm.rank]
-    mine = _encode(visual, pixels[start * per_patch : stop * per_patch], (stop - start, h, w))
+    first, last = held or (0, t)
+    parallel = frame_parallel and comm.world > 1
+    shares = frame_shares(t, comm.world) if parallel else [(0, t)]
+    start, stop = shares[comm.rank if parallel else 0]
+    if not first <= start <= stop <= last:
+        raise ValueError(f"worker {comm.rank} holds temporal patches [{first}, {last}) of the video and must encode "
+                         f"[{start}, {stop})")
+    mine = _encode(visual, pixels[(start - first) * per_patch:(stop - first) * per_patch], (stop - start, h, w))
+    if not parallel:
+        return mine
     merged = per_patch // visual.spatial_merge_size**2
     parts = comm.all_gather(mine, sizes=[(b - a) * merged for a, b in shares], dim=0)
     return torch.cat(parts, dim=0)

@@ -7,7 +7,7 @@ import torch
 
 from longctx.errors import LongCtxError
 
-FAMILIES = ("llama", "qwen2", "mistral", "qwen2_5_vl")
+FAMILIES = ("llama", "qwen2", "qwen3", "mistral", "qwen2_5_vl")
 SPECIAL_TOKENS = ("<s>", "</s>", "<pad>")
 
 
@@ -31,7 +31,7 @@ def _byte_tokenizer(extra=()):
 
 
 def _config(family, vocab_size, hidden, layers, heads, kv_heads, max_positions, intermediate):
-    from transformers import LlamaConfig, MistralConfig, Qwen2Config
+    from transformers import LlamaConfig, MistralConfig, Qwen2Config, Qwen3Config
 
     common = dict(
         vocab_size=vocab_size,
@@ -50,6 +50,8 @@ def _config(family, vocab_size, hidden, layers, heads, kv_heads, max_positions, 
         return LlamaConfig(**common)
     if family == "qwen2":
         return Qwen2Config(**common, use_sliding_window=False)
+    if family == "qwen3":  # q/k RMSNorm per head; its head_dim is a field of its own
+        return Qwen3Config(**common, head_dim=hidden // heads, use_sliding_window=False)
     return MistralConfig(**common, sliding_window=None)
 
 
