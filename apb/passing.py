@@ -1,8 +1,19 @@
 """Passing blocks: pick this host's compressed block and all-gather everyone's, once per layer."""
 
+from dataclasses import dataclass
+
 import torch
 
 from apb.compress import select
+from longctx.results import RequestStats
+
+
+@dataclass
+class PassingStats(RequestStats):
+    """Counters of a method with passing blocks (APB, Star, Spava): `passing_bytes_per_layer`,
+    the bytes of K and V all hosts contribute to one layer's passing all-gathers."""
+
+    passing_bytes_per_layer: int = 0
 
 
 def compressed_block(compressor, state, layer, host, q, k, v):
@@ -17,7 +28,7 @@ def compressed_block(compressor, state, layer, host, q, k, v):
     if not host.selects:
         rows = slice(host.protected, host.protected + host.sends)
         return local_k[:, :, rows], local_v[:, :, rows]
-    index = select(compressor.scores(state, layer, host, q, k, v), host, compressor.pool)
+    index = select(compressor.scores(state, layer, host, q, k, v), host.sends, host.protected, compressor.pool)
     index = index[..., None].expand(-1, -1, -1, local_k.shape[-1])
     return local_k.gather(2, index), local_v.gather(2, index)
 
@@ -26,11 +37,11 @@ def all_gather_blocks(ctx, keys, values):
     """Every host's compressed block, in rank order: a list of (keys, values) [B, Hkv, sends_r, D].
 
     One all-gather per layer (sizes differ per host; the collective pads to the longest).
-    Records the payload in `ctx.stats["passing_bytes_per_layer"]`: bytes of the K and V all
-    hosts contribute to one layer (the per-host token counts are in the plan).
+    Records the payload in `ctx.stats.passing_bytes_per_layer` (`PassingStats`): bytes of the K
+    and V all hosts contribute to one layer (the per-host token counts are in the plan).
     """
     sizes = [host.sends for host in ctx.plan.hosts]
     parts = ctx.comm.all_gather(torch.stack([keys, values]), sizes=sizes, dim=3)
     per_token = 2 * keys.shape[0] * keys.shape[1] * keys.shape[3] * keys.element_size()
-    ctx.stats["passing_bytes_per_layer"] = per_token * sum(sizes)
+    ctx.stats.passing_bytes_per_layer = per_token * sum(sizes)
     return [(part[0], part[1]) for part in parts]

@@ -182,7 +182,17 @@ def _spawning():
 
 
 class LocalLauncher:
-    """Start `config.nproc` local workers; `run(request)` returns rank 0's result."""
+    """`config.nproc` worker processes on this machine (a `longctx.launcher.Launcher`); `run(request)`
+    returns rank 0's result."""
+
+    name = "local"
+    runs_here = True
+    Options = None
+
+    @classmethod
+    def worker_config(cls, config):
+        """`config` itself: the workers run on this machine, where "auto" resolves as here."""
+        return config
 
     def __init__(self, config):
         self.world = config.nproc

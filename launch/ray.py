@@ -2,7 +2,7 @@
 
 The driver (the process that made the `LongContextLM`) connects to Ray, checks that the cluster
 has what `config.nproc` workers need (one clear error naming what is missing, before anything
-starts), reserves one placement-group bundle per worker (`config.placement`: pack or spread,
+starts), reserves one placement-group bundle per worker (`--placement`: pack or spread,
 waiting at most `config.timeout_s`) and starts one `RankActor` per bundle:
 
     driver                      actors (any nodes)
@@ -31,6 +31,7 @@ from launch.local import describe_exception
 from launch.replies import rank0, run_to_end
 from launch.worker import build_engine, init_worker, shutdown_worker
 from longctx.errors import CollectiveError, LongCtxError, WorkerError
+from longctx.options import option
 
 STRATEGIES = {"pack": "PACK", "spread": "SPREAD"}
 # Environment variables that choose network interfaces and transports for the process group;
@@ -139,6 +140,18 @@ def check_reachable(address, timeout_s=CONNECT_S):
                            f"(is it started? ray start --head)") from None
 
 
+def _connect(ray, address):
+    """Connect this process to the Ray cluster at `address` (see RayLauncher), once."""
+    if ray.is_initialized():
+        return
+    check_reachable(address)  # ray.init retries an unreachable address for minutes
+    try:
+        ray.init(address=address, logging_level="warning")
+    except ConnectionError as exc:
+        raise LongCtxError(f"cannot connect to the Ray cluster at {address or 'RAY_ADDRESS'}: "
+                           f"{str(exc).strip().splitlines()[0]}") from None
+
+
 def _node_ip():
     import ray
 
@@ -220,13 +233,44 @@ class RankActor:
         shutdown_worker()
 
 
+@dataclass(frozen=True)
+class RayOptions:
+    """The Ray launcher's options."""
+
+    ray_address: str = option(None, "Ray cluster: 'auto' (the one running here), HOST:PORT or ray://HOST:PORT; "
+                                    "default RAY_ADDRESS (set inside `ray job submit`), else the one running here, "
+                                    "else a new local cluster", metavar="ADDR")
+    placement: str = option("pack", "Ray placement of the workers: pack (fewest nodes) or spread",
+                            choices=tuple(STRATEGIES))
+    ray_cpus_per_worker: int = option(1, "CPUs reserved per Ray worker, its threads on CPU clusters", minimum=1,
+                                      metavar="K")
+
+
 class RayLauncher:
-    """`config.nproc` RankActors on the Ray cluster at `config.ray_address` (None: RAY_ADDRESS,
-    else the cluster running on this machine, else a new local one; "auto": RAY_ADDRESS or the
-    cluster running here; or HOST:PORT / ray://HOST:PORT).
+    """`config.nproc` RankActors on the Ray cluster at `--ray-address` (None: RAY_ADDRESS, else
+    the cluster running on this machine, else a new local one; "auto": RAY_ADDRESS or the
+    cluster running here; or HOST:PORT / ray://HOST:PORT): a `longctx.launcher.Launcher`.
     `run(request)` returns rank 0's result; `abort()` kills every actor and removes the
     placement group; `close()` stops them gracefully first. The driver's connection to Ray
     stays open for the life of the process."""
+
+    name = "ray"
+    runs_here = False
+    Options = RayOptions
+
+    @classmethod
+    def worker_config(cls, config):
+        """The config the actors run: the device resolved on the cluster ("cuda" for --device
+        cuda, or auto on a cluster with GPUs; else "cpu") and, on CPU clusters, the CPUs
+        reserved per worker as threads. Connects this process to the cluster."""
+        ray, options = import_ray(), config.options_for(cls)
+        _connect(ray, options.ray_address)
+        gpus = ray.cluster_resources().get("GPU", 0.0)
+        if config.device == "cuda" and not gpus:
+            raise LongCtxError("--device cuda: the Ray cluster has no GPU")
+        use_gpus = config.device == "cuda" or (config.device == "auto" and gpus > 0)
+        return config.replace(device="cuda" if use_gpus else "cpu",
+                              threads=config.threads or (None if use_gpus else options.ray_cpus_per_worker))
 
     def __init__(self, config):
         ray = self._ray = import_ray()
@@ -234,13 +278,12 @@ class RayLauncher:
 
         self.world = config.nproc
         self._actors, self._group = [], None
-        self._connect(config.ray_address)
-        use_gpus = self._wants_gpus(config.device)
-        bundle = worker_bundle(use_gpus, config.ray_cpus_per_worker)
+        options, worker_config = config.options_for(RayLauncher), self.worker_config(config)
+        bundle = worker_bundle(worker_config.device == "cuda", options.ray_cpus_per_worker)
         problem = missing_resources(bundle, self.world, ray.nodes())
         if problem:
             raise LongCtxError(f"--launcher ray: {problem}")
-        self._group = placement_group([bundle] * self.world, strategy=STRATEGIES[config.placement])
+        self._group = placement_group([bundle] * self.world, strategy=STRATEGIES[options.placement])
         try:
             self._reserve(bundle, config.timeout_s)
             self._actors = self._start_actors(bundle)
@@ -249,30 +292,11 @@ class RayLauncher:
             self._actors = [actor for _, actor in sorted(zip((slot.rank for slot in slots), self._actors))]
             slots = sorted(slots, key=lambda slot: slot.rank)
             address = self._gather([self._actors[0].host_store.remote(self.world, config.timeout_s)])[0]
-            worker_config = config.replace(device="cuda" if use_gpus else "cpu",
-                                           threads=config.threads or (None if use_gpus else config.ray_cpus_per_worker))
             self._gather([actor.start.remote(worker_config, slot, address)
                           for actor, slot in zip(self._actors, slots)])
         except BaseException:
             self.abort()
             raise
-
-    def _connect(self, address):
-        ray = self._ray
-        if ray.is_initialized():
-            return
-        check_reachable(address)  # ray.init retries an unreachable address for minutes
-        try:
-            ray.init(address=address, logging_level="warning")
-        except ConnectionError as exc:
-            raise LongCtxError(f"cannot connect to the Ray cluster at {address or 'RAY_ADDRESS'}: "
-                               f"{str(exc).strip().splitlines()[0]}") from None
-
-    def _wants_gpus(self, device):
-        gpus = self._ray.cluster_resources().get("GPU", 0.0)
-        if device == "cuda" and not gpus:
-            raise LongCtxError("--device cuda: the Ray cluster has no GPU")
-        return device == "cuda" or (device == "auto" and gpus > 0)
 
     def _reserve(self, bundle, timeout_s):
         if not self._group.wait(timeout_seconds=timeout_s):

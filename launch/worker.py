@@ -6,7 +6,7 @@ from datetime import timedelta
 import torch
 import torch.distributed as dist
 
-from longctx.comm import Comm
+from longctx.comm import ProcessGroupComm
 from longctx.engine import Engine
 from longctx.models import load_model, resolve_device, resolve_dtype
 
@@ -26,7 +26,7 @@ def pick_dist_backend(config, device, local_world):
 
 
 def init_worker(config, rank, world, local_rank=None, local_world=None, init_method="env://", store=None):
-    """Join the job's process group (when world > 1) and return (Comm, device) for this worker.
+    """Join the job's process group (when world > 1) and return (ProcessGroupComm, device) for this worker.
 
     `local_rank` / `local_world` are this worker's index and the worker count on this machine
     (default: `rank` / `world`, every worker local). Sets the CPU thread count (config.threads,
@@ -51,14 +51,14 @@ def init_worker(config, rank, world, local_rank=None, local_world=None, init_met
             timeout=timedelta(seconds=config.timeout_s),
             device_id=device if backend == "nccl" else None,
         )
-    return Comm(rank=rank, world=world, timeout_s=config.timeout_s), device
+    return ProcessGroupComm(rank=rank, world=world, timeout_s=config.timeout_s), device
 
 
 def build_engine(config, comm, device):
     """Load the model for this worker and wrap it in an Engine. Ends with a barrier: every worker
     must have its model within the collective timeout, so one that hangs while loading fails
     the job (the others' barrier times out) instead of leaving the driver waiting forever."""
-    model = load_model(config.model, device, resolve_dtype(config.dtype, device))
+    model = load_model(config.model, device, resolve_dtype(config.dtype, device), config.family)
     comm.barrier()
     return Engine(model, comm, config, device)
 

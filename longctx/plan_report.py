@@ -52,8 +52,8 @@ def format_ranges(spans):
 
 
 def _columns(host):
-    return [format_ranges(host["spans"]), str(host["tokens"]), str(host["anchor_len"]),
-            str(host["passing_len"]), f"{host['est_ms']:.1f}"]
+    return [format_ranges(host["spans"]), str(host["tokens"]), str(host.get("anchor_len", 0)),
+            str(host.get("passing_len", 0)), f"{host['est_ms']:.1f}"]
 
 
 def _how(balance):

@@ -46,12 +46,12 @@ def test_full_passing_without_anchor_equals_dense(models, model_name, world):
     config = RunConfig(model=path, method="apb", anchor_len=0, passing_ratio=1.0, balance="equal")
     result = run_workers(model, config, Request(doc, question, 6, "apb", True), world)
     assert relative_error(result, reference) <= TOLERANCE
-    assert result["tokens"] == reference["tokens"]
+    assert result.tokens == reference.tokens
     if world > 1:
-        sends = result["plan"]["passing_tokens"]
-        assert sends == result["plan"]["block_sizes"][:-1] + [0]
+        sends = result.plan["passing_tokens"]
+        assert sends == result.plan["block_sizes"][:-1] + [0]
         per_token = 2 * 2 * (64 // 4) * 4  # K and V, 2 KV heads, head dim 16, fp32
-        assert result["stats"]["passing_bytes_per_layer"] == per_token * sum(sends)
+        assert result.stats.passing_bytes_per_layer == per_token * sum(sends)
 
 
 @pytest.mark.parametrize("model_name", ["llama", "qwen2"])
@@ -66,7 +66,7 @@ def test_exact_special_cases(models, model_name, method, world, options):
     result = run_workers(model, RunConfig(model=path, method=method, **options),
                          Request(doc, question, 6, method, True), world)
     assert relative_error(result, reference) <= TOLERANCE
-    assert result["tokens"] == reference["tokens"]
+    assert result.tokens == reference.tokens
 
 
 @pytest.mark.parametrize("compressor", ["query", "random", "retaining-heads"])
@@ -80,11 +80,11 @@ def test_compressors_run_and_report_sizes(models, tmp_path_factory, compressor):
         options["retaining_heads"] = heads
     doc, question = prompt(401)
     result = run_workers(model, RunConfig(model=path, method="apb", **options), Request(doc, question, 4, "apb", True), 3)
-    plan = result["plan"]
+    plan = result.plan
     assert plan["anchor_len"] == 33 and plan["passing_len"] == 16 and plan["block_sizes"] == [134, 134, 133]
     assert plan["passing_tokens"] == [16, 16, 0] and plan["compressor"] == compressor
-    assert result["stats"]["passing_bytes_per_layer"] == 2 * 2 * 16 * 4 * 32
-    assert len(result["tokens"]) == 4 and torch.isfinite(result["doc_hidden"]).all()
+    assert result.stats.passing_bytes_per_layer == 2 * 2 * 16 * 4 * 32
+    assert len(result.tokens) == 4 and torch.isfinite(result.doc_hidden).all()
 
 
 def test_query_compressor_without_anchor_uses_a_probe(models):
@@ -92,8 +92,8 @@ def test_query_compressor_without_anchor_uses_a_probe(models):
     doc, question = prompt(300)
     config = RunConfig(model=path, method="apb", anchor_len=0, passing_len=20)
     result = run_workers(model, config, Request(doc, question, 3, "apb", True), 3)
-    assert result["plan"]["passing_tokens"] == [20, 20, 0] and not result["plan"]["question_in_anchor"]
-    assert torch.isfinite(result["query_hidden"]).all()
+    assert result.plan["passing_tokens"] == [20, 20, 0] and not result.plan["question_in_anchor"]
+    assert torch.isfinite(result.query_hidden).all()
 
 
 def _spy_query_pass(monkeypatch):

@@ -10,7 +10,7 @@ import pytest
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from helpers import REPO, dense_result, run_cli
-from longctx.request import encode_prompt
+from longctx.models.family import encode_prompt
 
 
 def test_compare_json_reports_exact_agreement(tiny_model):
@@ -66,7 +66,7 @@ def test_torchrun_entry_matches_dense(tiny_model, tmp_path):
     assert proc.returncode == 0, proc.stderr[-2000:]
     payload = json.loads(proc.stdout.strip().splitlines()[-1])
     doc_ids, query_ids = encode_prompt(AutoTokenizer.from_pretrained(model_dir), doc.read_text(), "Next?")
-    assert payload["tokens"] == dense_result(model_dir, doc_ids, query_ids, max_new_tokens=5)["tokens"]
+    assert payload["tokens"] == dense_result(model_dir, doc_ids, query_ids, max_new_tokens=5).tokens
     assert payload["nproc"] == 2
 
 

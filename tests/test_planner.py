@@ -474,10 +474,10 @@ def test_exact_methods_on_uneven_plans_equal_dense(llama, method, world, options
     reference = dense_result(path, doc, question)
     result = run_workers(model, RunConfig(model=path, method=method, **options), Request(doc, question, 6, method, True),
                          world)
-    sizes = [host["tokens"] for host in result["plan"]["hosts"]]
+    sizes = [host["tokens"] for host in result.plan["hosts"]]
     assert len(set(sizes)) > 1 and sum(sizes) == 211, sizes  # the plan really is uneven
     assert relative_error(result, reference) <= 1e-4
-    assert result["tokens"] == reference["tokens"]
+    assert result.tokens == reference.tokens
 
 
 def test_apb_full_passing_on_a_balanced_plan_equals_dense(llama):
@@ -489,10 +489,10 @@ def test_apb_full_passing_on_a_balanced_plan_equals_dense(llama):
     config = RunConfig(model=path, method="apb", anchor_len=0, passing_ratio=1.0, balance="auto",
                        host_speeds=(0.5, 0.5, 4))
     result = run_workers(model, config, Request(doc, question, 6, "apb", True), 3)
-    plan = result["plan"]
+    plan = result.plan
     assert plan["balance"] == "auto" and plan["block_sizes"][2] > 101
     assert plan["passing_tokens"] == plan["block_sizes"][:2] + [0]
-    assert relative_error(result, reference) <= 1e-4 and result["tokens"] == reference["tokens"]
+    assert relative_error(result, reference) <= 1e-4 and result.tokens == reference.tokens
 
 
 def test_balanced_plans_on_a_real_worker_pool_equal_dense(tiny_model):
@@ -503,9 +503,9 @@ def test_balanced_plans_on_a_real_worker_pool_equal_dense(tiny_model):
     with LongContextLM(path, method="ring", nproc=2, balance="auto", host_speeds=(1, 0.25)) as lm:
         for method in ("ring", "ulysses", "plugins.uneven:UnevenAllGather"):
             result = lm.run_ids(doc, question, max_new_tokens=6, method=method, return_hidden=True)
-            sizes = [host["tokens"] for host in result["plan"]["hosts"]]
+            sizes = [host["tokens"] for host in result.plan["hosts"]]
             assert sizes[0] > sizes[1] and sum(sizes) == 233, (method, sizes)
             assert relative_error(result, reference) <= 1e-4, method
-            assert result["tokens"] == reference["tokens"], method
-            assert all(host["est_ms"] > 0 for host in result["plan"]["hosts"])
-    assert math.isfinite(result["plan"]["totals"]["critical_ms"])
+            assert result.tokens == reference.tokens, method
+            assert all(host["est_ms"] > 0 for host in result.plan["hosts"])
+    assert math.isfinite(result.plan["totals"]["critical_ms"])

@@ -37,7 +37,7 @@ from longctx.compare import random_prompt
 from longctx.engine import Request
 from longctx.errors import LongCtxError, WorkerError
 from longctx.models import load_tokenizer
-from longctx.request import encode_prompt
+from longctx.models.family import encode_prompt
 
 CLUSTER_CPUS = 4
 BIN = os.path.dirname(sys.executable)
@@ -243,8 +243,8 @@ def _compare_with_local(cluster, path, nproc, placement):
             lm.run_ids(doc, question, max_new_tokens=5)
     assert len(actors) == nproc
     for name in METHODS:
-        assert remote[name]["tokens"] == local[name]["tokens"], name
-        assert remote[name]["nproc"] == nproc
+        assert remote[name].tokens == local[name].tokens, name
+        assert remote[name].nproc == nproc
     for name in EXACT:
         for key in ("doc_hidden", "query_hidden"):
             assert torch.allclose(remote[name][key], local[name][key], rtol=0, atol=HIDDEN_TOLERANCE), (name, key)
@@ -381,5 +381,5 @@ def test_ray_job_submit_runs_longctx_generate(ray_cluster, tiny_model, tmp_path)
     payload = json.loads(lines[0])
     doc_ids, query_ids = encode_prompt(load_tokenizer(path), text, question)
     assert payload["nproc"] == 2 and payload["method"] == "burst"
-    assert payload["tokens"] == dense_result(path, doc_ids, query_ids, max_new_tokens=4)["tokens"]
+    assert payload["tokens"] == dense_result(path, doc_ids, query_ids, max_new_tokens=4).tokens
     _assert_nothing_left(ray_cluster)

@@ -13,14 +13,15 @@ import pytest
 import torch
 
 from helpers import ThreadComm, relative_error, run_cli, run_workers
-from longctx.comm import Comm
+from longctx.comm import ProcessGroupComm
 from longctx.config import RunConfig
 from longctx.engine import Engine, Request
 from longctx.errors import LongCtxError
+from longctx.families.qwen2_5_vl import (encode_video, frame_shares, load_video, patchify, processor_settings,
+                                         video_prompt)
 from longctx.models import load_model, load_tokenizer
-from longctx.models.qwen_vl import encode_video, frame_shares, video_prompt
 from longctx.models.tiny import make_tiny_model
-from longctx.video import load_video, patchify, processor_settings, read_frames, sample_indices
+from longctx.video import read_frames, sample_indices
 
 FRAMES = np.random.default_rng(0).integers(0, 256, (12, 50, 70, 3), dtype=np.uint8)
 TOLERANCE = 1e-4
@@ -107,7 +108,7 @@ def test_frame_parallel_encoder_equals_single_process(tiny_vl, world):
     video = load_video(FRAMES, path)  # 6 temporal patches
     pixels = torch.tensor(video.pixels)
     with torch.inference_mode():
-        reference = encode_video(model.model.visual, pixels, video.grid, Comm())
+        reference = encode_video(model.model.visual, pixels, video.grid, ProcessGroupComm())
         hub = {"world": world, "barrier": threading.Barrier(world, timeout=60), "slots": [None] * world}
         results = [None] * world
 
@@ -142,7 +143,7 @@ def video_request(tiny_vl):
 
 def dense_video(path, model, doc, question, video, max_new_tokens=6):
     """The single-process dense engine's result on a video request (the reference)."""
-    engine = Engine(model, Comm(), RunConfig(model=path, method="dense", nproc=1), torch.device("cpu"))
+    engine = Engine(model, ProcessGroupComm(), RunConfig(model=path, method="dense", nproc=1), torch.device("cpu"))
     return engine.run(Request(doc, question, max_new_tokens, "dense", True, (), video))
 
 
@@ -166,9 +167,9 @@ def test_dense_engine_equals_transformers_own_forward(video_request, tiny_vl):
         output = reference_model(**inputs, output_hidden_states=True)
         generated = reference_model.generate(**inputs, max_new_tokens=6, do_sample=False)
     hidden = output.hidden_states[-1][0]
-    ours = torch.cat([result["doc_hidden"], result["query_hidden"]])
+    ours = torch.cat([result.doc_hidden, result.query_hidden])
     assert float((ours - hidden).norm() / hidden.norm()) <= 1e-5
-    assert result["tokens"] == generated[0, ids.shape[1]:].tolist()
+    assert result.tokens == generated[0, ids.shape[1]:].tolist()
 
 
 @pytest.mark.parametrize("method,world,options", [
@@ -184,7 +185,7 @@ def test_exact_methods_on_video_equal_dense(video_request, method, world, option
     reference = dense_video(*video_request)
     result = run_video(video_request, method, world, **options)
     assert relative_error(result, reference) <= TOLERANCE
-    assert result["tokens"] == reference["tokens"]
+    assert result.tokens == reference.tokens
 
 
 @pytest.mark.parametrize("method,world", [("spava", 3), ("apb", 2)])
@@ -192,7 +193,7 @@ def test_approximate_defaults_on_video_run(video_request, method, world):
     """The approximate default sizes (spava: anchor n/64, passing n/128; apb: l_b/4, l_b/8, the
     question in the anchor at positions 0..l_a-1 of the M-RoPE table): tokens and a finite state."""
     result = run_video(video_request, method, world)
-    assert len(result["tokens"]) == 6 and torch.isfinite(result["query_hidden"]).all()
+    assert len(result.tokens) == 6 and torch.isfinite(result.query_hidden).all()
 
 
 @pytest.fixture(scope="module")
@@ -222,7 +223,7 @@ def test_cli_answers_a_video_with_spava_on_local_workers(tiny_vl, clip, nproc):
     doc, question = video_prompt(load_tokenizer(tiny_vl[0]), video.grid, "what moves?")
     reference = dense_video(tiny_vl[0], load_model(tiny_vl[0], torch.device("cpu"), torch.float32), doc, question,
                             video)
-    assert result["tokens"] == reference["tokens"]
+    assert result.tokens == reference.tokens
 
 
 

@@ -7,7 +7,9 @@ Backends:
   key/value head dims). Neither computes a score its mask hides.
 * "reference": the chunked torch reference (the test oracle).
 * "triton": the Triton kernel (CUDA, or the CPU under TRITON_INTERPRET=1).
-The CPU paths never import Triton.
+The CPU paths never import Triton. Logit soft-capping (`softcap`, Gemma 2) is applied by the
+reference kernel: "auto", "torch" and "reference" send such calls there; the Triton kernel
+does not apply it (`applies_softcap`).
 """
 
 from longctx.kernels.fused_cpu import fused_cpu_attention, serves
@@ -17,13 +19,23 @@ from longctx.kernels.reference import reference_attention
 BACKENDS = ("auto", "torch", "reference", "triton")
 
 
-def attention(q, k, v, *, causal, anchor_len=0, prefix_len=0, scale=None, backend="auto"):
-    """Attention with log-sum-exp; see `reference_attention` for shapes and mask rules.
+def applies_softcap(backend):
+    """Whether `backend` can apply logit soft-capping (every backend but "triton")."""
+    return backend != "triton"
+
+
+def attention(q, k, v, *, causal, anchor_len=0, prefix_len=0, scale=None, softcap=None, backend="auto"):
+    """Attention with log-sum-exp; see `reference_attention` for shapes, mask rules and `softcap`.
 
     Returns (out [B, Hq, Sq, D] in q.dtype, lse [B, Hq, Sq] float32). `backend` is one of
-    BACKENDS (see the module docstring); ValueError for any other.
+    BACKENDS (see the module docstring); ValueError for any other, and for `softcap` with a
+    backend that cannot apply it.
     """
     masks = dict(causal=causal, anchor_len=anchor_len, prefix_len=prefix_len, scale=scale)
+    if softcap is not None:
+        if not applies_softcap(backend):
+            raise ValueError(f"the {backend} attention backend does not apply logit soft-capping")
+        return reference_attention(q, k, v, softcap=softcap, **masks)
     if _uses_triton(q, backend):
         from longctx.kernels.triton_attention import triton_attention
 
@@ -33,7 +45,7 @@ def attention(q, k, v, *, causal, anchor_len=0, prefix_len=0, scale=None, backen
     return reference_attention(q, k, v, **masks)
 
 
-def attend_into(out, lse, q, k, v, *, causal, anchor_len=0, prefix_len=0, scale=None, backend="auto"):
+def attend_into(out, lse, q, k, v, *, causal, anchor_len=0, prefix_len=0, scale=None, softcap=None, backend="auto"):
     """Fold attention of q over k/v into a running float32 state, in place (BurstAttention's LAO).
 
     out [B, Hq, Sq, Dv] float32 and lse [B, Hq, Sq] float32 (any strides: row slices of a
@@ -44,12 +56,12 @@ def attend_into(out, lse, q, k, v, *, causal, anchor_len=0, prefix_len=0, scale=
     pass); the torch and reference backends compute (out, lse) and merge.
     """
     masks = dict(causal=causal, anchor_len=anchor_len, prefix_len=prefix_len, scale=scale)
-    if _uses_triton(q, backend):
+    if softcap is None and _uses_triton(q, backend):
         from longctx.kernels.triton_attention import triton_attend_into
 
         triton_attend_into(out, lse, q, k, v, **masks)
         return
-    part_out, part_lse = attention(q, k, v, backend=backend, **masks)
+    part_out, part_lse = attention(q, k, v, softcap=softcap, backend=backend, **masks)
     merged_out, merged_lse = merge(out, lse, part_out, part_lse)
     out.copy_(merged_out)
     lse.copy_(merged_lse)
@@ -71,4 +83,4 @@ def _triton_available():
     return True
 
 
-__all__ = ["attention", "attend_into", "merge", "merge_many", "reference_attention", "fused_cpu_attention", "BACKENDS"]
+__all__ = ["attention", "attend_into", "applies_softcap", "merge", "merge_many", "reference_attention", "fused_cpu_attention", "BACKENDS"]
