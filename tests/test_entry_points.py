@@ -70,6 +70,38 @@ def test_torchrun_entry_matches_dense(tiny_model, tmp_path):
     assert payload["nproc"] == 2
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize("flags,needle", [
+    (("--max-new-tokens", "40000"), "more than the model's 32768 positions"),
+    (("--method", "burst", "--anchor-len", "5"), "--anchor-len is not an option of method 'burst'"),
+    (("--method", "ulysses", "--layout", "zigzag"), "method 'ulysses' supports the contiguous layout"),
+    (("--video", "clip.mp4", "--doc", None), "a video needs a video-language model"),
+])
+def test_torchrun_entry_refuses_what_generate_refuses(tiny_model, tmp_path, flags, needle):
+    """The same request path: one line, the same message, from `generate` and from every rank
+    of the torchrun entry (which used to check only the lengths)."""
+    torchrun = shutil.which("torchrun", path=os.path.dirname(sys.executable))
+    doc = tmp_path / "doc.txt"
+    doc.write_text("Numbers: " + " ".join(str(i) for i in range(60)))
+    args = ["--model", tiny_model("llama"), "--doc", str(doc), "--question", "Next?"]
+    for flag, value in zip(flags[::2], flags[1::2]):
+        if value is None:
+            index = args.index(flag)
+            del args[index:index + 2]
+        else:
+            args += [flag, value]
+    generate = run_cli("generate", *args, "--nproc", "2")
+    lines = [line for line in generate.stderr.splitlines() if line.startswith("longctx: error: ")]
+    assert generate.returncode == 2 and len(lines) == 1 and needle in lines[0], generate.stderr
+    message = lines[0].removeprefix("longctx: error: ")
+    proc = subprocess.run([torchrun, "--standalone", "--nproc_per_node", "2", "-m", "launch.torchrun", *args],
+                          capture_output=True, text=True, timeout=300, env=dict(os.environ, PYTHONPATH=REPO), cwd=REPO)
+    assert proc.returncode != 0
+    ranks = [line for line in proc.stderr.splitlines() if line.startswith("longctx: error (rank ")]
+    assert sorted(line.split(")", 1)[0] for line in ranks) == ["longctx: error (rank 0", "longctx: error (rank 1"]
+    assert all(line.split("): ", 1)[1] == message for line in ranks), proc.stderr[-2000:]
+
+
 def test_plugin_method_declares_its_own_option_through_the_cli(tiny_model, tmp_path):
     """A plug-in (tests/plugins/uneven.py) adds `--uneven-seed` with no edit in longctx: `plan`
     uses it, and `generate` runs the seeded uneven plan and gives dense's tokens."""

@@ -448,6 +448,24 @@ def test_cli_calibrate_saves_coefficients_the_planner_uses(tmp_path, capsys):
     assert report["estimate"]["costs"].startswith("calibrated on")
 
 
+def test_a_plug_in_method_calibrates_and_prices_a_coefficient_of_its_own(tmp_path, capsys):
+    """`plan --calibrate --method <plug-in>` measures the plug-in's own coefficient beside the
+    core's, the file keeps it, and its planner's estimates price its work with it."""
+    method, costs = "plugins.calibrated:CountingRing", tmp_path / "costs.json"
+    assert cli_main(["plan", "--calibrate", "--method", method, "--device", "cpu", "--layers", "2", "--hidden", "64",
+                     "--heads", "4", "--kv-heads", "2", "--head-dim", "16", "--intermediate", "128",
+                     "--calibrate-sizes", "32", "64", "--costs", str(costs), "--json"]) == 0
+    rate = json.loads(capsys.readouterr().out)["costs"]["copy_ns_per_row"]
+    assert rate > 0 and json.loads(costs.read_text())["cpu"]["copy_ns_per_row"] == rate
+    assert cli_main(["plan", "--method", method, "--device", "cpu", "--costs", str(costs), "--length", "1000",
+                     "--nproc", "2", "--balance", "equal", "--layers", "2", "--json"]) == 0
+    hosts = json.loads(capsys.readouterr().out)["plans"]["equal"]["hosts"]
+    assert [host["est_parts"]["method_ms"] for host in hosts] == [round(500 * rate * 2 * 1e-6, 4)] * 2
+    assert cli_main(["plan", "--method", "ring", "--device", "cpu", "--costs", str(costs), "--length", "1000",
+                     "--nproc", "2", "--json"]) == 0  # a method without work of its own shows none
+    assert "method_ms" not in json.loads(capsys.readouterr().out)["plans"]["equal"]["hosts"][0]["est_parts"]
+
+
 # ---------------------------------------------------------------------------------------------
 # The engine runs uneven plans; exact methods still equal dense
 

@@ -223,7 +223,7 @@ def test_cli_answers_a_video_with_spava_on_local_workers(tiny_vl, clip, nproc):
     doc, question = video_prompt(load_tokenizer(tiny_vl[0]), video.grid, "what moves?")
     reference = dense_video(tiny_vl[0], load_model(tiny_vl[0], torch.device("cpu"), torch.float32), doc, question,
                             video)
-    assert result.tokens == reference.tokens
+    assert result["tokens"] == reference.tokens
 
 
 
@@ -236,7 +236,7 @@ def test_cli_answers_a_video_with_spava_on_local_workers(tiny_vl, clip, nproc):
     ("workers", "8 temporal patches (frame pairs) after sampling, fewer than the 9 workers"),
     ("text_model", "a video needs a video-language model (qwen2_5_vl)"),
     ("no_video", "this is a video-language model (Qwen2.5-VL): give a video"),
-    ("unsupported", "a multimodal family longctx does not support; the supported video-language family is qwen2_5_vl"),
+    ("unsupported", "a multimodal family longctx does not support; the supported multimodal families are qwen2_5_vl"),
 ])
 def test_bad_video_input_is_one_error_line(tiny_vl, tiny_model, clip, tmp_path, capsys, case, needle):
     """Refused on the driver before any worker starts (so none can be left): the CLI's `main`

@@ -11,6 +11,7 @@ import torch
 from transformers import AttentionInterface
 from transformers.masking_utils import AttentionMaskInterface
 
+from longctx.errors import LongCtxError
 from longctx.features import AttentionCall
 
 ATTN_NAME = "longctx"
@@ -59,9 +60,17 @@ class FeatureProbe:
 def probe_attention(decoder):
     """{layer index: AttentionCall} of every layer of `decoder` (the model's decoder stack,
     loaded with ATTN_NAME), from a forward of two tokens; LongCtxError naming the first feature
-    longctx does not implement. Who calls it: `longctx.models.loading.load_model`."""
+    longctx does not implement, or (one line) why the forward fails without the dense mask
+    longctx never builds. Who calls it: `longctx.models.loading.load_model`."""
     probe = FeatureProbe()
     device = next(decoder.parameters()).device
-    with torch.inference_mode():
-        decoder(input_ids=torch.zeros(1, 2, dtype=torch.long, device=device), use_cache=False, longctx=probe)
+    try:
+        with torch.inference_mode():
+            decoder(input_ids=torch.zeros(1, 2, dtype=torch.long, device=device), use_cache=False, longctx=probe)
+    except LongCtxError:
+        raise
+    except Exception as exc:  # the model's own code: whatever it raises, one line
+        lines = str(exc).strip().splitlines()
+        raise LongCtxError(f"the model's forward fails with longctx's attention ({type(exc).__name__}: "
+                           f"{lines[0] if lines else ''}); this model cannot run with longctx") from None
     return probe.calls
