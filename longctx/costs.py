@@ -84,7 +84,8 @@ class CostCoefficients:
         coefficients beside the others."""
         values = asdict(self)
         values.pop("device")
-        return {**values, **values.pop("method")}
+        own = values.pop("method")
+        return {**values, **own}
 
 
 def _read_costs_file(path):

@@ -17,6 +17,7 @@ from helpers import dense_result, relative_error, run_workers
 from longctx.compare import random_prompt
 from longctx.config import RunConfig
 from longctx.engine import Engine, Request
+from longctx.features import Kernels
 from longctx.kernels import attention
 from longctx.models import load_model
 
@@ -106,11 +107,11 @@ def _spy_query_pass(monkeypatch):
         first = key not in records
         cache_k, cache_v = ctx.cache.get(layer)
         snapshot = (cache_k.clone(), cache_v.clone()) if first else None
-        out = original(self, ctx, layer, q, k, v, scale)
+        out, lse = original(self, ctx, layer, q, k, v, scale)
         if first:
             with lock:
                 records[key] = (q.clone(), k.clone(), v.clone(), *snapshot, out.clone(), scale)
-        return out
+        return out, lse
 
     monkeypatch.setattr(APBAttention, "decode_attention", spy)
     return records
@@ -121,7 +122,8 @@ def test_query_pass_equals_one_process_over_the_gathered_caches(models, monkeypa
     """Hosts without the question's keys must attend non-causally; the causal mistake is caught."""
     path, model = models["llama"]
     if mistake:  # the public-code bug: every host attends to its cache with the causal mask
-        monkeypatch.setattr("longctx.method.attention", lambda *args, causal, **kw: attention(*args, causal=True, **kw))
+        exact = Kernels.attention
+        monkeypatch.setattr(Kernels, "attention", lambda self, *args, causal, **kw: exact(self, *args, causal=True, **kw))
     records = _spy_query_pass(monkeypatch)
     doc, question = prompt(300, query_len=6)
     world = 3

@@ -247,7 +247,7 @@ def _compare_with_local(cluster, path, nproc, placement):
         assert remote[name].nproc == nproc
     for name in EXACT:
         for key in ("doc_hidden", "query_hidden"):
-            assert torch.allclose(remote[name][key], local[name][key], rtol=0, atol=HIDDEN_TOLERANCE), (name, key)
+            assert torch.allclose(getattr(remote[name], key), getattr(local[name], key), rtol=0, atol=HIDDEN_TOLERANCE), (name, key)
     _assert_nothing_left(cluster)  # leaving the `with` block freed the actors and the placement group
 
 
