@@ -46,7 +46,7 @@ class Method(ABC):
         """The method's planning half for `config`, with its options (no runtime object needed)."""
         return cls.Planner(cls.name, config, config.options_for(cls))
 
-    # The planner's steps, for callers holding the method (kept for the driver's request checks).
+    # The planner's steps, for callers holding the method (benchmarks, tests); the request path uses the planner.
     def check(self, model_config, world):
         """`Planner.check`."""
         self.planner.check(model_config, world)

@@ -16,7 +16,7 @@ from apb.train_heads import train_heads
 from helpers import dense_result, relative_error, run_workers
 from longctx.compare import random_prompt
 from longctx.config import RunConfig
-from longctx.engine import Engine, Request
+from longctx.engine import Request
 from longctx.features import Kernels
 from longctx.kernels import attention
 from longctx.models import load_model
