@@ -16,21 +16,27 @@ class PassingStats(RequestStats):
     passing_bytes_per_layer: int = 0
 
 
-def compressed_block(compressor, state, layer, host, q, k, v):
-    """This host's compressed (post-RoPE) block: (keys, values) [B, Hkv, host.sends, D].
+def passed_rows(compressor, state, layer, host, q, k, v):
+    """Local rows (after the host's lead rows) this host passes: int64 [B, Hkv, host.sends],
+    ascending per KV head.
 
-    Rows are local rows (after the host's lead rows). When the host passes all of its
-    candidates (or none) no scoring happens; otherwise `compressor` scores the keys and
-    `select` keeps the top `host.sends` per KV head, in position order. `state` is the
-    compressor's per-request state (`CompressorState`).
+    When the host passes all of its candidates (or none) no scoring happens: the rows are
+    protected..protected + sends for every head. Otherwise `compressor` scores the keys and
+    `select` keeps the top `host.sends` per KV head. `state` is the compressor's per-request
+    state (`CompressorState`). Who calls it: `compressed_block` (tests spy on it to rebuild a
+    host's attention independently).
     """
-    local_k, local_v = k[:, :, host.lead_len :], v[:, :, host.lead_len :]
     if not host.selects:
-        rows = slice(host.protected, host.protected + host.sends)
-        return local_k[:, :, rows], local_v[:, :, rows]
-    index = select(compressor.scores(state, layer, host, q, k, v), host.sends, host.protected, compressor.pool)
-    index = index[..., None].expand(-1, -1, -1, local_k.shape[-1])
-    return local_k.gather(2, index), local_v.gather(2, index)
+        rows = torch.arange(host.protected, host.protected + host.sends, device=k.device)
+        return rows.expand(k.shape[0], k.shape[1], host.sends)
+    return select(compressor.scores(state, layer, host, q, k, v), host.sends, host.protected, compressor.pool)
+
+
+def compressed_block(compressor, state, layer, host, q, k, v):
+    """This host's compressed (post-RoPE) block: (keys, values) [B, Hkv, host.sends, D], the
+    local rows of `passed_rows` in position order."""
+    index = passed_rows(compressor, state, layer, host, q, k, v)[..., None].expand(-1, -1, -1, k.shape[-1])
+    return k[:, :, host.lead_len :].gather(2, index), v[:, :, host.lead_len :].gather(2, index)
 
 
 def all_gather_blocks(ctx, keys, values):

@@ -102,6 +102,7 @@ def _serve(rank, world, port, config, conn):
     """
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the driver's to handle
     _exit_with_driver()
+    os.environ.update(config.worker_env)
     try:
         _use_loopback()
         comm, device = init_worker(config, rank, world, store=_join_store(port, config.timeout_s))
@@ -181,6 +182,17 @@ def _spawning():
                 signal.signal(signal.SIGINT, previous)
 
 
+def _messages(request, stream, world):
+    """The pickled ("run", request, stream) message of each rank: one for all, unless the request
+    gives each worker its own share of its media (`Request.for_rank`)."""
+    def pickled(rank):
+        return pickle.dumps(("run", request.for_rank(rank), stream), protocol=pickle.HIGHEST_PROTOCOL)
+
+    if request.media_shares is None:
+        return [pickled(0)] * world
+    return [pickled(rank) for rank in range(world)]
+
+
 class LocalLauncher:
     """`config.nproc` worker processes on this machine (a `longctx.launcher.Launcher`); `run(request)`
     returns rank 0's result."""
@@ -215,22 +227,22 @@ class LocalLauncher:
         run_to_end(self._collect("ready"))
 
     def run(self, request):
-        """Send `request` to every worker and return rank 0's result dict."""
+        """Send `request` to every worker and return rank 0's EngineResult."""
         return run_to_end(self._send(request, stream=False))[0]
 
     def stream(self, request):
         """Send `request` to every worker; a generator yielding each generated token id (from
-        rank 0) as soon as it is decided, whose return value is rank 0's result dict. A reader
+        rank 0) as soon as it is decided, whose return value is rank 0's EngineResult. A reader
         that stops early leaves the request to finish without it; the pool stays usable."""
         return rank0(self._send(request, stream=True))
 
     def _send(self, request, stream):
         if not self._procs:
             raise LongCtxError("the workers have been shut down")
-        message = pickle.dumps(("run", request, stream), protocol=pickle.HIGHEST_PROTOCOL)  # once, not per worker
+        messages = _messages(request, stream, self.world)
         for rank, conn in enumerate(self._conns):
             try:
-                conn.send_bytes(message)
+                conn.send_bytes(messages[rank])
             except OSError:  # this worker is gone
                 ended = describe_exit(self._procs[rank])
                 self.abort()
@@ -272,9 +284,12 @@ class LocalLauncher:
     def _root_cause(self, rank, kind, payload, waiting):
         """(rank, kind, payload) to report for a request in which worker `rank` failed: when its
         failure is only a collective that broke ("collective-error"), the worker that broke it
-        (one of `waiting` that reports another error or dies within ROOT_CAUSE_S) is named instead.
+        (one of `waiting` that reports another error or dies within ROOT_CAUSE_S) is named
+        instead; failing that, a worker still running that sent no report at all ("silent": it
+        hung, and its peers' collectives timed out waiting for it).
         """
         others = sorted(waiting - {rank})
+        silent = set(others)
         deadline = time.monotonic() + ROOT_CAUSE_S
         while kind == "collective-error" and others and time.monotonic() < deadline:
             for other in others:
@@ -286,18 +301,26 @@ class LocalLauncher:
                         return other, "died", describe_exit(proc)
                     if other_kind in ("error", "user-error"):
                         return other, other_kind, other_payload
+                    silent.discard(other)
                 elif not proc.is_alive() and not conn.poll():
                     return other, "died", describe_exit(proc)
+        if kind == "collective-error" and silent:
+            return min(silent), "silent", f"worker {rank}: {payload}"
         return rank, kind, payload
 
     def _fail(self, rank, kind, payload):
         """Stop every worker and raise the error for worker `rank`'s failure (`kind`: "user-error"
-        for the user's input, "died" for a process that ended, else a failure report)."""
+        for the user's input, "died" for a process that ended, "silent" for one that stopped
+        answering (`payload`: the collective that timed out waiting for it), else a failure
+        report)."""
         self.abort()
         if kind == "user-error":
             raise LongCtxError(payload)
         if kind == "died":
             raise WorkerError(f"worker {rank} {payload}; all workers were stopped")
+        if kind == "silent":
+            raise WorkerError(f"worker {rank} stopped answering (hung?): no report from it while a collective "
+                              f"timed out waiting ({payload}); all workers were stopped")
         raise WorkerError(f"worker {rank} failed: {payload}; all workers were stopped")
 
     def abort(self):

@@ -5,18 +5,24 @@
 The world size is torchrun's (`--nproc_per_node` times its nodes): this entry has no --nproc,
 and none of its options is one torchrun's parser would take for its own; the others are
 `longctx generate`'s, and a request is checked as `generate` checks it (`longctx.request`).
-Rank 0 prints the answer (or one JSON object with --json). A failing rank makes torchrun stop
-the others, and collective timeouts bound every wait.
+Rank 0 prints the answer (or one JSON object with --json). A failing rank makes torchrun stop the others, and
+collective timeouts bound every wait. An error is one line naming the rank, its machine and
+address, and the cause (bad input: exit status 2; anything else, a collective that timed out
+included: 1); an error every rank of a machine shares (bad input, a collective broken by a peer
+that died) is printed once per machine, by its local rank 0.
 """
 
 import argparse
 import json
 import os
+import socket
 import sys
 
+from launch.interfaces import interface_address, source_address
+from launch.local import describe_exception
 from launch.spmd import SPMDLongContextLM
 from longctx.config import DefaultsHelpFormatter, add_request_arguments, add_run_arguments, config_from_args
-from longctx.errors import LongCtxError
+from longctx.errors import CollectiveError, LongCtxError
 from longctx.request import prompt_from_args
 
 
@@ -43,9 +49,16 @@ def main(argv=None):
                                  num_frames=prompt.num_frames, fps=prompt.fps)
         finally:
             lm.close()
-    except (LongCtxError, OSError) as exc:
-        print(f"longctx: error (rank {rank}): {exc}", file=sys.stderr)
+    except (LongCtxError, OSError) as exc:  # bad input: every rank has the same error
+        if int(os.environ.get("LOCAL_RANK", 0)) == 0:
+            print(f"longctx: error ({where(rank)}): {exc}", file=sys.stderr)
         return 2
+    except Exception as exc:  # this rank failed (or a collective with a failed peer): one line, no traceback
+        if not isinstance(exc, CollectiveError) or int(os.environ.get("LOCAL_RANK", 0)) == 0:
+            message = str(exc) if isinstance(exc, CollectiveError) else describe_exception(exc)
+            print(f"longctx: error ({where(rank)}): {message}", file=sys.stderr, flush=True)
+        sys.stdout.flush()
+        os._exit(1)  # at once: after a failed collective an ordinary exit can die in the process group's C++
     if rank == 0:
         if args.json:
             payload = result.to_dict()
@@ -56,6 +69,19 @@ def main(argv=None):
             print(f"method {result.method} on {result.nproc} workers: prefill {result.prefill_s:.3f} s, "
                   f"decode {result.decode_s:.3f} s")
     return 0
+
+
+def where(rank, environ=None):
+    """'rank R on HOST, ADDRESS': this rank, its machine's name and the address its process
+    group uses (the interface in GLOO_SOCKET_IFNAME, else the route to MASTER_ADDR)."""
+    environ = os.environ if environ is None else environ
+    address = interface_address(environ.get("GLOO_SOCKET_IFNAME", ""))
+    if address is None:
+        try:
+            address = source_address(environ.get("MASTER_ADDR", "127.0.0.1"))
+        except OSError:
+            address = "address unknown"
+    return f"rank {rank} on {socket.gethostname()}, {address}"
 
 
 if __name__ == "__main__":

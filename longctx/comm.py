@@ -2,13 +2,22 @@
 
 Every method talks to the other workers only through a `Comm`: ring exchange, all-gather,
 all-to-all, object broadcast, barrier. Three implementations satisfy it:
-`ProcessGroupComm` (here: one torch.distributed process group, never a global, with a timeout
-applied to every blocking wait), `longctx.simulate.SimulatedComm` (one host of a job timed
-alone) and the tests' in-process `ThreadComm`. `tests/test_interfaces.py` checks each.
-
-With `world == 1` and no group every `ProcessGroupComm` operation is a local no-op, so
+`ProcessGroupComm` (here: one torch.distributed process group, never a global, with the
+worker's rank, the world size and the timeout), `longctx.simulate.SimulatedComm` (one host of
+a job timed alone) and the tests' in-process `ThreadComm`. `tests/test_interfaces.py` checks
+each. With `world == 1` and no group every `ProcessGroupComm` operation is a local no-op, so
 single-process runs (the dense reference) need no torch.distributed at all. Works with gloo
 (CPU tensors) and nccl (CUDA tensors).
+
+How a wait is bounded depends on the backend (`bounded_waits`). On gloo a wait blocks the
+CPU, so each one carries the timeout (`work.wait(timeout)`) and a failure is one
+CollectiveError. On NCCL `work.wait()` only makes the current CUDA stream wait for the
+collective and returns at once, so the CPU keeps queueing kernels ahead of the GPU (the
+run-ahead the asynchronous all-gathers of Spava and the ring's double buffer rely on); a
+timed wait would poll on the CPU instead. There the process group's timeout bounds every
+collective: NCCL's watchdog aborts a collective that overruns it and, with
+TORCH_NCCL_ASYNC_ERROR_HANDLING (which `launch.worker.init_worker` turns on unless the user set
+it), tears the process down, which the launchers report as the worker's death.
 """
 
 import re
@@ -32,9 +41,9 @@ class Transfer(Protocol):
 
 @runtime_checkable
 class Comm(Protocol):
-    """One worker's collectives: rank `rank` of `world`, every blocking wait bounded by
-    `timeout_s` (a CollectiveError when it runs out). Ranks are the group's; every rank calls
-    every collective in the same order with matching shapes."""
+    """One worker's collectives: rank `rank` of `world`, every wait bounded by `timeout_s` (how:
+    `ProcessGroupComm`). Ranks are the group's; every rank calls every collective in the same
+    order with matching shapes."""
 
     rank: int
     world: int
@@ -81,12 +90,15 @@ class Ready:
 @dataclass
 class ProcessGroupComm:
     """The Comm of one torch.distributed process group: `group` (None: the default group, or
-    none when world == 1), `rank`, `world`, `timeout_s`."""
+    none when world == 1), `rank`, `world`, `timeout_s`, and `bounded_waits` (True: every wait carries the timeout, for gloo; False: a
+    wait orders the device stream and the process group's timeout bounds it, for NCCL; see the
+    module docstring and `bounded_waits_for`)."""
 
     rank: int = 0
     world: int = 1
     group: object = None
     timeout_s: float = 300.0
+    bounded_waits: bool = True
 
     def __post_init__(self):
         if self.world > 1 and self.group is None and not dist.is_initialized():
@@ -98,7 +110,11 @@ class ProcessGroupComm:
         return timedelta(seconds=self.timeout_s)
 
     def _wait(self, work):
-        """Wait for `work` at most the timeout; CollectiveError (one line) when it fails."""
+        """Wait for `work`: at most the timeout when `bounded_waits` (CollectiveError, one line,
+        when it fails), else by ordering the current device stream after it (NCCL)."""
+        if not self.bounded_waits:
+            work.wait()
+            return
         try:
             work.wait(self.timeout)
         except RuntimeError as exc:
@@ -182,6 +198,12 @@ class ProcessGroupComm:
         """Block until every rank arrives (bounded by the timeout)."""
         if self.world > 1:
             self._wait(dist.barrier(group=self.group, async_op=True))
+
+
+def bounded_waits_for(backend):
+    """Whether a Comm over a process group of `backend` ("gloo", "nccl", ...) bounds each wait
+    itself: every backend but NCCL, whose waits are stream-ordered and watched by its watchdog."""
+    return str(backend).lower() != "nccl"
 
 
 @dataclass

@@ -6,6 +6,7 @@ keeps their values resolved to those declarations (`RunConfig.options`).
 """
 
 import argparse
+import re
 import sys
 from dataclasses import dataclass, field, fields
 
@@ -19,6 +20,7 @@ DTYPES = ("auto", "float32", "bfloat16", "float16")
 DEVICES = ("auto", "cpu", "cuda")
 DIST_BACKENDS = ("auto", "gloo", "nccl")
 BALANCES = ("equal", "auto")
+ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 # Default block sizing for contiguous layouts: None = the method's (its planner's `default_balance`):
 # ring "equal" (the textbook ring), the others "auto". Measured for APB (benchmarks/results/
 # cpu_methods.json, simulated hosts): balanced vs equal blocks 1.04x at 16K on 4 hosts, 1.53x at 32K
@@ -55,7 +57,9 @@ class RunConfig:
     `host_speeds` gives relative host speeds (host time = cost / speed; None = all equal);
     `costs` is a cost coefficient file (None: the calibrated ~/.cache/longctx/costs.json, else
     shipped defaults). `launcher` names how workers come to exist (`longctx.registry.LAUNCHERS`,
-    or a plug-in path); `family` the model-family adapter (`longctx.models.family`; None: the
+    or a plug-in path); `worker_env` holds (NAME, VALUE) pairs set in every worker's
+    environment (a dict is accepted): the only driver-side variables a Ray worker gets besides
+    the job's runtime_env; `family` the model-family adapter (`longctx.models.family`; None: the
     one the model's config asks for).
 
     `options` holds the methods' and the launcher's own options, resolved to their
@@ -79,6 +83,7 @@ class RunConfig:
     host_speeds: tuple = None
     costs: str = None
     launcher: str = "local"
+    worker_env: tuple = ()
     family: str = None
     options: dict = field(default_factory=dict)
 
@@ -127,6 +132,10 @@ class RunConfig:
                 raise LongCtxError(f"--{name.replace('_', '-')} must be one of {', '.join(allowed)}")
         if self.timeout_s <= 0:
             raise LongCtxError(f"--timeout must be positive (got {self.timeout_s})")
+        self.worker_env = tuple(sorted(dict(self.worker_env or ()).items()))
+        for name, value in self.worker_env:
+            if not ENV_NAME.fullmatch(str(name)) or not isinstance(value, str):
+                raise LongCtxError(f"--worker-env: {name}={value!r} is not NAME=VALUE (a variable name and a string)")
         if self.balance is not None and self.balance not in BALANCES:
             raise LongCtxError(f"--balance must be one of {', '.join(BALANCES)} (got {self.balance!r})")
         if self.host_speeds is not None:
@@ -237,15 +246,27 @@ def spec_name(spec):
 
 
 def add_launcher_arguments(parser, argv=None):
-    """Add --launcher and every launcher's own options (registered launchers, and a plug-in
-    named by --launcher in `argv`) to `parser`."""
+    """Add --launcher, --worker-env and every launcher's own options (registered launchers, and
+    a plug-in named by --launcher in `argv`) to `parser`."""
     group = parser.add_argument_group("launcher")
     group.add_argument("--launcher", default="local", metavar="NAME",
                        help=f"how workers come to exist: {', '.join(launcher_names())} (local: worker processes on "
                             "this machine; ray: one actor per GPU, or per --ray-cpus-per-worker CPUs, on a Ray "
                             "cluster, pip install 'longctx[ray]'), or a plug-in as package.module:ClassName")
+    group.add_argument("--worker-env", type=parse_env_pair, action="append", default=[], metavar="NAME=VALUE",
+                       help="set NAME=VALUE in every worker's environment (repeatable); with --launcher ray the "
+                            "workers get no other variable of the driver's (their nodes set their own NCCL_*, "
+                            "GLOO_*), besides the job's runtime_env")
     add_option_arguments(parser, _owners(launcher_owner, LAUNCHERS, named(argv, ("--launcher",))))
     return parser
+
+
+def parse_env_pair(text):
+    """argparse type of --worker-env: 'NAME=VALUE' -> ('NAME', 'VALUE')."""
+    name, sep, value = text.partition("=")
+    if not sep or not ENV_NAME.fullmatch(name):
+        raise argparse.ArgumentTypeError(f"expected NAME=VALUE, got {text!r}")
+    return name, value
 
 
 def add_request_arguments(parser):

@@ -11,7 +11,7 @@ document shard) is what the query pass continues from.
 """
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from enum import Enum
 
 import torch
@@ -78,8 +78,11 @@ class Request:
     """One generation request: token ids of the document and the question (>= 1 token).
 
     `method` overrides the config's; `stop_ids` end generation; `media` is the model family's
-    extra input (a video's patches, `ModelFamily.encode`), None for text; `plan` the driver's
-    plan (`longctx.request.Session`: the workers run it as it is), None to plan on the workers.
+    extra input (a video's frames, `ModelFamily.encode`), None for text; `media_shares` ([start,
+    stop) of it per rank, `ModelFamily.split_media`, or None: every worker gets all of it) is set
+    by the driver when each worker encodes only its share, and a launcher sends rank r
+    `for_rank(r)`, which holds only that; `plan` the driver's plan (`longctx.request.Session`:
+    the workers run it as it is), None to plan on the workers.
     """
 
     doc_ids: list
@@ -90,6 +93,14 @@ class Request:
     stop_ids: tuple = ()
     media: object = None
     plan: object = None
+    media_shares: tuple = None
+
+    def for_rank(self, rank):
+        """This request as worker `rank` needs it: with `media_shares`, only its share of the
+        media (`media.share(start, stop)`)."""
+        if self.media is None or self.media_shares is None:
+            return self
+        return replace(self, media=self.media.share(*self.media_shares[rank]), media_shares=None)
 
 
 @dataclass

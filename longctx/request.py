@@ -13,7 +13,8 @@ a question) or `Session.prepare_ids` (token ids):
   model's positions, the plan (the method's options and sizes), the memory of the workers on
   this machine, and the split of the family's extra inputs over the workers.
 
-The Request carries the token ids and the plan: workers neither tokenise nor plan again.
+The Request carries the token ids and the plan: workers neither tokenise nor plan again; with
+extra inputs split over the workers each receives only its share (`Request.for_rank`).
 """
 
 import os
@@ -212,10 +213,9 @@ class Session:
         if self.local_workers:
             check_memory(runner.planner, plan, self.model_config.vocab_size, max_new_tokens,
                          resolve_device_type(self.config.device), local_workers=self.local_workers)
-        if media is not None:
-            self.family.check_media(media, self.config.nproc, runner.encoder_split())
+        shares = None if media is None else self.family.split_media(media, self.config.nproc, runner.encoder_split())
         return Request(list(doc_ids), list(query_ids), max_new_tokens, method, return_hidden, self.stop_ids, media,
-                       plan)
+                       plan, shares)
 
 
 def _accepts(planner, model_config, world):

@@ -16,9 +16,18 @@ time with the whole machine, through the unmodified engine and method:
 2. Forward hooks time every decoder layer (the device synchronised at each boundary), minus
    the time spent inside the simulated collectives, which is not compute.
 
-What is modelled (`critical_path`): a transfer takes `latency + bytes / bandwidth` on a link
-of `Link.gb_per_s`; a blocking collective adds its time to the host's layer, a posted one
-only what its window does not cover (all of it when `Link.overlap` is False). Hosts meet at
+What is modelled (`critical_path`): a transfer of `messages` messages takes
+`messages * latency + bytes / bandwidth` on a link of `Link.gb_per_s` per host, where the bytes
+are what the host receives when the link is full duplex (it sends at the same time, at the
+full rate: NCCL, RDMA), and what it sends plus what it receives when not (`Link.duplex`
+False: gloo's TCP pairs, measured at about half the link rate each way on a symmetric
+exchange), and never faster than the host itself moves data in that kind of collective
+(`Link.host_gb_per_s`, sent plus received, one rate or one per `Transfer.kind`; None: no
+limit; gloo's all-gather on a CPU moves data several times slower than its point-to-point
+sends). A blocking collective adds its time to the host's layer, a posted
+one only what its window does not cover (all of it when `Link.overlap` is False). The form was
+checked against a real link shaped with `tc tbf` between two network namespaces
+(`benchmarks/comm_model.py`, results in benchmarks/results/comm_model.json). Hosts meet at
 every layer in which any host communicates (the layer ends when the slowest host's compute
 and exposed communication end); in layers without communication each host runs on its own.
 The critical path of a forward is its slowest host at the end; a request's is the sum of
@@ -36,12 +45,16 @@ from longctx.engine import Engine, Request
 
 @dataclass
 class Transfer:
-    """Bytes a host receives in one collective; `window_s` None = blocking, else the compute
-    time between posting and waiting (the part of the transfer that can overlap)."""
+    """Bytes a host receives in one collective (`nbytes`) and sends (`sent`, None: as many);
+    `window_s` None = blocking, else the compute time between posting and waiting (the part
+    of the transfer that can overlap); `kind` the collective ("exchange", "all_gather",
+    "all_to_all"; None: unknown)."""
 
     nbytes: int
     messages: int
     window_s: float = None
+    sent: int = None
+    kind: str = None
 
 
 @dataclass
@@ -81,15 +94,27 @@ class HostTrace:
 @dataclass(frozen=True)
 class Link:
     """The modelled network: bandwidth per host in GB/s, latency per message in microseconds,
-    and whether posted transfers overlap compute."""
+    whether posted transfers overlap compute, whether a host sends and receives at the full
+    rate at once (`duplex`), and the rate in GB/s at which a host itself moves data, sent plus
+    received (`host_gb_per_s`: one rate, or a dict of rates by `Transfer.kind`; None, or a
+    kind the dict does not name: no limit)."""
 
     gb_per_s: float
     latency_us: float = 20.0
     overlap: bool = True
+    duplex: bool = True
+    host_gb_per_s: float = None
 
     def seconds(self, transfer):
         """Time of one transfer on this link."""
-        return transfer.messages * self.latency_us * 1e-6 + transfer.nbytes / (self.gb_per_s * 1e9)
+        received = transfer.nbytes
+        sent = received if transfer.sent is None else transfer.sent
+        wire = (max(sent, received) if self.duplex else sent + received) / (self.gb_per_s * 1e9)
+        rate = self.host_gb_per_s
+        if isinstance(rate, dict):
+            rate = rate.get(transfer.kind)
+        host = (sent + received) / (rate * 1e9) if rate else 0.0
+        return transfer.messages * self.latency_us * 1e-6 + max(wire, host)
 
     def exposed(self, transfer):
         """The part of a transfer's time compute does not hide."""
@@ -115,13 +140,14 @@ class _Recorder:
             torch.cuda.synchronize(self.device)
         return time.perf_counter() - self.comm_s
 
-    def receive(self, nbytes, messages, window_s=None):
+    def receive(self, nbytes, messages, window_s=None, sent=None, kind=None):
         """Record a transfer into the current layer (or the forward's first layer if outside one)."""
         forward = self.trace.forwards[-1]
         index = self.layer if self.layer is not None else 0
         while len(forward.layers) <= index:
             forward.layers.append(LayerTrace())
-        forward.layers[index].transfers.append(Transfer(int(nbytes), messages, window_s))
+        forward.layers[index].transfers.append(Transfer(int(nbytes), messages, window_s,
+                                                        None if sent is None else int(sent), kind))
 
     def forward_begins(self, module, args, kwargs):
         self.trace.forwards.append(ForwardTrace())
@@ -151,17 +177,47 @@ class _Recorder:
 class _Posted:
     """A simulated posted transfer: `wait()` records the overlap window and returns the result."""
 
-    def __init__(self, recorder, result, nbytes, messages):
-        self.recorder, self.result = recorder, result
-        self.nbytes, self.messages = nbytes, messages
+    def __init__(self, recorder, kind, result, nbytes, sent, messages):
+        self.recorder, self.kind, self.result = recorder, kind, result
+        self.nbytes, self.sent, self.messages = nbytes, sent, messages
         self.posted_at = None  # set once the simulated collective's own time is accounted
 
     def wait(self):
         window = self.recorder.now() - self.posted_at
         if self.nbytes:
-            self.recorder.receive(self.nbytes, self.messages, window)
+            self.recorder.receive(self.nbytes, self.messages, window, self.sent, self.kind)
             self.nbytes = 0
         return self.result
+
+
+def exchange_traffic(send_numel, recv_shape, element_size, send_to, recv_from, rank):
+    """(bytes received, bytes sent, messages) of rank `rank` in a ring exchange: a block of
+    `send_numel` elements to `send_to`, one of `recv_shape` from `recv_from` (nothing to or from
+    itself). Shared by SimulatedComm and the measured check of the model
+    (benchmarks/comm_probe.py), so both count the same bytes."""
+    received = 0 if recv_from == rank else math.prod(recv_shape) * element_size
+    sent = 0 if send_to == rank else send_numel * element_size
+    return received, sent, int(bool(received))
+
+
+def gather_traffic(shape, element_size, sizes, dim, world):
+    """(bytes received, bytes sent, messages) of one rank in an all-gather of `shape` tensors
+    along `dim` (`sizes`: each rank's length there, None: all equal): the real collective pads
+    every part to the longest, so that is what travels, from each of the `world - 1` others;
+    in a ring a rank also forwards `world - 1` parts."""
+    sizes = sizes or [shape[dim]] * world
+    row = math.prod(size for axis, size in enumerate(shape) if axis != dim % len(shape))
+    received = (world - 1) * row * max(sizes) * element_size
+    return received, received, world - 1
+
+
+def all_to_all_traffic(shape, element_size, send_splits, recv_splits, rank):
+    """(bytes received, bytes sent, messages) of rank `rank` in an all-to-all along dim 0 of rows
+    shaped like `shape[1:]` (`send_splits[r]` rows to rank r, `recv_splits[r]` from it)."""
+    row = math.prod(shape[1:]) * element_size
+    received = sum(size for source, size in enumerate(recv_splits) if source != rank) * row
+    sent = sum(size for target, size in enumerate(send_splits) if target != rank) * row
+    return received, sent, (len(recv_splits) - 1) if received else 0
 
 
 class SimulatedComm:
@@ -188,8 +244,8 @@ class SimulatedComm:
         """Post the ring transfer: a block of `recv_shape` from `recv_from` (zeros)."""
         def make():
             recv = torch.zeros(recv_shape, dtype=send.dtype, device=send.device)
-            nbytes = 0 if recv_from == self.rank else recv.numel() * recv.element_size()
-            return _Posted(self.recorder, recv, nbytes, 1)
+            return _Posted(self.recorder, "exchange", recv, *exchange_traffic(send.numel(), recv_shape, send.element_size(),
+                                                                 send_to, recv_from, self.rank))
         return self._timed(make)
 
     def all_gather(self, tensor, sizes=None, dim=0):
@@ -207,23 +263,21 @@ class SimulatedComm:
             shape = list(tensor.shape)
             shape[dim] = size
             parts.append(tensor if rank == self.rank else tensor.new_zeros(shape))
-        # the real collective pads every part to the longest, so that is what travels
-        row = math.prod(size for axis, size in enumerate(tensor.shape) if axis != dim % tensor.dim())
-        nbytes = (self.world - 1) * row * max(sizes) * tensor.element_size()
+        nbytes, sent, messages = gather_traffic(tensor.shape, tensor.element_size(), sizes, dim, self.world)
         if not blocking:
-            return _Posted(self.recorder, parts, nbytes, self.world - 1)
+            return _Posted(self.recorder, "all_gather", parts, nbytes, sent, messages)
         if nbytes:
-            self.recorder.receive(nbytes, self.world - 1)
+            self.recorder.receive(nbytes, messages, sent=sent, kind="all_gather")
         return parts
 
     def all_to_all(self, send, send_splits, recv_splits):
         """Received rows: this rank's own split, zeros for the others."""
         def make():
             recv = send.new_zeros((sum(recv_splits),) + tuple(send.shape[1:]))
-            row_bytes = recv[:1].numel() * recv.element_size()
-            others = sum(size for rank, size in enumerate(recv_splits) if rank != self.rank)
-            if others:
-                self.recorder.receive(others * row_bytes, self.world - 1)
+            nbytes, sent, messages = all_to_all_traffic(send.shape, send.element_size(), send_splits, recv_splits,
+                                                        self.rank)
+            if nbytes:
+                self.recorder.receive(nbytes, messages, sent=sent, kind="all_to_all")
             return recv
         return self._timed(make)
 

@@ -11,16 +11,25 @@ import torch
 from apb import select_by_question
 
 
-def selected_keys(question_q, keys, values, sends):
-    """(keys, values) [B, Hkv, sends, D] a block passes: all of its first `sends` rows when it
-    has no more than that, else the best-scoring `sends` per KV head in position order.
+def selected_rows(question_q, keys, sends):
+    """Rows of the block a virtual block passes: int64 [B, Hkv, min(sends, L)], ascending per
+    KV head: all L rows when the block has no more than `sends` (none when `sends` is 0),
+    else the best-scoring `sends`.
 
-    question_q [B, Hq, q, D] are the question's queries of this layer; keys/values
-    [B, Hkv, L, D] the block's. Who calls it: `SpavaAttention.prefill_attention`.
+    question_q [B, Hq, q, D] are the question's queries of this layer; keys [B, Hkv, L, D] the
+    block's. Who calls it: `selected_keys` (tests spy on it to rebuild a host's attention).
     """
-    if sends >= keys.shape[2]:
-        return keys[:, :, :sends], values[:, :, :sends]
-    index = select_by_question(question_q, keys, sends)[..., None].expand(-1, -1, -1, keys.shape[-1])
+    if sends >= keys.shape[2] or sends == 0:
+        rows = torch.arange(min(sends, keys.shape[2]), device=keys.device)
+        return rows.expand(keys.shape[0], keys.shape[1], -1)
+    return select_by_question(question_q, keys, sends)
+
+
+def selected_keys(question_q, keys, values, sends):
+    """(keys, values) [B, Hkv, min(sends, L), D] a block passes: its `selected_rows` in
+    position order. Shapes as in `selected_rows`; values [B, Hkv, L, D].
+    Who calls it: `SpavaAttention.prefill_attention`."""
+    index = selected_rows(question_q, keys, sends)[..., None].expand(-1, -1, -1, keys.shape[-1])
     return keys.gather(2, index), values.gather(2, index)
 
 

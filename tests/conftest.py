@@ -1,6 +1,13 @@
-"""Shared fixtures: tiny random-weight models, written once per session (helpers live in helpers.py)."""
+"""Shared fixtures: tiny random-weight models, written once per session (helpers live in helpers.py);
+the seed of the run's property-based tests.
+
+Hypothesis draws every test's examples from one seed per run: `--hypothesis-seed N` when given,
+else 0 when the `CI` environment variable is set (so CI fuzzes the same cases every time), else
+a fresh one. The seed is printed at the end of the run with the option that replays it.
+"""
 
 import os
+import random
 
 # Triton kernels run on the CPU only under its interpreter, and the flag must be set before
 # any module imports triton (transformers and the kernel module may, in any test order).
@@ -17,8 +24,22 @@ TINY_MODELS = {
     "llama-mha": ("llama", 64, 2, 4, 4),
     "llama-gqa4": ("llama", 64, 2, 8, 2),
     "qwen2": ("qwen2", 64, 2, 4, 2),
+    "qwen3": ("qwen3", 64, 2, 4, 2),
     "mistral": ("mistral", 64, 2, 4, 2),
 }
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_configure(config):
+    """Choose the run's Hypothesis seed (before the Hypothesis plugin reads `--hypothesis-seed`)."""
+    if config.getoption("hypothesis_seed", None) is None:
+        config.option.hypothesis_seed = "0" if os.environ.get("CI") else str(random.randrange(2 ** 32))
+
+
+def pytest_terminal_summary(terminalreporter, config):
+    """Print the Hypothesis seed of this run and how to replay it."""
+    seed = config.getoption("hypothesis_seed")
+    terminalreporter.write_line(f"hypothesis seed {seed}: replay this run's fuzzed cases with --hypothesis-seed={seed}")
 
 
 @pytest.fixture(scope="session")

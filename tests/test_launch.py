@@ -42,7 +42,8 @@ def test_multi_node_torchrun_rank_joins_with_nccl(eight_gpus, monkeypatch):
     monkeypatch.setattr(torch.cuda, "set_device", lambda device: None)
     monkeypatch.setattr(torch, "set_num_threads", threads.append)
     monkeypatch.setattr(dist, "init_process_group", lambda backend, **kwargs: joined.update(kwargs, backend=backend))
-    monkeypatch.setattr(dist, "is_initialized", lambda: True)
+    monkeypatch.setattr(dist, "rendezvous", lambda *args, **kwargs: iter([(object(), 9, 16)]))  # no store host:
+    monkeypatch.setattr(dist, "is_initialized", lambda: True)                                  # no interface probe
     env = {"RANK": "9", "WORLD_SIZE": "16", "LOCAL_RANK": "1", "LOCAL_WORLD_SIZE": "8"}
     rank, world, local_rank, local_world = torchrun_env(env)
     assert (rank, world, local_rank, local_world) == (9, 16, 1, 8)
@@ -167,12 +168,16 @@ def pool_with_reports(reports, exitcodes):
     ([("collective-error", "CollectiveError: a collective on rank 0 failed"), None],
      [None, -9], "worker 1 was killed by signal SIGKILL"),
     ([("collective-error", "CollectiveError: a collective on rank 0 failed"), None],
+     [None, None], r"worker 1 stopped answering \(hung\?\): .*\(worker 0: CollectiveError"),
+    ([("collective-error", "CollectiveError: a collective on rank 0 failed"),
+      ("collective-error", "CollectiveError: a collective on rank 1 failed")],
      [None, None], "worker 0 failed: CollectiveError"),
 ])
 def test_a_broken_collective_names_the_worker_that_broke_it(reports, exitcodes, message):
     """Rank 0's collective broke because rank 1 failed, and rank 0's report is read first: the
-    error names rank 1's own failure (found in CI: the raising worker's message was lost); with
-    no other report within the grace time, the collective failure itself is named."""
+    error names rank 1's own failure (found in CI: the raising worker's message was lost); a
+    rank 1 still running that sends nothing within the grace time is named as hung, with the
+    collective that timed out; when every worker reports a broken collective, the first is named."""
     from launch.local import WorkerError
     from launch.replies import run_to_end
 

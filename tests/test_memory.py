@@ -59,3 +59,27 @@ def test_shared_cpu_memory_counts_every_local_worker():
         check_memory(planner, plan, 128_256, 10, "cpu", available=(need - 1, True))
     with pytest.raises(LongCtxError, match="no worker count fits"):
         check_memory(planner, plan, 128_256, 10, "cpu", available=(GIB, True))
+
+
+def test_generate_refuses_a_request_that_does_not_fit_before_any_worker_starts(tiny_model, tmp_path, monkeypatch,
+                                                                                 capsys):
+    """End to end through `longctx generate`: with this machine's memory made 1 MiB the request is
+    refused in one line, exit status 2, and no process is ever started."""
+    import multiprocessing.process
+
+    from longctx.cli import main as cli_main
+
+    def no_process(self):
+        raise AssertionError(f"a process was started: {self}")
+
+    monkeypatch.setattr("longctx.memory.available_bytes", lambda device: (2 ** 20, True))
+    monkeypatch.setattr(multiprocessing.process.BaseProcess, "start", no_process)
+    doc = tmp_path / "doc.txt"
+    doc.write_text("the quick brown fox jumps over the lazy dog. " * 10)
+    status = cli_main(["generate", "--model", tiny_model("llama"), "--method", "burst", "--nproc", "2",
+                       "--doc", str(doc), "--question", "what jumps?", "--max-new-tokens", "2", "--json"])
+    captured = capsys.readouterr()
+    lines = captured.err.strip().splitlines()
+    assert status == 2 and captured.out == ""
+    assert len(lines) == 1 and lines[0].startswith("longctx: error: the request needs an estimated"), lines
+    assert "x 2 workers" in lines[0] and "more than the 0.0 GiB available on this machine" in lines[0]

@@ -6,6 +6,7 @@ in-process Comm, `helpers.ThreadComm`) against dense, and once on a real 2-worke
 
 import json
 import math
+import os
 
 import pytest
 import torch
@@ -26,7 +27,7 @@ from longctx.layouts import ZIGZAG
 from longctx.plan import Span, balanced_block_sizes, round_boundaries, split_sizes
 from longctx.plan_report import shape_config
 from longctx.registry import get_method
-from helpers import dense_result, relative_error, run_workers
+from helpers import REPO, dense_result, relative_error, run_workers
 
 SHAPE = ModelShape()  # Llama-3.1-8B: 32 heads, 8 KV heads
 MODEL_CONFIG = shape_config(SHAPE)
@@ -418,8 +419,8 @@ def test_cli_plan_json_and_single_balance(capsys):
 
 
 def test_cli_plan_reads_a_model_config_and_explains_bad_input(capsys):
-    assert cli_main(["plan", "--model", "examples/models/needle-llama", "--method", "burst", "--layout", "striped",
-                     "--length", "1000", "--nproc", "4"]) == 0
+    assert cli_main(["plan", "--model", os.path.join(REPO, "examples", "models", "needle-llama"), "--method", "burst",
+                     "--layout", "striped", "--length", "1000", "--nproc", "4"]) == 0
     out = capsys.readouterr().out
     assert "2 layers, hidden 128, 4 heads / 2 KV heads x 32" in out and "1:1000:4" in out
     for argv, message in (

@@ -5,8 +5,13 @@ The README marks the examples that need no GPU and no cluster with a fence tag:
 ```` ```bash readme-test ```` (each command, `\\` continuations joined, runs in bash from the
 repository root with the virtual environment's `bin/` first on PATH) and
 ```` ```python readme-test ```` (saved to a file, run from the repository root). Their sizes
-are CI-sized; the long reproductions are behind `benchmarks/reproduce_readme.sh`. The cost
-cache (`XDG_CACHE_HOME`) points into a temporary folder, so nothing outside /tmp is written.
+are CI-sized; the long reproductions are behind `benchmarks/reproduce_readme.sh`.
+
+Every case runs alone (`-k` picks any one) and apart from every other run: the files a command
+writes under /tmp go to the test's own temporary directory instead (`/tmp/` is replaced in the
+command), and a command that reads such a file runs in the same case after the earlier
+commands of its block that name that file (`readme_cases`). The cost cache (`XDG_CACHE_HOME`)
+points there too, so nothing outside the test's directory is written.
 ~3 minutes on the 2-core CPU machine (each command 3-30 s).
 """
 
@@ -23,6 +28,7 @@ from helpers import REPO
 README = os.path.join(REPO, "README.md")
 FENCE = re.compile(r"^( *)```(\w+) readme-test\n(.*?)^\1```", re.M | re.S)
 QUESTION_ANSWER = "42"  # the needle of examples/data/haystack.txt (examples/data/question.json)
+TEMP_PATH = re.compile(r"/tmp/[\w.-]+")
 
 
 def readme_blocks(language):
@@ -32,13 +38,34 @@ def readme_blocks(language):
     return [textwrap.dedent(match.group(3)) for match in FENCE.finditer(text) if match.group(2) == language]
 
 
+def block_commands(block):
+    """The shell commands of one bash block, continuation lines joined."""
+    joined = block.replace("\\\n", " ")
+    return [line.strip() for line in joined.splitlines() if line.strip() and not line.startswith("#")]
+
+
 def readme_commands():
-    """Every shell command of the bash blocks, continuation lines joined, in README order."""
-    commands = []
+    """Every shell command of the bash blocks, in README order."""
+    return [command for block in readme_blocks("bash") for command in block_commands(block)]
+
+
+def readme_cases():
+    """The bash commands grouped into cases that run alone: a command and, before it, the earlier
+    commands of its block that name one of its /tmp paths (transitively). A command that a later
+    one needs runs in that one's case, not in a case of its own; every command runs once."""
+    cases = []
     for block in readme_blocks("bash"):
-        joined = block.replace("\\\n", " ")
-        commands += [line.strip() for line in joined.splitlines() if line.strip() and not line.startswith("#")]
-    return commands
+        commands = block_commands(block)
+        needs = [set() for _ in commands]
+        for index, command in enumerate(commands):
+            paths = set(TEMP_PATH.findall(command))
+            for earlier in range(index):
+                if paths & set(TEMP_PATH.findall(commands[earlier])):
+                    needs[index] |= {earlier} | needs[earlier]
+        needed = set().union(*needs) if needs else set()
+        cases += [[commands[i] for i in sorted(needs[index])] + [command]
+                  for index, command in enumerate(commands) if index not in needed]
+    return cases
 
 
 def _env(tmp_path):
@@ -55,17 +82,34 @@ def test_readme_marks_examples():
     commands = readme_commands()
     assert len(commands) >= 10 and len(readme_blocks("python")) == 1
     assert any(command.startswith("longctx generate --model examples/models/needle-llama") for command in commands)
+    assert sorted(command for case in readme_cases() for command in case) == sorted(commands)  # each once
 
 
-@pytest.mark.parametrize("command", readme_commands(), ids=lambda command: " ".join(command.split()[:3]))
-def test_readme_command_runs_as_written(command, tmp_path):
-    proc = _run(["bash", "-c", command], tmp_path)
-    assert proc.returncode == 0, f"{command}\n{proc.stdout[-2000:]}\n{proc.stderr[-3000:]}"
-    assert "Traceback" not in proc.stderr, proc.stderr[-3000:]
-    if "examples/data/haystack.txt" in command:  # the shipped model answers the shipped needle
-        assert f"answer: {QUESTION_ANSWER}" in proc.stdout, proc.stdout
-    if command.startswith("longctx compare"):
-        assert " DIFF " not in proc.stdout, proc.stdout  # exact methods: the same tokens as dense
+def test_cases_keep_a_command_with_the_commands_it_needs():
+    cases = [case for case in readme_cases() if len(case) > 1]
+    assert any(case[0].startswith("longctx tiny-model /tmp/longctx-tiny-vl") and "--video /tmp/longctx-clip.mp4"
+               in case[-1] and len(case) == 3 for case in cases)
+    assert any(case[-1].startswith("longctx generate --model /tmp/longctx-tiny ") for case in cases)
+
+
+def case_id(case):
+    """A readable test id: the command's first two words and its --method / --length values."""
+    words = case[-1].split()
+    values = [words[i + 1] for i, word in enumerate(words[:-1]) if word in ("--method", "--length")]
+    return " ".join(words[:2] + values)
+
+
+@pytest.mark.parametrize("case", readme_cases(), ids=case_id)
+def test_readme_command_runs_as_written(case, tmp_path):
+    """The case's commands in order, each from the repository root, its /tmp files in `tmp_path`."""
+    for command in case:
+        proc = _run(["bash", "-c", command.replace("/tmp/", f"{tmp_path}/")], tmp_path)
+        assert proc.returncode == 0, f"{command}\n{proc.stdout[-2000:]}\n{proc.stderr[-3000:]}"
+        assert "Traceback" not in proc.stderr, proc.stderr[-3000:]
+        if "examples/data/haystack.txt" in command:  # the shipped model answers the shipped needle
+            assert f"answer: {QUESTION_ANSWER}" in proc.stdout, proc.stdout
+        if command.startswith("longctx compare"):
+            assert " DIFF " not in proc.stdout, proc.stdout  # exact methods: the same tokens as dense
 
 
 def _snippet_without_guard(snippet):

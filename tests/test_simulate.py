@@ -30,6 +30,7 @@ def test_collectives_return_real_shapes_and_record_received_bytes():
     assert pending.wait().shape == (2, 9, 4)
     transfers = recorder.trace.forwards[0].layers[0].transfers
     assert [t.nbytes for t in transfers] == [2 * 7 * 8 * 4, (2 + 3) * 3 * 4, 2 * 9 * 4 * 4]
+    assert [t.sent for t in transfers] == [2 * 7 * 8 * 4, (4 + 4) * 3 * 4, 2 * 5 * 4 * 4]  # a ring forwards parts
     assert transfers[0].window_s is None and transfers[2].window_s >= 0.0
     assert comm.broadcast_object({"plan": 1}) == {"plan": 1}
 
@@ -61,6 +62,20 @@ def test_posted_transfers_hide_behind_their_window():
     assert result["total_s"] == pytest.approx(0.25 + 2.0 + 1.5)
     no_overlap = critical_path(traces, Link(gb_per_s=1.0, latency_us=0.0, overlap=False))
     assert no_overlap["total_s"] == pytest.approx(0.25 + 2.0 + 3.0)
+
+
+def test_half_duplex_links_and_slow_hosts_take_longer():
+    """Full duplex: a host receives while it sends; half duplex (gloo's TCP pairs): the two
+    directions share the link; and a host never moves data faster than its own rate."""
+    exchange = Transfer(nbytes=10**9, messages=2, sent=10**9)
+    lopsided = Transfer(nbytes=10**9, messages=1, sent=3 * 10**9)
+    assert Link(gb_per_s=1.0, latency_us=0.0).seconds(exchange) == pytest.approx(1.0)
+    assert Link(gb_per_s=1.0, latency_us=0.0).seconds(lopsided) == pytest.approx(3.0)
+    assert Link(gb_per_s=1.0, latency_us=0.0, duplex=False).seconds(exchange) == pytest.approx(2.0)
+    assert Link(gb_per_s=1.0, latency_us=250.0, duplex=False).seconds(exchange) == pytest.approx(2.0005)
+    assert Link(gb_per_s=1.0, latency_us=0.0, host_gb_per_s=0.5).seconds(exchange) == pytest.approx(4.0)
+    assert Link(gb_per_s=1.0, latency_us=0.0, host_gb_per_s=10.0).seconds(exchange) == pytest.approx(1.0)
+    assert Link(gb_per_s=1.0, latency_us=0.0).seconds(Transfer(nbytes=10**9, messages=1)) == pytest.approx(1.0)
 
 
 @pytest.mark.parametrize("method,world,options", [("ring", 3, {}), ("burst", 3, {}), ("allgather", 3, {}),

@@ -2,8 +2,13 @@
 
 Exact cases: one worker; no anchor with every key passed. Approximate runs: the fused query
 pass equals a separate exact query pass over the same caches (same selection, same plan), and
-every ablation switch runs. Planning: the zigzag pairing and its sizes.
+every ablation switch runs; the fused pass is seen by counting the model's forward passes.
+Planning: the zigzag pairing and its sizes. The independent layer-by-layer reference is in
+tests/test_approx_reference.py.
 """
+
+from collections import Counter
+from contextlib import contextmanager
 
 import pytest
 import torch
@@ -30,9 +35,29 @@ def prompt(length, query_len=5):
     return random_prompt(256, length, query_len, seed=length)
 
 
+NEW_TOKENS = 6
+
+
 def spava(path, model, doc, question, world, **options):
     config = RunConfig(model=path, method="spava", **options)
-    return run_workers(model, config, Request(doc, question, 6, "spava", True), world)
+    return run_workers(model, config, Request(doc, question, NEW_TOKENS, "spava", True), world)
+
+
+@contextmanager
+def forward_passes(model):
+    """{rank: forward passes of the model's decoder} while active, counted by a hook that the
+    worker threads' copies of `model` share: the prefill, a separate query pass if any, and
+    one per decoding step."""
+    counts = Counter()
+
+    def count(_module, _args, kwargs):
+        counts[kwargs["longctx"].rank] += 1
+
+    handle = model.base_model.register_forward_pre_hook(count, with_kwargs=True)
+    try:
+        yield counts
+    finally:
+        handle.remove()
 
 
 @pytest.mark.parametrize("world,options", [
@@ -46,10 +71,12 @@ def test_exact_cases_equal_dense(llama, world, options):
     path, model = llama
     doc, question = prompt(197 + world)
     reference = dense_result(path, doc, question)
-    result = spava(path, model, doc, question, world, **options)
+    with forward_passes(model) as passes:
+        result = spava(path, model, doc, question, world, **options)
     assert relative_error(result, reference) <= TOLERANCE
     assert result.tokens == reference.tokens
-    assert result.query_s < result.prefill_s  # the question ran in the prefill forward
+    # the question ran in the prefill forward: no query pass, one forward per later token
+    assert passes == {rank: NEW_TOKENS for rank in range(world)}
 
 
 @pytest.mark.parametrize("world,options", [(2, {}), (3, {"anchor_sharding": 0}), (4, {"layout": "contiguous"})])
@@ -58,8 +85,12 @@ def test_fused_query_pass_equals_separate_exact_pass(llama, world, options):
     path, model = llama
     doc, question = prompt(300)
     sizes = {"anchor_len": 16, "passing_len": 8, **options}
-    fused = spava(path, model, doc, question, world, **sizes)
-    separate = spava(path, model, doc, question, world, fused_query=0, **sizes)
+    with forward_passes(model) as fused_passes:
+        fused = spava(path, model, doc, question, world, **sizes)
+    with forward_passes(model) as separate_passes:
+        separate = spava(path, model, doc, question, world, fused_query=0, **sizes)
+    assert fused_passes == {rank: NEW_TOKENS for rank in range(world)}  # prefill + decoding steps
+    assert separate_passes == {rank: NEW_TOKENS + 1 for rank in range(world)}  # + the query pass
     assert fused.plan == separate.plan
     assert torch.allclose(fused.doc_hidden, separate.doc_hidden, atol=1e-6, rtol=0)
     err = (fused.query_hidden - separate.query_hidden).norm() / separate.query_hidden.norm()

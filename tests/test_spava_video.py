@@ -12,6 +12,8 @@ import numpy as np
 import pytest
 import torch
 
+from approx_reference import TOLERANCE as REFERENCE_TOLERANCE
+from approx_reference import Spy, apb_errors, spava_errors
 from helpers import ThreadComm, relative_error, run_cli, run_workers
 from longctx.comm import ProcessGroupComm
 from longctx.config import RunConfig
@@ -21,6 +23,7 @@ from longctx.families.qwen2_5_vl import (encode_video, frame_shares, load_video,
                                          video_prompt)
 from longctx.models import load_model, load_tokenizer
 from longctx.models.tiny import make_tiny_model
+from longctx.request import Session
 from longctx.video import read_frames, sample_indices
 
 FRAMES = np.random.default_rng(0).integers(0, 256, (12, 50, 70, 3), dtype=np.uint8)
@@ -125,6 +128,28 @@ def test_frame_parallel_encoder_equals_single_process(tiny_vl, world):
         assert float((result - reference).norm() / reference.norm()) <= 1e-5
 
 
+def test_each_worker_receives_only_its_frames_as_uint8(tiny_vl):
+    """A frame-parallel request gives worker r only the uint8 frames of its temporal patches
+    (their float32 patches are the whole video's rows, bit for bit); the local launcher's
+    message to each worker is then about an eighth (3 workers) of the whole float32 video."""
+    from launch.local import _messages
+
+    path, _ = tiny_vl
+    video = load_video(FRAMES, path)  # 6 temporal patches
+    doc, question = video_prompt(load_tokenizer(path), video.grid, "what moves?")
+    request = Session(RunConfig(model=path, method="spava", nproc=3)).prepare_ids(doc, question, media=video)
+    parts = [request.for_rank(rank).media for rank in range(3)]
+    assert [part.patch_range for part in parts] == [(0, 2), (2, 4), (4, 6)]
+    assert all(part.frames.dtype == np.uint8 for part in parts)
+    assert np.array_equal(np.concatenate([part.pixels for part in parts]), video.pixels)
+    whole_float = video.pixels.nbytes
+    sizes = [len(message) for message in _messages(request, False, 3)]
+    assert max(sizes) < whole_float / 12 + 4096, (sizes, whole_float)  # a third of the frames, a quarter of the bytes
+    whole = Session(RunConfig(model=path, method="spava", nproc=3, frame_parallel=False)).prepare_ids(
+        doc, question, media=video)
+    assert whole.media_shares is None and whole.for_rank(2).media.patch_range == (0, 6)  # every worker encodes all
+
+
 def test_more_workers_than_temporal_patches_is_one_error():
     assert frame_shares(5, 2) == [(0, 3), (3, 5)]
     with pytest.raises(LongCtxError, match="3 temporal patches .* fewer than the 4 workers"):
@@ -188,12 +213,21 @@ def test_exact_methods_on_video_equal_dense(video_request, method, world, option
     assert result.tokens == reference.tokens
 
 
-@pytest.mark.parametrize("method,world", [("spava", 3), ("apb", 2)])
-def test_approximate_defaults_on_video_run(video_request, method, world):
-    """The approximate default sizes (spava: anchor n/64, passing n/128; apb: l_b/4, l_b/8, the
-    question in the anchor at positions 0..l_a-1 of the M-RoPE table): tokens and a finite state."""
-    result = run_video(video_request, method, world)
-    assert len(result.tokens) == 6 and torch.isfinite(result.query_hidden).all()
+@pytest.mark.parametrize("method,world,options", [("spava", 3, {}), ("spava", 2, {"anchor_len": 6, "passing_len": 3}),
+                                                   ("apb", 2, {})])
+def test_approximate_runs_on_video_match_the_independent_reference(video_request, method, world, options):
+    """The approximate default sizes (spava: anchor n/64, passing n/128, nothing at 39 tokens;
+    apb: l_b/4, l_b/8, the question in the anchor at positions 0..l_a-1 of the M-RoPE table) and
+    spava with an anchor and passing: every host's attention, layer by layer, equals the
+    independent reference (tests/approx_reference.py) within 1e-5. A video request's rows are
+    global indices (their embeddings and M-RoPE come from them)."""
+    doc, question = video_request[2], video_request[3]
+    with Spy() as spy:
+        result = run_video(video_request, method, world, **options)
+    indices = list(range(len(doc) + len(question)))
+    errors = (spava_errors if method == "spava" else apb_errors)(spy, indices[: len(doc)], indices[len(doc) :])
+    assert max(errors.values()) <= REFERENCE_TOLERANCE, errors
+    assert len(result.tokens) == 6
 
 
 @pytest.fixture(scope="module")

@@ -14,6 +14,10 @@ PIL image processor, which needs no torchvision), bicubic, rescaled to [0, 1], n
 the CLIP mean/std, then frames are padded (last frame repeated) to a multiple of
 `temporal_patch_size` and cut into [t * h * w, 3 * temporal * patch * patch] patches in the
 merge-window order the vision encoder expects. `grid` is (t, h, w) in patches.
+A request carries the video as its resized frames, uint8 (a quarter of the float32 patches),
+and each worker receives only the temporal patches it encodes (`split_media`,
+`VideoPatches.share`); the rescaling, normalisation and patch order run on the worker
+(`VideoPatches.pixels`), giving the same float32 patches bit for bit.
 
 **The encoder split.** The vision encoder attends within one temporal patch at a time (its
 full-attention layers' sequences are one frame pair each; its window attention stays inside
@@ -63,10 +67,10 @@ class Qwen25VLFamily(ModelFamily):
         merge = processor_settings(model_dir)["merge_size"]
         return (*video_prompt(tokenizer, patches.grid, prompt.question, merge), patches)
 
-    def check_media(self, media, world, encoder_split):
-        """With the encoder split, at least as many temporal patches as workers (`frame_shares`)."""
-        if encoder_split:
-            frame_shares(media.grid[0], world)
+    def split_media(self, media, world, encoder_split):
+        """With the encoder split, each worker's `frame_shares` of the temporal patches (at least
+        as many patches as workers): it receives only the frames it encodes."""
+        return tuple(frame_shares(media.grid[0], world)) if encoder_split else None
 
     def model_class(self):
         from transformers import Qwen2_5_VLForConditionalGeneration
@@ -107,16 +111,40 @@ class Qwen25VLFamily(ModelFamily):
 
 @dataclass(frozen=True)
 class VideoPatches:
-    """A processed video: `pixels` float32 [t*h*w, 3*temporal*patch*patch] and `grid` (t, h, w)
-    in patches; `seconds_per_patch` is the time one temporal patch spans (M-RoPE's spacing)."""
+    """A processed video, or the share of it one worker encodes: `frames` uint8 [n * temporal,
+    H, W, 3], resized and padded, holding temporal patches `first` .. `first + n - 1` of the
+    whole video's `grid` (t, h, w) in patches; `seconds_per_patch` is the time one temporal
+    patch spans (M-RoPE's spacing); `settings` the processor's sizes and normalisation."""
 
-    pixels: np.ndarray
+    frames: np.ndarray
     grid: tuple
     seconds_per_patch: float
+    settings: dict
+    first: int = 0
 
     def describe(self):
-        """'video 8x4x6 patches' (t x h x w)."""
+        """'video 8x4x6 patches' (t x h x w) of the whole video."""
         return f"video {'x'.join(map(str, self.grid))} patches"
+
+    @property
+    def patch_range(self):
+        """[start, stop) of the whole video's temporal patches these frames hold."""
+        return self.first, self.first + len(self.frames) // self.settings["temporal_patch_size"]
+
+    @property
+    def pixels(self):
+        """float32 [n*h*w, 3*temporal*patch*patch]: the encoder's input for the patches held
+        (rows of the whole video's patches from `first * h * w` on)."""
+        return patches_of(self.frames, self.settings)
+
+    def share(self, start, stop):
+        """The same video holding only temporal patches [start, stop) (of those held)."""
+        first, last = self.patch_range
+        if not first <= start <= stop <= last:
+            raise ValueError(f"temporal patches [{start}, {stop}) are not within the [{first}, {last}) held")
+        temporal = self.settings["temporal_patch_size"]
+        frames = self.frames[(start - first) * temporal:(stop - first) * temporal]
+        return VideoPatches(frames, self.grid, self.seconds_per_patch, self.settings, start)
 
 
 def processor_settings(model_dir):
@@ -134,10 +162,9 @@ def processor_settings(model_dir):
     return settings
 
 
-def patchify(frames, settings):
-    """(pixels float32 [t*h*w, 3*temporal*patch*patch], grid (t, h, w)) of already sampled
-    `frames` [T, H, W, 3] uint8 under processor `settings` (resize, rescale, normalise,
-    temporal padding and patch order as the module docstring says)."""
+def resize_frames(frames, settings):
+    """Already sampled `frames` [T, H, W, 3] uint8 resized (`smart_resize`, bicubic) and padded
+    (last frame repeated) to a multiple of the temporal patch: uint8 [T', H', W', 3]."""
     from PIL import Image
     from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import smart_resize
 
@@ -149,15 +176,34 @@ def patchify(frames, settings):
     except ValueError as exc:
         raise LongCtxError(f"cannot resize {height}x{width} frames: {exc}") from None
     resized = np.stack([np.asarray(Image.fromarray(frame).resize((new_w, new_h), Image.BICUBIC)) for frame in frames])
+    if pad := -len(resized) % temporal:
+        resized = np.concatenate([resized, np.repeat(resized[-1:], pad, axis=0)])
+    return resized
+
+
+def patches_of(resized, settings):
+    """float32 patches [t*h*w, 3*temporal*patch*patch] of `resize_frames`' output: rescaled to
+    [0, 1], normalised, in the vision encoder's patch order."""
+    patch, merge, temporal = settings["patch_size"], settings["merge_size"], settings["temporal_patch_size"]
     mean, std = np.asarray(settings["image_mean"], np.float32), np.asarray(settings["image_std"], np.float32)
     video = ((resized.astype(np.float32) / 255.0 - mean) / std).transpose(0, 3, 1, 2)  # [T, C, H, W]
-    if pad := -len(video) % temporal:
-        video = np.concatenate([video, np.repeat(video[-1:], pad, axis=0)])
-    grid_t, grid_h, grid_w = len(video) // temporal, new_h // patch, new_w // patch
+    grid_t, grid_h, grid_w = len(video) // temporal, resized.shape[1] // patch, resized.shape[2] // patch
     patches = video.reshape(grid_t, temporal, 3, grid_h // merge, merge, patch, grid_w // merge, merge, patch)
     patches = patches.transpose(0, 3, 6, 4, 7, 2, 1, 5, 8)
-    pixels = np.ascontiguousarray(patches.reshape(grid_t * grid_h * grid_w, 3 * temporal * patch * patch))
-    return pixels, (grid_t, grid_h, grid_w)
+    return np.ascontiguousarray(patches.reshape(grid_t * grid_h * grid_w, 3 * temporal * patch * patch))
+
+
+def grid_of(resized, settings):
+    """(t, h, w) in patches of `resize_frames`' output."""
+    patch = settings["patch_size"]
+    return len(resized) // settings["temporal_patch_size"], resized.shape[1] // patch, resized.shape[2] // patch
+
+
+def patchify(frames, settings):
+    """(float32 patches, grid (t, h, w)) of already sampled `frames` [T, H, W, 3] uint8 (resize,
+    rescale, normalise, temporal padding and patch order as the module docstring says)."""
+    resized = resize_frames(frames, settings)
+    return patches_of(resized, settings), grid_of(resized, settings)
 
 
 def load_video(video, model_dir=None, num_frames=None, fps=None, source_fps=None):
@@ -174,9 +220,9 @@ def load_video(video, model_dir=None, num_frames=None, fps=None, source_fps=None
         frames, rate = as_frames(video), float(source_fps or 1.0)
     total = len(frames)
     frames = frames[sample_indices(total, rate, num_frames, fps, settings["temporal_patch_size"])]
-    pixels, grid = patchify(frames, settings)
+    resized = resize_frames(frames, settings)
     sampled_fps = len(frames) * rate / total  # kept frames over the video's duration
-    return VideoPatches(pixels, grid, settings["temporal_patch_size"] / sampled_fps)
+    return VideoPatches(resized, grid_of(resized, settings), settings["temporal_patch_size"] / sampled_fps, settings)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -222,22 +268,29 @@ def frame_shares(temporal_patches, world):
     return list(zip(bounds, bounds[1:]))
 
 
-def encode_video(visual, pixels, grid, comm, frame_parallel=True):
+def encode_video(visual, pixels, grid, comm, frame_parallel=True, held=None):
     """Vision embeddings [t*h*w / merge^2, d] of a whole video on every host.
 
     `visual` is the model's vision encoder (`model.model.visual`), `pixels` float
-    [t*h*w, patch_dim] (`VideoPatches.pixels` as a tensor on the model's
-    device), `grid` (t, h, w). With `frame_parallel` host r encodes its `frame_shares` range
-    of temporal patches and the pieces are all-gathered through `comm` (a `Comm`) in order;
-    otherwise every host encodes the whole video.
+    [n*h*w, patch_dim] (`VideoPatches.pixels` as a tensor on the model's
+    device) of the temporal patches `held` ([start, stop), default all of them) of a video
+    of patch grid `grid` (t, h, w). With `frame_parallel` host r encodes its `frame_shares`
+    range of temporal patches (it must hold them; the launchers send each worker only those)
+    and the pieces are all-gathered through `comm` (a `Comm`) in order; otherwise every host
+    encodes the whole video, which it must hold.
     """
     t, h, w = grid
     per_patch = h * w
-    if not frame_parallel or comm.world == 1:
-        return _encode(visual, pixels, (t, h, w))
-    shares = frame_shares(t, comm.world)
-    start, stop = shares[comm.rank]
-    mine = _encode(visual, pixels[start * per_patch : stop * per_patch], (stop - start, h, w))
+    first, last = held or (0, t)
+    parallel = frame_parallel and comm.world > 1
+    shares = frame_shares(t, comm.world) if parallel else [(0, t)]
+    start, stop = shares[comm.rank if parallel else 0]
+    if not first <= start <= stop <= last:
+        raise ValueError(f"worker {comm.rank} holds temporal patches [{first}, {last}) of the video and must encode "
+                         f"[{start}, {stop})")
+    mine = _encode(visual, pixels[(start - first) * per_patch:(stop - first) * per_patch], (stop - start, h, w))
+    if not parallel:
+        return mine
     merged = per_patch // visual.spatial_merge_size**2
     parts = comm.all_gather(mine, sizes=[(b - a) * merged for a, b in shares], dim=0)
     return torch.cat(parts, dim=0)
@@ -274,7 +327,7 @@ class VideoInputs:
             second_per_grid_ts=torch.tensor([video.seconds_per_patch]))
         self.table, self.delta = table[:, 0].to(device), int(delta)
         pixels = torch.from_numpy(video.pixels).to(device)
-        self.vision = encode_video(model.model.visual, pixels, video.grid, comm, frame_parallel)
+        self.vision = encode_video(model.model.visual, pixels, video.grid, comm, frame_parallel, video.patch_range)
 
     def embeds(self, model, sources):
         """inputs_embeds [1, n, d] of the rows whose tokens are the sequence's `sources` (global

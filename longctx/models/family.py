@@ -54,7 +54,7 @@ class ModelFamily:
 
     `name` is how errors and `--help` name the family, `media` the kind of extra input its
     prompts carry ("video"; None for text); `model_type` is the served config's model type.
-    Driver side: `check_config`, `language_config`, `encode`, `check_media`; loading:
+    Driver side: `check_config`, `language_config`, `encode`, `split_media`; loading:
     `model_class`, `attention_implementation`; worker side (the engine): `decoder`,
     `prefill_inputs`, `step_inputs`, `logits`. A family that can write a small random model
     for tests sets `tiny_tokens` (special tokens its tokenizer needs) and `write_tiny`.
@@ -94,9 +94,12 @@ class ModelFamily:
         inputs (picklable), None for text."""
         raise NotImplementedError
 
-    def check_media(self, media, world, encoder_split):
-        """LongCtxError when `media` cannot be split over `world` workers (`encoder_split`: each
-        encodes its share, `Method.encoder_split`)."""
+    def split_media(self, media, world, encoder_split):
+        """[start, stop) of `media` each of `world` workers receives (`media.share(start, stop)`,
+        `Request.for_rank`), or None: every worker gets all of it. `encoder_split`: each worker
+        encodes only its share (`Method.encoder_split`). LongCtxError when the media cannot be
+        split over that many workers. Default: not split."""
+        return None
 
     # -- loading
 

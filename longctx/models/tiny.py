@@ -8,7 +8,7 @@ import torch
 from longctx.errors import LongCtxError
 from longctx.registry import family_class, family_names
 
-TEXT_FAMILIES = ("llama", "qwen2", "mistral")
+TEXT_FAMILIES = ("llama", "qwen2", "qwen3", "mistral")
 SPECIAL_TOKENS = ("<s>", "</s>", "<pad>")
 
 
@@ -38,7 +38,7 @@ def _byte_tokenizer(extra=()):
 
 
 def _config(family, vocab_size, hidden, layers, heads, kv_heads, max_positions, intermediate):
-    from transformers import LlamaConfig, MistralConfig, Qwen2Config
+    from transformers import LlamaConfig, MistralConfig, Qwen2Config, Qwen3Config
 
     common = dict(
         vocab_size=vocab_size,
@@ -57,6 +57,8 @@ def _config(family, vocab_size, hidden, layers, heads, kv_heads, max_positions, 
         return LlamaConfig(**common)
     if family == "qwen2":
         return Qwen2Config(**common, use_sliding_window=False)
+    if family == "qwen3":  # q/k RMSNorm per head; its head_dim is a field of its own
+        return Qwen3Config(**common, head_dim=hidden // heads, use_sliding_window=False)
     return MistralConfig(**common, sliding_window=None)
 
 

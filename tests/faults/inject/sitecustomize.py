@@ -5,6 +5,9 @@ starts with this directory (the test's driver, its workers, torchrun's ranks).
   KIND   kill (SIGKILL to itself), raise (RuntimeError), hang (sleeps far past any timeout)
   PHASE  load (loading the model), prefill-first / prefill-middle (the first / middle layer's
          prefill attention), query (the query pass), decode (the first decoding step)
+When `LONGCTX_FAULT_REACHED` names a file, the failing worker writes it (the fault and its
+pid) just before it fails, so a test can wait for the fault instead of sleeping, and can tell
+that the job failed because of the fault and not for some other reason.
 Nothing happens without the variable, and nothing here is part of longctx.
 """
 
@@ -17,6 +20,10 @@ def _fail(kind):
     import signal
     import time
 
+    reached = os.environ.get("LONGCTX_FAULT_REACHED")
+    if reached:
+        with open(reached, "w") as handle:
+            handle.write(f"{FAULT} pid {os.getpid()}\n")
     if kind == "kill":
         os.kill(os.getpid(), signal.SIGKILL)
     if kind == "hang":
