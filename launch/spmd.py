@@ -36,7 +36,7 @@ class SPMDLongContextLM:
     def __init__(self, model, method="burst", **options):
         rank, world, local_rank, local_world = torchrun_env()
         self.session = Session(RunConfig(model=model, method=method, nproc=world, **options), local_workers=local_world)
-        self.config, self.tokenizer = self.session.config, self.session.tokenizer
+        self.config, self.tokenizer = self.session.worker_config, self.session.tokenizer
         self.session.method()  # checked on every rank before the process group forms
         self.comm, device = init_worker(self.config, rank, world, local_rank=local_rank, local_world=local_world)
         self.rank = rank

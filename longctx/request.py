@@ -145,7 +145,9 @@ class Session:
     the launcher's workers run here (`Launcher.runs_here`), none otherwise; the torchrun entry
     gives its node's. With `adapt_workers` a one-worker method (dense: accepts one worker,
     refuses two) runs on one worker whatever `config.nproc` says, and `note` says so.
-    `config` afterwards is the one the workers run (`Launcher.worker_config`).
+    Afterwards `config` is the run's (what a launcher starts from) and `worker_config` the one
+    its workers run (`Launcher.worker_config`: the device "auto" resolved as they resolve it),
+    which the plans are made for.
     """
 
     def __init__(self, config, *, local_workers=None, adapt_workers=False):
@@ -160,18 +162,19 @@ class Session:
         self.tokenizer = load_tokenizer(config.model)
         self.stop_ids = stop_ids(self.tokenizer, self.model_config)
         self.config, self.note, self._methods = config, None, {}
+        self.worker_config = launcher.worker_config(config)
         workers = self.workers_for(config.method) if adapt_workers else config.nproc
         if workers != config.nproc:
             self.note = f"{config.method} runs on {workers} worker, not {config.nproc}"
             self.config = config.replace(nproc=workers)
+            self.worker_config = launcher.worker_config(self.config)
             self.local_workers = min(self.local_workers, workers)
-        self.config = launcher.worker_config(self.config)
 
     def workers_for(self, method):
         """Workers `method` runs on in this session: `config.nproc` if it accepts them, 1 if it
         is a one-worker method (accepts one worker, refuses two: dense); otherwise the method's
         own error."""
-        planner = get_method(method, self.config).planner
+        planner = get_method(method, self.worker_config).planner
         nproc = self.config.nproc
         try:
             planner.check(self.model_config, nproc)
@@ -186,7 +189,7 @@ class Session:
         count once, its planner set to the model's shape."""
         name = name or self.config.method
         if name not in self._methods:
-            method = get_method(name, self.config)
+            method = get_method(name, self.worker_config)
             method.planner.check(self.model_config, self.config.nproc)
             method.planner.use_model(self.model_config)
             self._methods[name] = method
@@ -212,7 +215,7 @@ class Session:
         plan = runner.planner.plan(len(doc_ids), len(query_ids), self.config.nproc)
         if self.local_workers:
             check_memory(runner.planner, plan, self.model_config.vocab_size, max_new_tokens,
-                         resolve_device_type(self.config.device), local_workers=self.local_workers)
+                         resolve_device_type(self.worker_config.device), local_workers=self.local_workers)
         shares = None if media is None else self.family.split_media(media, self.config.nproc, runner.encoder_split())
         return Request(list(doc_ids), list(query_ids), max_new_tokens, method, return_hidden, self.stop_ids, media,
                        plan, shares)

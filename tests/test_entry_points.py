@@ -78,8 +78,9 @@ def test_torchrun_entry_matches_dense(tiny_model, tmp_path):
     (("--video", "clip.mp4", "--doc", None), "a video needs a video-language model"),
 ])
 def test_torchrun_entry_refuses_what_generate_refuses(tiny_model, tmp_path, flags, needle):
-    """The same request path: one line, the same message, from `generate` and from every rank
-    of the torchrun entry (which used to check only the lengths)."""
+    """The same request path: one line, the same message, from `generate` and from the torchrun
+    entry (printed once per machine, by its local rank 0; the entry used to check only the
+    lengths)."""
     torchrun = shutil.which("torchrun", path=os.path.dirname(sys.executable))
     doc = tmp_path / "doc.txt"
     doc.write_text("Numbers: " + " ".join(str(i) for i in range(60)))
@@ -97,9 +98,9 @@ def test_torchrun_entry_refuses_what_generate_refuses(tiny_model, tmp_path, flag
     proc = subprocess.run([torchrun, "--standalone", "--nproc_per_node", "2", "-m", "launch.torchrun", *args],
                           capture_output=True, text=True, timeout=300, env=dict(os.environ, PYTHONPATH=REPO), cwd=REPO)
     assert proc.returncode != 0
-    ranks = [line for line in proc.stderr.splitlines() if line.startswith("longctx: error (rank ")]
-    assert sorted(line.split(")", 1)[0] for line in ranks) == ["longctx: error (rank 0", "longctx: error (rank 1"]
-    assert all(line.split("): ", 1)[1] == message for line in ranks), proc.stderr[-2000:]
+    lines = [line for line in proc.stderr.splitlines() if line.startswith("longctx: error (rank ")]
+    assert len(lines) == 1 and lines[0].startswith("longctx: error (rank 0 on "), proc.stderr[-2000:]  # once per machine
+    assert lines[0].split("): ", 1)[1] == message, proc.stderr[-2000:]
 
 
 def test_plugin_method_declares_its_own_option_through_the_cli(tiny_model, tmp_path):
