@@ -1,7 +1,8 @@
 """Every method's prefill on this CPU machine against HF SDPA, measured two ways in one run.
 
-    python benchmarks/cpu_methods.py                 # the committed results (< 20 min on 2 cores)
+    python benchmarks/cpu_methods.py                 # the committed results (about 45 min on 2 cores)
     python benchmarks/cpu_methods.py --smoke         # seconds: tiny shapes, for CI
+    python benchmarks/cpu_methods.py --table-from benchmarks/results/cpu_methods.json   # the README tables
 
 (a) **Local workers** (wall clock): P real worker processes on this machine, torch.distributed
     over gloo, the cores split evenly between them (so with P > cores they time-share);
@@ -22,7 +23,11 @@ hosts, 32K on 4; local workers: 4K and 8K on 2 and 4.
     448 x 448, 8,195 prompt tokens) with a random-weight Qwen2.5-VL of the same language-model
     shape, against transformers' own SDPA forward of the same video and question.
 
-Writes JSON and PNG (the text workloads) under benchmarks/results/.
+Every measurement is the median of `--repeats` runs (default 3; a single run on a shared
+2-core machine can be 20 % off), with the slowest and fastest kept (`min_s`, `max_s`) and the
+speed-up's range (`speedup_range`: HF SDPA's median over the row's slowest and fastest run).
+Writes JSON and PNG (the text workloads) under benchmarks/results/, and prints the README's
+Markdown tables ("median (min-max)"), which `--table-from JSON` prints again from a saved run.
 """
 
 import argparse
@@ -61,7 +66,7 @@ def parse_args(argv=None):
     parser.add_argument("--video-side", type=int, default=448, help="video frames are SIDE x SIDE pixels")
     parser.add_argument("--video-methods", default=",".join(prefill_suite.VIDEO_METHODS),
                         help="methods of the video workload (dense always runs on one worker)")
-    parser.add_argument("--repeats", type=int, default=1, help="timed runs per measurement (median)")
+    parser.add_argument("--repeats", type=int, default=3, help="timed runs per measurement (median, min, max)")
     parser.add_argument("--gb-per-s", type=float, default=10.0, help="modelled link bandwidth per host")
     parser.add_argument("--latency-us", type=float, default=20.0, help="modelled latency per message")
     parser.add_argument("--layers", type=int, default=4,
@@ -72,6 +77,8 @@ def parse_args(argv=None):
     parser.add_argument("--intermediate", type=int, default=1792)
     parser.add_argument("--smoke", action="store_true", help="tiny shapes and lengths (CI)")
     parser.add_argument("--out", default=os.path.join(RESULTS, "cpu_methods.json"))
+    parser.add_argument("--table-from", default=None, metavar="JSON",
+                        help="print the README tables of a saved run and exit (measures nothing)")
     args = parser.parse_args(argv)
     args.grid, args.local_grid = prefill_suite.parse_grid(args.grid), prefill_suite.parse_grid(args.local_grid)
     args.video_grid = prefill_suite.parse_grid(args.video_grid)
@@ -119,9 +126,60 @@ def run_local(model, model_dir, grid, methods, repeats, progress=print):
     return rows
 
 
+def runs_of(row):
+    """The timed runs (seconds) behind a row's median."""
+    return row.get("runs_s") or (row.get("baseline") or {}).get("seconds") or [row["seconds"]]
+
+
+def add_spread(rows):
+    """Give every row min_s / max_s of its runs and, for methods, speedup_range: [HF SDPA's
+    median over the row's slowest run, over its fastest]. In place; returns rows."""
+    for row in rows:
+        runs = runs_of(row)
+        row["min_s"], row["max_s"] = min(runs), max(runs)
+        if row["method"] != "hf-sdpa":
+            hf_s = row["speedup_vs_hf"] * row["seconds"]
+            row["speedup_range"] = [hf_s / row["max_s"], hf_s / row["min_s"]]
+    return rows
+
+
+def markdown_tables(rows):
+    """The README's tables: per mode, one line per method, one column per (length, hosts),
+    cells "median (min-max)" speed-ups over HF SDPA; then HF SDPA's seconds per length."""
+    out = []
+    for mode, title in (("simulated", "Simulated hosts"), ("local workers", "Real local workers")):
+        mine = [row for row in rows if row["mode"] == mode and row["method"] not in ("hf-sdpa", "dense")]
+        if not mine:
+            continue
+        columns = sorted({(row["length"], row["hosts"]) for row in mine})
+        out.append(f"{title}: speed-up over HF SDPA, median of the runs (slowest-fastest)\n")
+        out.append("| method | " + " | ".join(f"{length // 1024}K, {hosts}" for length, hosts in columns) + " |")
+        out.append("| --- |" + " --- |" * len(columns))
+        for method in dict.fromkeys(row["method"] for row in mine):
+            cells = {(row["length"], row["hosts"]): row for row in mine if row["method"] == method}
+            out.append(f"| {method} | " + " | ".join(
+                f"{cells[c]['speedup_vs_hf']:.2f}x ({cells[c]['speedup_range'][0]:.2f}-{cells[c]['speedup_range'][1]:.2f})"
+                if c in cells else "-" for c in columns) + " |")
+        hf_mode = mode if any(r["mode"] == mode and r["method"] == "hf-sdpa" for r in rows) else "measured"
+        hf = [row for row in rows if row["method"] == "hf-sdpa" and row["mode"] == hf_mode]
+        out.append("\nHF SDPA: " + ", ".join(f"{row['length'] // 1024}K {row['seconds']:.2f} s "
+                                             f"({row['min_s']:.2f}-{row['max_s']:.2f})" for row in hf))
+        dense = [row for row in rows if row["method"] == "dense" and row["mode"] == "measured"]
+        if mode == "simulated" and dense:
+            out.append("longctx dense on one host: " + ", ".join(
+                f"{row['length'] // 1024}K {1 / row['speedup_vs_hf']:.2f}x HF's time"
+                for row in dense))
+        out.append("")
+    return "\n".join(out)
+
+
 def main(argv=None):
-    """Measure, print the tables, write JSON and PNG."""
+    """Measure, print the tables, write JSON and PNG (or, with --table-from, print a saved run's tables)."""
     args = parse_args(argv)
+    if args.table_from:
+        with open(args.table_from) as handle:
+            print(markdown_tables(add_spread(json.load(handle)["rows"])))
+        return None
     methods = [name for name in args.methods.split(",") if name]
     link = Link(gb_per_s=args.gb_per_s, latency_us=args.latency_us)
     started = time.perf_counter()
@@ -167,7 +225,8 @@ def main(argv=None):
                   "model": "qwen2_5_vl (random weights), the language-model shape above, a 2-layer vision encoder",
                   "metric": "seconds from the video's patches to the first answer token's logits: HF SDPA one "
                             "forward (vision encoder included); longctx vision encoding + prefill + query pass"},
-        "rows": rows + local + video,
+        "repeats": args.repeats,
+        "rows": add_spread(rows + local + video),
         "wall_s": time.perf_counter() - started,
     }
     prefill_suite.print_table(rows, "simulated")
@@ -181,6 +240,7 @@ def main(argv=None):
     png = prefill_suite.plot(rows + local, os.path.splitext(args.out)[0] + ".png",
                              f"CPU ({os.cpu_count()} cores), {args.layers}-layer random Llama, "
                              f"simulated hosts on {prefill_suite.link_description(link)}")
+    print("\n" + markdown_tables(report["rows"]))
     print(f"\nwrote {args.out}" + (f" and {png}" if png else "") + f" in {report['wall_s']:.0f} s")
     return report
 

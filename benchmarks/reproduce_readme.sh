@@ -8,7 +8,7 @@
 # demo          demo line under "Speed is always against Hugging Face"  ~1 min
 # dense         "The shipped example model": dense accuracy table       ~10 min
 # eval          every method on the same samples (two eval runs)        ~25 min
-# speed         "Speed": simulated hosts and real local workers         ~14 min
+# speed         "Speed": simulated hosts and real local workers         ~45 min (median of 3)
 # planner       "Planner": equal vs balanced APB on 4 local workers     ~5 min
 # plan          "Planner": the 128K / 8-host estimate                   seconds
 # ablation      "When passing matters": APB's ablation on vt-llama      ~15 min

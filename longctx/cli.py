@@ -266,6 +266,11 @@ def _calibrate(args, device, shape):
     coeffs = calibrate(shape, device, dtype, args.calibrate_sizes, link_gb_per_s=args.link_gb_per_s,
                        message_us=args.message_us, progress=say, methods=[args.method])
     path = save_costs(coeffs, args.costs)
+    kernels = None
+    if device == "cuda":  # which attention kernel `auto` runs per shape class on this GPU
+        from longctx.kernels.calibration import calibrate_and_save, format_entries
+
+        kernels = calibrate_and_save(shape.heads, shape.kv_heads, shape.head_dim, dtype, say)
     if args.costs:
         used = f"plans use them when given --costs {path}"
     else:
@@ -273,12 +278,16 @@ def _calibrate(args, device, shape):
     undo = f"delete {path} (or its {device!r} entry)"
     if args.json:
         print(json.dumps({"device": device, "saved": str(path), "used": used, "undo": undo,
-                          "costs": coeffs.to_dict()}))
+                          "costs": coeffs.to_dict(), "kernels": kernels and {
+                              "saved": str(kernels[0]), "device_name": kernels[1], "entries": kernels[2]}}))
         return
     print(f"saved {device} cost coefficients to {path}")
     print(f"  {used}; to undo, {undo}")
     for key, value in coeffs.to_dict().items():
         print(f"  {key:<20} {value}")
+    if kernels:
+        print(f"saved the attention kernel `auto` runs per call class on {kernels[1]} to {kernels[0]}:")
+        print(format_entries(kernels[2]))
 
 
 def cmd_methods(args):

@@ -179,8 +179,9 @@ def add_run_arguments(parser, *, with_method=True, model_required=True, defaults
     parser.add_argument("--dtype", default="auto", choices=DTYPES, help="auto: bfloat16 on CUDA, float32 on CPU")
     parser.add_argument("--dist-backend", default="auto", choices=DIST_BACKENDS)
     parser.add_argument("--kernel-backend", default="auto", choices=BACKENDS,
-                        help="attention kernels: auto (Triton on CUDA, torch's fused kernels on the CPU), "
-                             "torch, reference (the chunked test oracle) or triton")
+                        help="attention kernels: auto (PyTorch's fused kernels; on CUDA Triton or cuDNN where "
+                             "`longctx plan --calibrate --device cuda` measured them faster), torch, flash-attn "
+                             "(needs the flash_attn package), triton, or reference (the chunked test oracle)")
     parser.add_argument("--timeout", type=float, default=300.0, dest="timeout_s",
                         help="seconds any collective may wait before the job fails")
     parser.add_argument("--layout", default=None,

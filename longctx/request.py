@@ -123,6 +123,15 @@ def check_machine(config):
         if not on_cuda and os.environ.get("TRITON_INTERPRET") != "1":
             raise LongCtxError("--kernel-backend triton needs CUDA tensors, and the workers here run on the CPU "
                                "(set TRITON_INTERPRET=1 to run the kernel interpreted, slowly)")
+    if config.kernel_backend == "flash-attn":
+        from longctx.kernels.fused import op_named
+
+        try:
+            op_named("flash-attn")
+        except RuntimeError as exc:
+            raise LongCtxError(str(exc)) from None
+        if not on_cuda:
+            raise LongCtxError("--kernel-backend flash-attn needs CUDA tensors, and the workers here run on the CPU")
 
 
 def check_lengths(model_config, doc_len, query_len, max_new_tokens):

@@ -44,9 +44,25 @@ BUGS = {
         "apb/method.py", "prefix_len=passing_k.shape[2] if call.anchor_len else 0", "prefix_len=0",
         ("tests/test_approx_reference.py",)),
     "fused-split": Bug(
-        "fused CPU path: the rows after the anchor rows keep the first row's causal offset (misaligned split)",
-        "longctx/kernels/fused_cpu.py", "offset + anchor_rows if causal else None", "offset if causal else None",
-        ("tests/test_kernels_fused_cpu.py",)),
+        "fused path: the rows after the anchor rows keep the first row's causal offset (misaligned split)",
+        "longctx/kernels/fused.py", "None if offset is None else offset + anchor_rows, bottom_right)",
+        "None if offset is None else offset, bottom_right)", ("tests/test_kernels_fused.py",)),
+    "fused-square": Bug(
+        "fused path: a top-left op's causal piece one key wider than square (its diagonal then differs)",
+        "longctx/kernels/fused.py", "(key_lo + offset, key_lo + offset + diagonal), True)",
+        "(key_lo + offset, min(key_hi, key_lo + offset + diagonal + 1)), True)", ("tests/test_kernels_fused.py",)),
+    "efficient-lse": Bug(
+        "the CUDA efficient op's log-sum-exp used with its padding rows (not cut to the query rows)",
+        "longctx/kernels/fused.py", "return out, lse[..., :q.shape[2]]  # padded", "return out, lse  # padded",
+        ("tests/test_kernels_fused.py",)),
+    "tma-offset": Bug(
+        "Triton kernel, tensor-descriptor path: K read one row late",
+        "longctx/kernels/triton_kernels.py", "k = tl.trans(k_src.load([block_start, 0]))",
+        "k = tl.trans(k_src.load([block_start + 1, 0]))", ("tests/test_triton_kernel.py",)),
+    "spilling-config": Bug(
+        "Triton launch plan: a sm_90 head-dim-128 candidate that spills registers (128 x 128, 2 stages)",
+        "longctx/kernels/triton_launch.py", "_config(128, 128, 8, 1)", "_config(128, 128, 8, 2)",
+        ("tests/test_triton_compile.py",)),
     "striped-pairing": Bug(
         "striped ring pairing off by one: a key stripe starting with the query stripe is shifted too",
         "burst/blocks.py", "shift = 1 if k_span.start > q_span.start else 0",

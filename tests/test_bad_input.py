@@ -91,6 +91,7 @@ def _without_cuda():
     (("--device", "cuda"), "--device cuda: this machine has no CUDA device"),
     (("--dist-backend", "nccl"), "--dist-backend nccl needs a CUDA device per worker"),
     (("--kernel-backend", "triton"), "--kernel-backend triton needs CUDA tensors"),
+    (("--kernel-backend", "flash-attn"), "--kernel-backend flash-attn: the flash_attn package does not import"),
 ])
 def test_machine_settings_are_checked_before_workers_start(tiny_model, doc_file, flags, needle, monkeypatch):
     """Refused on the driver before any worker exists (the message comes from

@@ -35,15 +35,59 @@ def _check_speedups(rows, modes):
 def test_gpu_suite_smoke(tmp_path):
     report, stdout = _run("gpu_suite.py", tmp_path / "gpu.json")
     assert report["smoke"] and "modelled" in report["simulated"] and "measured" in report
-    assert all(row["max_abs_err"] < 1e-4 for row in report["kernel"])
+    for row in report["kernel"]:
+        assert set(row["max_abs_err"]) >= {"auto", "triton", "torch:cpu-flash"}
+        assert all(err < 1e-4 for err in row["max_abs_err"].values())
+        timing = row["backends"]["triton"]
+        assert len(timing["runs_ms"]) == 3 and timing["min_ms"] <= timing["median_ms"] <= timing["max_ms"]
     assert {row["call"].split(":")[0].split(" (")[0] for row in report["shaped"]} == {
         "apb last host", "query pass", "decode"}
-    assert all(row["max_abs_err_vs_reference"] < 1e-4 for row in report["shaped"])
+    assert all(check["ok"] for row in report["shaped"] for check in row["errors_vs_reference"].values())
     rows = report["simulated"]["rows"]
     assert {row["method"] for row in rows} >= {"hf-sdpa", "dense", "ring", "burst", "allgather", "ulysses", "star",
                                                "apb", "apb-balanced"}
     _check_speedups(rows, {"measured", "simulated"})
     assert "speed-up over HF SDPA" in stdout
+
+
+@pytest.mark.slow
+def test_gpu_first_light_smoke(tmp_path):
+    """The GPU first-light script on the CPU: every backend present checked on every call kind
+    (and found right), timed with a spread, the end-to-end prefill of every method; PASS."""
+    report, stdout = _run("gpu_first_light.py", tmp_path / "light.json")
+    assert report["smoke"] and report["verdict"] == {"passed": True, "problems": [], "unavailable": {}}
+    checks = report["correctness"]
+    assert {row["backend"] for row in checks} >= {"auto", "triton", "triton+tma", "torch:cpu-flash"}
+    assert {row["call"] for row in checks} >= {"causal prefill", "ring step (non-causal)", "decode (split-K)",
+                                              "resumed state over two key blocks", "apb anchor rule"}
+    assert all(row["ok"] for row in checks)
+    for row in report["speed"]:
+        timing = row["backends"]["triton"]
+        assert len(timing["runs_ms"]) == 3 and timing["tflops_min_max"][0] <= timing["tflops"]
+    rows = report["prefill"]["rows"]
+    assert {row["method"] for row in rows} >= {"hf-sdpa", "dense", "ring", "burst", "apb", "spava"}
+    _check_speedups(rows, {"measured", "simulated"})
+    assert "FIRST LIGHT: PASS" in stdout
+
+
+def test_gpu_first_light_verdict_fails_on_a_wrong_result():
+    import sys
+
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    from gpu_first_light import verdict
+
+    good = {"backend": "triton", "call": "decode", "ok": True, "max_abs_err": 0.0, "lse_max_abs_err": 0.0,
+            "empty_rows_ok": True}
+    assert verdict({"correctness": [good]}) == (True, [])
+    bad = {**good, "ok": False, "max_abs_err": 0.5}
+    passed, problems = verdict({"correctness": [good, bad], "failed_parts": {"speed": "RuntimeError: boom"},
+                                "prefill": {"rows": [{"mode": "failed", "method": "apb", "hosts": 8,
+                                                      "error": "ValueError: x"}]}})
+    assert not passed and len(problems) == 3 and "triton wrong on decode: out err 5.00e-01" in problems[1]
+    # An optional backend that cannot run here is listed, not failed; a required one fails.
+    missing = {"backend": "torch:cuda-cudnn", "call": "decode", "ok": False, "error": "RuntimeError: no cuDNN"}
+    assert verdict({"correctness": [good, missing]}) == (True, [])
+    assert not verdict({"correctness": [good, {**missing, "backend": "auto"}]})[0]
 
 
 @pytest.mark.slow
@@ -56,6 +100,12 @@ def test_cpu_methods_smoke(tmp_path):
     _check_speedups(rows, {"measured", "simulated", "local workers", "video local workers"})
     simulated = [row for row in rows if row["mode"] == "simulated"]
     assert all(len(row["host_compute_s"]) == row["hosts"] for row in simulated)
+    assert "spava" in {row["method"] for row in simulated}
+    # Medians of three runs with their range, in the JSON and in the printed README tables.
+    assert report["repeats"] == 3 and all(row["min_s"] <= row["seconds"] <= row["max_s"] for row in rows)
+    assert all(row["speedup_range"][0] <= row["speedup_vs_hf"] <= row["speedup_range"][1]
+               for row in rows if row["method"] != "hf-sdpa")
+    assert "median of the runs (slowest-fastest)" in stdout
     assert (tmp_path / "cpu.png").exists()
     video = [row for row in rows if row["mode"] == "video local workers"]
     assert {(row["method"], row["hosts"]) for row in video} == {("hf-sdpa", 1), ("dense", 1), ("burst", 2),

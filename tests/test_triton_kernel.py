@@ -24,7 +24,7 @@ import triton  # noqa: E402
 import triton.language as tl  # noqa: E402
 
 from longctx.kernels import attend_into, attention, merge, reference_attention  # noqa: E402
-from longctx.kernels import triton_attention as triton_module  # noqa: E402
+from longctx.kernels import triton_kernels, triton_launch  # noqa: E402
 from kernel_cases import MASK_CASES, case_id  # noqa: E402
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -35,7 +35,7 @@ TOLERANCES = {  # dtype: (out atol/rtol, lse atol)
 }
 
 pytestmark = pytest.mark.skipif(
-    not triton_module._kernel_is_interpreted(),
+    not triton_kernels._kernel_is_interpreted(),
     reason="triton was imported before TRITON_INTERPRET=1 was set; the kernel cannot run on the CPU",
 )
 
@@ -131,8 +131,8 @@ def test_other_block_sizes(monkeypatch, blocks):
     """The loop bounds must hold for BLOCK_M smaller and larger than BLOCK_N."""
     block_m, block_n = blocks
     config = {"BLOCK_M": block_m, "BLOCK_N": block_n, "num_warps": 4, "num_stages": 1}
-    monkeypatch.setattr(triton_module, "tune_configs", lambda *args: [config])
-    monkeypatch.setattr(triton_module, "split_config", lambda *args: config)
+    monkeypatch.setattr(triton_launch, "tune_configs", lambda *args: [config])
+    monkeypatch.setattr(triton_launch, "split_config", lambda *args: config)
     q, k, v = _inputs(1, 2, 1, 100, 147, 16, torch.float32, seed=block_m)
     _check(q, k, v, causal=True, anchor_len=40, prefix_len=50)
     q, k, v = _inputs(1, 2, 1, 147, 100, 16, torch.float32, seed=block_n)
@@ -140,19 +140,19 @@ def test_other_block_sizes(monkeypatch, blocks):
 
 
 def test_launch_config_is_sane():
-    for target in (triton_module.INTERPRETER, triton_module.Target(80, 108), triton_module.Target(90, 132)):
+    for target in (triton_launch.INTERPRETER, triton_launch.Target(80, 108), triton_launch.Target(90, 132)):
         for dtype in (torch.float32, torch.bfloat16, torch.float16):
             for head_dim in (16, 64, 128, 256):
-                configs = [*triton_module.tune_configs(target, dtype, head_dim, head_dim),
-                           triton_module.split_config(target, dtype, head_dim, head_dim)]
+                configs = [*triton_launch.tune_configs(target, dtype, head_dim, head_dim),
+                           triton_launch.split_config(target, dtype, head_dim, head_dim)]
                 for config in configs:
                     for key in ("BLOCK_M", "BLOCK_N"):
                         assert config[key] >= 16 and config[key] & (config[key] - 1) == 0
                     if target.arch >= 90 and dtype != torch.float32:
                         assert config["BLOCK_M"] >= 64  # a Hopper warpgroup MMA tile
     # A few autotuned candidates for 16-bit Hopper prefill, one config in the interpreter.
-    assert 2 <= len(triton_module.tune_configs(triton_module.Target(90, 132), torch.bfloat16, 128, 128)) <= 3
-    assert len(triton_module.tune_configs(triton_module.INTERPRETER, torch.bfloat16, 128, 128)) == 1
+    assert 2 <= len(triton_launch.tune_configs(triton_launch.Target(90, 132), torch.bfloat16, 128, 128)) <= 3
+    assert len(triton_launch.tune_configs(triton_launch.INTERPRETER, torch.bfloat16, 128, 128)) == 1
 
 
 # --- scheduling: heaviest causal tiles first ------------------------------------------------
@@ -161,7 +161,7 @@ def test_launch_config_is_sane():
 @triton.jit
 def _record_program_work(Out, batch_packs, num_splits, q_len, CAUSAL: tl.constexpr, ROWS: tl.constexpr):
     pid = tl.program_id(0)
-    pack_id, split, tile = triton_module._program_work(pid, batch_packs, num_splits, q_len, CAUSAL, ROWS)
+    pack_id, split, tile = triton_kernels._program_work(pid, batch_packs, num_splits, q_len, CAUSAL, ROWS)
     tl.store(Out + 3 * pid, pack_id)
     tl.store(Out + 3 * pid + 1, split)
     tl.store(Out + 3 * pid + 2, tile)
@@ -188,11 +188,65 @@ def test_heavy_tiles_get_the_lowest_program_ids(causal):
 def test_gqa_groups_pack_into_one_tile(group):
     """The query heads of a group share one tile (and its K/V loads); groups that do not
     divide BLOCK_M leave unused rows, which must not leak."""
-    plan = triton_module.plan_launch(1, 2 * group, 2, 45, 70, 16, 16, torch.float32, triton_module.INTERPRETER)
+    plan = triton_launch.plan_launch(1, 2 * group, 2, 45, 70, 16, 16, torch.float32, triton_launch.INTERPRETER)
     assert plan.pack == group
     q, k, v = _inputs(1, 2 * group, 2, 45, 70, 16, torch.float32, seed=group)
     _check(q, k, v, causal=True, anchor_len=12, prefix_len=20)
     _check(q.bfloat16(), k.bfloat16(), v.bfloat16(), causal=False)
+
+
+# --- tensor descriptors (TMA) for the K/V loads ------------------------------------------------
+
+
+@pytest.fixture
+def tma(monkeypatch):
+    monkeypatch.setenv(triton_launch.TMA_ENV, "1")
+
+
+def _kv_tma(q, k, v, resume=False):
+    """Whether the main launch of this call loads K/V through tensor descriptors."""
+    out = torch.zeros(*q.shape[:3], v.shape[-1], dtype=torch.float32)
+    lse = torch.zeros(q.shape[:3])
+    launch = triton_launch.build_launches(q, k, v, out, lse, causal=True, anchor_len=0, prefix_len=0, scale=1.0,
+                                          resume=resume, target=triton_launch.target_for(q))[0]
+    return launch.args["KV_TMA"]
+
+
+@pytest.mark.parametrize("shape", MASK_CASES, ids=case_id)
+def test_tma_loads_match_reference(tma, shape):
+    """With LONGCTX_TRITON_TMA=1 the descriptor path (rows past the keys zero-filled by the
+    descriptor, not masked loads) computes every mask case as the reference does."""
+    batch, q_heads, kv_heads, q_len, k_len, head_dim, causal, anchor, prefix = shape
+    q, k, v = _inputs(batch, q_heads, kv_heads, q_len, k_len, head_dim, torch.bfloat16, seed=q_len + 3 * k_len)
+    assert _kv_tma(q, k, v)
+    _check(q, k, v, causal=causal, anchor_len=anchor, prefix_len=prefix)
+
+
+def test_tma_resumes_and_splits(tma):
+    q, k, v = _inputs(1, 4, 2, 1, 260, 16, torch.float16, seed=8)
+    out, lse = _fold(q, k, v, [(0, 100, False), (100, 260, True)], "triton")
+    want_out, want_lse = reference_attention(q, k, v, causal=True)
+    torch.testing.assert_close(lse, want_lse, atol=1e-3, rtol=0)
+    torch.testing.assert_close(out, want_out.float(), atol=5e-3, rtol=5e-3)
+    q, k, v = _inputs(1, 4, 2, 70, 130, 32, torch.bfloat16, seed=9)
+    assert _kv_tma(q, k, v, resume=True)
+    out, lse = _fold(q, k, v, [(0, 60, False), (60, 130, True)], "triton")
+    want_out, want_lse = reference_attention(q, k, v, causal=True)
+    torch.testing.assert_close(lse, want_lse, atol=1e-3, rtol=0)
+    torch.testing.assert_close(out, want_out.float(), atol=2e-2, rtol=2e-2)
+
+
+def test_tma_only_where_the_layout_allows(monkeypatch, tma):
+    """float32 keeps pointer loads; so do K/V a descriptor cannot read (head-dim stride 2),
+    and the result is right either way; without the request nothing changes."""
+    q, k, v = _inputs(1, 4, 2, 40, 50, 32, torch.bfloat16, seed=1)
+    assert not _kv_tma(q.float(), k.float(), v.float())
+    strided_v = torch.randn(1, 2, 50, 64).bfloat16()[..., ::2]
+    assert not _kv_tma(q, k, strided_v)
+    _check(q, k, strided_v, causal=True)
+    assert _kv_tma(q, k, v)
+    monkeypatch.setenv(triton_launch.TMA_ENV, "0")
+    assert not _kv_tma(q, k, v)
 
 
 # --- split-K (flash-decoding) ----------------------------------------------------------------
@@ -204,7 +258,7 @@ def test_gqa_groups_pack_into_one_tile(group):
 def test_split_k_decode_and_query_pass(dtype, q_len, causal, anchor, prefix):
     """Few queries over many keys: the wrapper splits the keys and combines exactly."""
     q, k, v = _inputs(1, 8, 2, q_len, 300, 32, dtype, seed=q_len + anchor)
-    plan = triton_module.plan_launch(1, 8, 2, q_len, 300, 32, 32, dtype, triton_module.INTERPRETER)
+    plan = triton_launch.plan_launch(1, 8, 2, q_len, 300, 32, 32, dtype, triton_launch.INTERPRETER)
     assert plan.splits > 1
     _check(q, k, v, causal=causal, anchor_len=anchor, prefix_len=prefix)
 
@@ -212,7 +266,7 @@ def test_split_k_decode_and_query_pass(dtype, q_len, causal, anchor, prefix):
 @pytest.mark.parametrize("shape", MASK_CASES, ids=case_id)
 def test_forced_splits_match_reference(monkeypatch, shape):
     """Every mask case with the keys cut into 3 shares (some empty for short rows)."""
-    monkeypatch.setattr(triton_module, "choose_splits", lambda programs, key_blocks, target: min(3, key_blocks))
+    monkeypatch.setattr(triton_launch, "choose_splits", lambda programs, key_blocks, target: min(3, key_blocks))
     batch, q_heads, kv_heads, q_len, k_len, head_dim, causal, anchor, prefix = shape
     q, k, v = _inputs(batch, q_heads, kv_heads, q_len, k_len, head_dim, torch.float32, seed=q_len + 7 * k_len)
     _check(q, k, v, causal=causal, anchor_len=anchor, prefix_len=prefix)
@@ -286,7 +340,7 @@ def test_attend_into_split_path_resumes():
     """Decoding with split-K folds the running state in the combine kernel."""
     q, k, v = _inputs(1, 4, 2, 1, 260, 16, torch.float32, seed=8)
     out, lse = _fold(q, k, v, [(0, 100, False)], "triton")
-    assert triton_module.plan_launch(1, 4, 2, 1, 160, 16, 16, torch.float32, triton_module.INTERPRETER).splits > 1
+    assert triton_launch.plan_launch(1, 4, 2, 1, 160, 16, 16, torch.float32, triton_launch.INTERPRETER).splits > 1
     out, lse = _fold(q, k, v, [(100, 260, True)], "triton", state=(out, lse))
     want_out, want_lse = reference_attention(q, k, v, causal=True)
     torch.testing.assert_close(lse, want_lse, atol=1e-4, rtol=0)
@@ -325,7 +379,7 @@ def test_auto_backend_on_cpu_does_not_import_triton():
         k = torch.randn(1, 2, 9, 16)
         attention(q, k, k, causal=True, backend="auto")
         loaded = sorted(m for m in sys.modules if m == "triton" or m.startswith("triton.")
-                        or m == "longctx.kernels.triton_attention")
+                        or m.startswith("longctx.kernels.triton"))
         assert not loaded, loaded
         """
     )
@@ -368,13 +422,13 @@ def test_ring_accumulator_with_the_triton_kernel(striped):
 def test_autotuner_prunes_to_the_planned_candidates(monkeypatch):
     """The GPU autotuner (not run here: it needs a device to time on) offers exactly the
     candidates `tune_configs` gives the call's target, keyed on what changes the best one."""
-    monkeypatch.setattr(triton_module, "_target_for", lambda q: triton_module.Target(90, 132))
-    tuned = triton_module._autotuned(triton_module._attention_fwd_kernel)
-    assert {"BLOCK_D", "BLOCK_DV", "CAUSAL", "PACK", "RESUME", "tune_bucket"} <= set(tuned.keys)
+    monkeypatch.setattr(triton_launch, "target_for", lambda q: triton_launch.Target(90, 132))
+    tuned = triton_launch._autotuned(triton_kernels._attention_fwd_kernel)
+    assert {"BLOCK_D", "BLOCK_DV", "CAUSAL", "PACK", "RESUME", "KV_TMA", "tune_bucket"} <= set(tuned.keys)
     assert set(tuned.restore_value) == {"Out", "Lse"}
     q = torch.zeros(1, 8, 4, 128, dtype=torch.bfloat16)
     tuned.nargs = {}
     pruned = tuned.prune_configs({"Q": q, "BLOCK_D": 128, "BLOCK_DV": 128})
-    want = triton_module.tune_configs(triton_module.Target(90, 132), torch.bfloat16, 128, 128)
+    want = triton_launch.tune_configs(triton_launch.Target(90, 132), torch.bfloat16, 128, 128)
     assert [(c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"], c.num_warps, c.num_stages) for c in pruned] == \
         [(c["BLOCK_M"], c["BLOCK_N"], c["num_warps"], c["num_stages"]) for c in want]

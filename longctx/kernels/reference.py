@@ -1,4 +1,4 @@
-"""Torch reference attention with log-sum-exp: the CPU production path and the test oracle."""
+"""Torch reference attention with log-sum-exp: the test oracle, and the fallback for calls no fused op serves."""
 
 import math
 

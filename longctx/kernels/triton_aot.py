@@ -1,23 +1,29 @@
 """Ahead-of-time compilation of the Triton attention launches for a GPU that is not here.
 
 Triton compiles to PTX and a cubin without a GPU (ptxas ships with it). `compile_launch`
-turns one `Launch` from `triton_attention.build_launches` (built on meta tensors) plus one
+turns one `Launch` from `triton_launch.build_launches` (built on meta tensors) plus one
 of its configurations into exactly what the runtime's JIT would compile: the argument
 types and specialisations come from Triton's own specialisation of the same argument
 values (integers equal to 1 become constants, multiples of 16 and pointers get the
 divisibility hint; meta tensors count as 16-byte aligned, as fresh allocations are).
+
+Each build's registers and spills are ptxas's own figures for the cubin Triton built (its
+log, with Triton's ptxas options), so a spill shows exactly as it would run.
 
 Used by tests/test_triton_compile.py and benchmarks/kernel_report.py. Triton must have been
 imported without TRITON_INTERPRET (interpreted kernels cannot be compiled).
 """
 
 import argparse
+import contextlib
+import hashlib
+import io
 import itertools
 import json
 import os
+import pathlib
 import re
 import sys
-import time
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass
 
@@ -26,7 +32,7 @@ import triton
 from triton.backends.compiler import BaseBackend, GPUTarget
 from triton.compiler import ASTSource
 
-from longctx.kernels.triton_attention import Target, build_launches
+from longctx.kernels.triton_launch import Target, build_launches
 
 # The parts compiled for: A100 (sm_80) and H100/H200 (sm_90), with their SM counts.
 TARGETS = {80: Target(arch=80, num_sms=108), 90: Target(arch=90, num_sms=132)}
@@ -77,43 +83,63 @@ def uses_wgmma(compiled):
     return "wgmma.mma_async" in compiled.asm["ptx"]
 
 
-def ptxas_usage(compiled, arch):
-    """Registers per thread, spill stores/loads (bytes) and static shared memory from
-    `ptxas -v` on the compiled PTX; None where ptxas is not found."""
-    import os
-    import subprocess
-    import tempfile
+USAGE_FILE = "longctx_ptxas_usage.json"  # kept beside a build in Triton's cache
 
-    from triton.backends.nvidia.compiler import get_ptxas
 
+def compile_with_usage(launch, config, arch):
+    """(compiled kernel, usage) of `launch` built with `config` for sm_`arch`. `usage` comes
+    from the log of the ptxas run that built the very cubin (Triton's own ptxas options):
+    {registers, stack_frame, spill_stores, spill_loads} in registers per thread and bytes
+    (a stack frame alone can hold a called routine's saved registers; spills are spills).
+    Triton's cache keeps the cubin, not the log, so the usage is kept beside it; a build found
+    in the cache without it is rebuilt once. None where no log was printed."""
+    from triton.runtime.cache import get_cache_manager
+
+    compiled, usage = _compile_logging_ptxas(launch, config, arch, always=False)
+    manager = get_cache_manager(compiled.hash)
+    if usage is None:  # found in Triton's cache: no ptxas ran
+        kept = manager.get_file(USAGE_FILE)
+        if kept:
+            with open(kept, encoding="utf-8") as handle:
+                return compiled, json.load(handle)
+        compiled, usage = _compile_logging_ptxas(launch, config, arch, always=True)
+    if usage is not None:
+        manager.put(json.dumps(usage), USAGE_FILE, binary=False)
+    return compiled, usage
+
+
+def _compile_logging_ptxas(launch, config, arch, always):
+    """`compile_launch` with Triton printing its ptxas log (captured and parsed); `always`
+    bypasses Triton's cache. Returns (compiled, usage or None when ptxas did not run)."""
+    from triton import knobs
+
+    settings = knobs.nvidia.dump_ptxas_log, knobs.compilation.always_compile
+    log = io.StringIO()
     try:
-        ptxas = get_ptxas(arch).path
-    except Exception:  # noqa: BLE001 - no bundled ptxas: report without it
-        return None
-    suffix = "a" if arch >= 90 else ""
-    with tempfile.TemporaryDirectory() as tmp:
-        ptx = os.path.join(tmp, "kernel.ptx")
-        with open(ptx, "w") as handle:
-            handle.write(compiled.asm["ptx"])
-        result = subprocess.run([ptxas, "-v", f"--gpu-name=sm_{arch}{suffix}", ptx, "-o", os.path.join(tmp, "k.o")],
-                                capture_output=True, text=True, timeout=300)
-    text = result.stdout + result.stderr
-    registers = re.search(r"Used (\d+) registers", text)
-    spills = re.search(r"(\d+) bytes spill stores, (\d+) bytes spill loads", text)
-    smem = re.search(r"(\d+) bytes smem", text)
-    return {
-        "registers": int(registers.group(1)) if registers else None,
-        "spill_stores": int(spills.group(1)) if spills else None,
-        "spill_loads": int(spills.group(2)) if spills else None,
-        "static_smem": int(smem.group(1)) if smem else 0,
-    }
+        knobs.nvidia.dump_ptxas_log, knobs.compilation.always_compile = True, always
+        with contextlib.redirect_stdout(log):
+            compiled = compile_launch(launch, config, arch)
+    finally:
+        knobs.nvidia.dump_ptxas_log, knobs.compilation.always_compile = settings
+    return compiled, parse_ptxas_log(log.getvalue())
 
+
+def parse_ptxas_log(text):
+    """{registers, stack_frame, spill_stores, spill_loads} from `ptxas -v` output (sums over
+    the functions it lists, registers the largest), or None when it has no such figures."""
+    registers = [int(n) for n in re.findall(r"Used (\d+) registers", text)]
+    frames = re.findall(r"(\d+) bytes stack frame, (\d+) bytes spill stores, (\d+) bytes spill loads", text)
+    if not registers or not frames:
+        return None
+    return {"registers": max(registers), "stack_frame": sum(int(f[0]) for f in frames),
+            "spill_stores": sum(int(f[1]) for f in frames), "spill_loads": sum(int(f[2]) for f in frames)}
 
 
 @dataclass(frozen=True)
 class Case:
     """One call the runtime may see: target arch, dtype name, head dim, GQA group, mask
-    kind, shape name (see SHAPES) and whether it folds into a running state (LAO)."""
+    kind, shape name (see SHAPES), whether it folds into a running state (LAO) and whether
+    K/V may come through tensor descriptors (`tma`, sm_90 only; 16-bit builds use them)."""
 
     arch: int
     dtype: str
@@ -122,6 +148,7 @@ class Case:
     causal: bool
     shape: str
     resume: bool
+    tma: bool = False
 
 
 def case_launches(case):
@@ -136,14 +163,70 @@ def case_launches(case):
     out = meta(1, heads, q_len, case.head_dim, dtype=torch.float32 if case.resume else dtype)
     lse = meta(1, heads, q_len, dtype=torch.float32)
     return build_launches(q, k, v, out, lse, causal=case.causal, anchor_len=0, prefix_len=0,
-                          scale=case.head_dim ** -0.5, resume=case.resume, target=TARGETS[case.arch])
+                          scale=case.head_dim ** -0.5, resume=case.resume, target=case_target(case))
+
+
+def case_target(case):
+    """The `Target` a case compiles for: its arch, with TMA when the case asks for it."""
+    if case.tma and case.arch < 90:
+        raise ValueError(f"tensor descriptors need sm_90 or later, not sm_{case.arch}")
+    target = TARGETS[case.arch]
+    return Target(target.arch, target.num_sms, tma=case.tma)
 
 
 def full_matrix(archs=(80, 90)):
-    """Every combination the brief asks for: dtypes x head dims 64/128/256 x causal or not
-    x GQA groups 1/4/8 x prefill/decode shapes x fresh or resumed state, per arch."""
-    return [Case(*values) for values in itertools.product(
-        archs, DTYPES, (64, 128, 256), (1, 4, 8), (True, False), ("prefill", "decode"), (False, True))]
+    """Every combination: dtypes x head dims 64/128/256 x GQA groups 1/4/8 x causal or not
+    x prefill/decode shapes x fresh or resumed state, per arch, and on sm_90 each of those
+    with K/V through tensor descriptors as well."""
+    return [Case(*values, tma=tma) for values in itertools.product(
+        archs, DTYPES, (64, 128, 256), (1, 4, 8), (True, False), ("prefill", "decode"), (False, True))
+        for tma in ((False, True) if values[0] >= 90 else (False,))]
+
+
+def uses_tma(compiled):
+    """True when the PTX copies tiles with the Hopper tensor-memory accelerator."""
+    return "cp.async.bulk.tensor" in compiled.asm["ptx"]
+
+
+def record_problems(records):
+    """One line per thing wrong in compilation `records` (empty when all is well): shared
+    memory over the part's limit, a Hopper 16-bit main-kernel build without wgmma, a TMA case
+    whose PTX does not use TMA, a register spill (ptxas's figures for the cubin), a build
+    without those figures."""
+    problems = []
+    for record in records:
+        case, usage = record["case"], record["usage"]
+        name = (f"{record['kernel']} sm_{case['arch']} {case['dtype']} d{case['head_dim']} group {case['group']} "
+                f"{'causal' if case['causal'] else 'full'} {case['shape']}{' resumed' if case['resume'] else ''}"
+                f"{' tma' if case.get('tma') else ''} {record['config']}")
+        if record["shared_bytes"] > record["shared_limit"]:
+            problems.append(f"{name}: shared memory {record['shared_bytes']} B over the part's "
+                            f"{record['shared_limit']} B")
+        main = record["kernel"] == "_attention_fwd_kernel"
+        if main and case["arch"] >= 90 and case["dtype"] != "fp32" and not record["wgmma"]:
+            problems.append(f"{name}: a Hopper 16-bit build without wgmma")
+        if main and record["constexprs"].get("KV_TMA") and not record["tma"]:
+            problems.append(f"{name}: asked for tensor descriptors, the PTX has no TMA copy")
+        if usage is None:
+            problems.append(f"{name}: no ptxas figures (the build printed no ptxas log)")
+        elif usage["spill_stores"] or usage["spill_loads"]:
+            problems.append(f"{name}: spills registers ({usage['registers']} registers, {usage['spill_stores']} B "
+                            f"stored, {usage['spill_loads']} B loaded)")
+    return problems
+
+
+# The files whose text decides what the compile matrix builds: the kernels, their launch
+# planning and this module's cases. benchmarks/kernel_report.py records their hash.
+KERNEL_SOURCES = ("triton_kernels.py", "triton_launch.py", "triton_aot.py")
+
+
+def kernel_source_hash():
+    """sha256 (hex) over the kernel sources (KERNEL_SOURCES, in order, newlines normalised)."""
+    digest = hashlib.sha256()
+    for name in KERNEL_SOURCES:
+        text = (pathlib.Path(__file__).resolve().parent / name).read_text(encoding="utf-8")
+        digest.update(name.encode() + b"\0" + text.replace("\r\n", "\n").encode("utf-8") + b"\0")
+    return digest.hexdigest()
 
 
 def compile_jobs(cases):
@@ -159,41 +242,33 @@ def compile_jobs(cases):
     return list(jobs.values())
 
 
-def compile_job(job, with_ptxas=False):
+def compile_job(job):
     """Compile one job; returns a JSON-ready record (kernel, case, config, constexprs, shared
-    memory and its limit, whether the PTX uses wgmma, compile seconds and, with
-    `with_ptxas`, registers / spills from ptxas)."""
+    memory and its limit, whether the PTX uses wgmma and TMA, registers and stack frame)."""
     case, launch_index, config_index = job
     launch = case_launches(case)[launch_index]
     config = launch.configs[config_index]
-    start = time.perf_counter()
-    compiled = compile_launch(launch, config, case.arch)
+    compiled, usage = compile_with_usage(launch, config, case.arch)
     record = {
         "kernel": launch.name, "case": asdict(case), "config": dict(config),
         "constexprs": {p.name: launch.args[p.name] for p in launch.kernel.params
                        if p.is_constexpr and p.name in launch.args},
         "out_dtype": str(launch.args["Out"].dtype).replace("torch.", ""),
         "shared_bytes": compiled.metadata.shared, "shared_limit": SHARED_MEMORY_LIMIT[case.arch],
-        "wgmma": uses_wgmma(compiled), "compile_s": round(time.perf_counter() - start, 2),
+        "wgmma": uses_wgmma(compiled), "tma": uses_tma(compiled),
     }
-    if with_ptxas:
-        record["ptxas"] = ptxas_usage(compiled, case.arch)
+    record["usage"] = usage
     return record
 
 
-def _compile_job_ptxas(job):
-    return compile_job(job, with_ptxas=True)
-
-
-def compile_all(cases, workers=None, with_ptxas=False):
+def compile_all(cases, workers=None):
     """Compile every unique job behind `cases` (in a process pool); returns the records."""
     jobs = compile_jobs(cases)
     workers = workers or min(len(jobs), os.cpu_count() or 1)
-    run = _compile_job_ptxas if with_ptxas else compile_job
     if workers <= 1:
-        return [run(job) for job in jobs]
+        return [compile_job(job) for job in jobs]
     with ProcessPoolExecutor(max_workers=workers) as pool:
-        return list(pool.map(run, jobs))
+        return list(pool.map(compile_job, jobs))
 
 
 def main(argv=None):
@@ -202,10 +277,9 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--full", action="store_true", help="the full matrix instead of cases on stdin")
     parser.add_argument("--workers", type=int, default=None)
-    parser.add_argument("--ptxas", action="store_true", help="add ptxas -v figures")
     args = parser.parse_args(argv)
     cases = full_matrix() if args.full else [Case(**c) for c in json.load(sys.stdin)]
-    for record in compile_all(cases, args.workers, args.ptxas):
+    for record in compile_all(cases, args.workers):
         print(json.dumps(record), flush=True)
     return 0
 
