@@ -84,7 +84,7 @@ BUGS = {
         "the request path no longer checks the memory estimate (the refusal's call deleted)",
         "longctx/request.py",
         "check_memory(runner.planner, plan, self.model_config.vocab_size, max_new_tokens,\n"
-        "                         resolve_device_type(self.config.device), local_workers=self.local_workers)",
+        "                         resolve_device_type(self.worker_config.device), local_workers=self.local_workers)",
         "None", ("tests/test_memory.py",)),
 }
 
