@@ -3,6 +3,7 @@
 A compressor scores every local key of one layer, [B, Hkv, L] float32, higher = more worth
 passing. `select` then max-pools the scores over neighbouring keys (so a kept key brings its
 neighbourhood's evidence), drops the protected rows and keeps the top `sends` per KV head.
+`select_by_question` is the query-aware selection on its own (public: Spava's blocks use it).
 
 * `query` (default, training-free): mean over the question tokens in the anchor (or probe) of
   q·k, averaged over each KV head's GQA group (computed as one dot with the mean query). The
@@ -81,10 +82,7 @@ class QueryCompressor(HooklessCompressor):
         question = q[:, :, start : start + host.question_len].float()
         if state is not None:
             question = state.rerotation(question)
-        batch, q_heads, _, head_dim = question.shape
-        kv_heads = k.shape[1]
-        mean_query = question.reshape(batch, kv_heads, -1, head_dim).mean(dim=2)
-        return torch.einsum("bhd,bhsd->bhs", mean_query, k[:, :, host.lead_len :].float())
+        return query_scores(question, k[:, :, host.lead_len :])
 
 
 class RetainingHeadsCompressor:
@@ -155,18 +153,33 @@ def make_compressor(options):
     return COMPRESSORS[options.compressor](options)
 
 
-def select(scores, host, pool):
-    """Indices [B, Hkv, host.sends] (ascending) of the keys to pass, from scores [B, Hkv, L].
+def query_scores(question, keys):
+    """[B, Hkv, L] float32 scores of `keys` [B, Hkv, L, D]: the mean over the `question` queries
+    [B, Hq, q, D] (at their true positions) and over each KV head's GQA group of q.k, as one dot
+    with the mean query."""
+    batch, _, _, head_dim = question.shape
+    mean_query = question.float().reshape(batch, keys.shape[1], -1, head_dim).mean(dim=2)
+    return torch.einsum("bhd,bhsd->bhs", mean_query, keys.float())
 
-    The first `host.protected` rows can never be chosen (nor lend their scores to their
+
+def select_by_question(question, keys, sends):
+    """Indices [B, Hkv, sends] (ascending) of the `sends` keys per KV head of `keys` [B, Hkv, L, D]
+    the question's queries `question` [B, Hq, q, D] score highest (`query_scores`, max-pooled over
+    QueryCompressor.pool neighbours, `select`): APB's training-free query-aware selection."""
+    return select(query_scores(question, keys), sends, pool=QueryCompressor.pool)
+
+
+def select(scores, sends, protected=0, pool=1):
+    """Indices [B, Hkv, sends] (ascending) of the keys to pass, from scores [B, Hkv, L].
+
+    The first `protected` rows can never be chosen (nor lend their scores to their
     neighbours); the others are max-pooled over `pool` neighbours (stride 1, same length) and
-    the top `host.sends` per KV head are kept.
+    the top `sends` per KV head are kept.
     """
-    protected = slice(0, host.protected)
-    if host.protected:
+    if protected:
         scores = scores.clone()
-        scores[..., protected] = float("-inf")
+        scores[..., :protected] = float("-inf")
     if pool > 1:
         scores = F.max_pool1d(scores, kernel_size=pool, stride=1, padding=pool // 2)
-        scores[..., protected] = float("-inf")
-    return scores.topk(host.sends, dim=-1).indices.sort(dim=-1).values
+        scores[..., :protected] = float("-inf")
+    return scores.topk(sends, dim=-1).indices.sort(dim=-1).values

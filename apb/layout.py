@@ -29,13 +29,15 @@ from longctx.plan import HostPlan, Plan, Span, check_sizes, split_sizes
 class APBHostPlan(HostPlan):
     """HostPlan plus APB's lead rows and passing facts.
 
-    `anchor_len` (HostPlan) is the visible anchor; `probe_len` the invisible question probe
-    (at most one of them is non-zero). Lead rows [head_len, head_len + question_len) hold the
-    question. `sends` is how many keys per KV head this host passes each layer (0: it passes
-    nothing); `protected` leading local rows are never passed (host 0's first l_a tokens).
-    `passing_len` (HostPlan) is the length of the passing block this host receives.
+    `anchor_len` is the visible anchor; `probe_len` the invisible question probe (at most one
+    of them is non-zero). Lead rows [head_len, head_len + question_len) hold the question.
+    `sends` is how many keys per KV head this host passes each layer (0: it passes nothing);
+    `protected` leading local rows are never passed (host 0's first l_a tokens). `passing_len`
+    is the length of the passing block this host receives.
     """
 
+    anchor_len: int = 0
+    passing_len: int = 0
     probe_len: int = 0
     head_len: int = 0
     question_len: int = 0
@@ -46,6 +48,15 @@ class APBHostPlan(HostPlan):
     def lead_len(self):
         """Rows in front of the local block (anchor or probe)."""
         return self.anchor_len + self.probe_len
+
+    @property
+    def received_len(self):
+        """The passing block's length."""
+        return self.passing_len
+
+    def details(self):
+        """anchor_len and passing_len, for the plan's summary."""
+        return {"anchor_len": self.anchor_len, "passing_len": self.passing_len}
 
     @property
     def candidates(self):

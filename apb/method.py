@@ -12,18 +12,16 @@ host appends them).
 
 from contextlib import nullcontext
 from dataclasses import dataclass
-from types import SimpleNamespace
 
 import torch
 
-from apb.compress import COMPRESSORS, CompressorState, QueryCompressor, make_compressor, select
+from apb.compress import COMPRESSORS, CompressorState, make_compressor, select_by_question
 from apb.layout import APBLayout, attention_calls, lead_inputs, resolve_sizes
-from apb.passing import all_gather_blocks, compressed_block
-from longctx.config import option
+from apb.passing import PassingStats, all_gather_blocks, compressed_block
 from longctx.costmodel import HostWork, KernelCall
 from longctx.errors import LongCtxError
-from longctx.kernels import attention
 from longctx.method import Method
+from longctx.options import option
 from longctx.plan import balanced_block_sizes
 from longctx.planner import Planner
 
@@ -126,6 +124,7 @@ class APBAttention(Method):
     name = "apb"
     Options = APBOptions
     Planner = APBPlanner
+    Stats = PassingStats
 
     def __init__(self, config):
         super().__init__(config)
@@ -137,15 +136,13 @@ class APBAttention(Method):
         from longctx.calibrate import fit_rate
 
         bench.say("compressor")
-        shape, question, compressor = bench.shape, 32, QueryCompressor(None)
+        shape, question = bench.shape, 32
         key_counts, key_s = [], []
         for n in bench.sizes:
-            q = bench.rand(1, shape.heads, question + n, shape.head_dim)
-            k = bench.rand(1, shape.kv_heads, question + n, shape.head_dim)
-            host = SimpleNamespace(head_len=0, question_len=question, lead_len=question, protected=0,
-                                   sends=max(1, n // 8))
+            q = bench.rand(1, shape.heads, question, shape.head_dim)
+            k = bench.rand(1, shape.kv_heads, n, shape.head_dim)
             key_counts.append(float(n * shape.kv_heads))
-            key_s.append(bench.time(lambda: select(compressor.scores(None, 0, host, q, k, k), host, compressor.pool)))
+            key_s.append(bench.time(lambda: select_by_question(q, k, max(1, n // 8))))
         return {"compress_ns_per_key": round(1e9 / fit_rate(key_counts, key_s), 4)}
 
     def new_state(self, plan, rank):
@@ -171,29 +168,31 @@ class APBAttention(Method):
         """One layer of APB prefill on host h; q [B, Hq, lead + n, D], k/v [B, Hkv, lead + n, D].
 
         Keeps the local rows' K/V, passes its compressed block, gathers P_h from hosts
-        0..h-1 (this layer only) and runs `attention_calls(host)`.
+        0..h-1 (this layer only) and runs `attention_calls(host)`; returns (out, lse).
         """
         host = ctx.plan.hosts[ctx.rank]
         lead = host.lead_len
         ctx.cache.store(layer, k[:, :, lead:], v[:, :, lead:])
         passing_k, passing_v = k[:, :, :0], v[:, :, :0]
-        ctx.stats["passing_bytes_per_layer"] = 0
+        ctx.stats.passing_bytes_per_layer = 0
         if any(other.sends for other in ctx.plan.hosts):
             sent = compressed_block(self.compressor, ctx.state, layer, host, q, k, v)
             blocks = all_gather_blocks(ctx, *sent)[: ctx.rank]
             if blocks:
                 passing_k = torch.cat([block[0] for block in blocks], dim=2)
                 passing_v = torch.cat([block[1] for block in blocks], dim=2)
-        outs = []
+        outs, lses = [], []
         for call in attention_calls(host):
             keys, values = k[:, :, call.k_rows], v[:, :, call.k_rows]
             if call.passing:
                 keys, values = _after(passing_k, keys), _after(passing_v, values)
-            out, _ = attention(q[:, :, call.q_rows], keys, values, causal=True, anchor_len=call.anchor_len,
-                               prefix_len=passing_k.shape[2] if call.anchor_len else 0, scale=scale,
-                               backend=ctx.kernel_backend)
+            out, lse = ctx.kernels.attention(q[:, :, call.q_rows], keys, values, causal=True, anchor_len=call.anchor_len,
+                                             prefix_len=passing_k.shape[2] if call.anchor_len else 0, scale=scale)
             outs.append(out)
-        return outs[0] if len(outs) == 1 else torch.cat(outs, dim=2)
+            lses.append(lse)
+        if len(outs) == 1:
+            return outs[0], lses[0]
+        return torch.cat(outs, dim=2), torch.cat(lses, dim=2)
 
 
 def _after(passing, tensor):

@@ -35,8 +35,10 @@ class RecordingAttention:
         self.tail = tail
         self.targets = {}
 
-    def attend(self, layer, q, k, v, scale):
-        """Causal attention out [1, Hq, S, D]; records the layer's target as a side effect."""
+    def attend(self, layer, q, k, v, call):
+        """Causal attention out [1, Hq, S, D] (`call`: the layer's `longctx.features.AttentionCall`);
+        records the layer's target as a side effect."""
+        scale = call.scale
         context = k.shape[2] - self.tail
         question = q[:, :, context:].float()
         scores = torch.einsum("bhqd,bhkd->bhqk", question, k.float().repeat_interleave(q.shape[1] // k.shape[1], dim=1))

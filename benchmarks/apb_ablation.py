@@ -42,7 +42,7 @@ import os
 import sys
 
 from longctx.eval.harness import evaluate
-from longctx.eval.variants import split_specs
+from longctx.config import split_specs
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ROWS = {
@@ -100,13 +100,13 @@ def ablation(args):
     """The results dict: settings, then per length the rows' accuracy and per-sample answers,
     each length one `evaluate` call (what its `eval_command` runs), every row on the same samples."""
     specs = row_specs(args)
-    results = {"model": os.path.relpath(args.model, ROOT), "tasks": split_specs(args.tasks), "hosts": args.hosts,
+    results = {"model": os.path.relpath(args.model, ROOT), "tasks": split_specs(args.tasks, "--tasks"), "hosts": args.hosts,
                "samples": args.samples, "seed": args.seed, "balance": "equal", "rows": specs,
                "retaining_heads": args.retaining_heads, "lengths": {}}
     for length in args.lengths:
         print(f"{length} tokens: {eval_command(args, specs, length)}", file=sys.stderr, flush=True)
         report = evaluate(args.model, args.tasks, length, args.hosts, list(specs.values()), args.samples,
-                          seed=args.seed, baseline=False, balance="equal")
+                          seed=args.seed, baseline=False, balance="equal").to_dict()
         per_row = {row: {"method": spec, "workers": report["workers"][spec],
                          "accuracy": {task: report["accuracy"][task][spec] for task in report["tasks"]},
                          "correct": {task: report["correct"][task][spec] for task in report["tasks"]},

@@ -62,7 +62,8 @@ class Recorder:
         self.total_len, self.mass = 0, mass or {}
         self.q, self.k, self.received = [], [], []
 
-    def attend(self, layer, q, k, v, scale):
+    def attend(self, layer, q, k, v, call):
+        scale = call.scale
         group = q.shape[1] // k.shape[1]
         keys, values = k.repeat_interleave(group, 1), v.repeat_interleave(group, 1)
         self.q.append(q.float())
@@ -116,8 +117,10 @@ def measure_sample(model, doc_ids, query_ids, hosts):
             k = torch.cat([lead.k[layer], dense.k[layer][:, :, block]], dim=2)
             q = lead.q[layer]
             chosen = {
-                "anchor": select(compressor.scores(None, layer, host, q, k, k), host, compressor.pool),
-                "true": select(compressor.scores(state, layer, host, q, k, k), host, compressor.pool),
+                "anchor": select(compressor.scores(None, layer, host, q, k, k), host.sends, host.protected,
+                                 compressor.pool),
+                "true": select(compressor.scores(state, layer, host, q, k, k), host.sends, host.protected,
+                               compressor.pool),
                 "later": top_mass(dense.received[layer][f"later{host.rank}"][..., block], host),
                 "question": top_mass(dense.received[layer]["question"][..., block], host),
             }

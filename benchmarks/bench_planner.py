@@ -40,6 +40,7 @@ from dataclasses import dataclass  # noqa: E402
 
 from apb.compress import CompressorState  # noqa: E402
 from apb.method import APBAttention  # noqa: E402
+from apb.passing import PassingStats  # noqa: E402
 
 
 @dataclass
@@ -50,12 +51,20 @@ class TimedState(CompressorState):
     cpu0: float = 0.0
 
 
+@dataclass
+class TimedStats(PassingStats):
+    """APB's counters plus every host's CPU seconds of the prefill."""
+
+    host_cpu_s: list = None
+
+
 class TimedAPB(APBAttention):
     """APB that also measures each host's compute: CPU seconds of the worker's main thread from
     the start of the prefill forward to the end of the last layer's attention (waiting in
-    collectives costs no CPU time), gathered into `stats["host_cpu_s"]` on rank 0."""
+    collectives costs no CPU time), gathered into `stats.host_cpu_s` on rank 0."""
 
     balance = "equal"
+    Stats = TimedStats
 
     def __init__(self, config):
         super().__init__(config.replace(balance=self.balance))
@@ -72,13 +81,13 @@ class TimedAPB(APBAttention):
 
     def prefill_attention(self, ctx, layer, q, k, v, scale):
         """APB's attention; after the last layer's, every host's CPU seconds are all-gathered."""
-        out = super().prefill_attention(ctx, layer, q, k, v, scale)
+        attended = super().prefill_attention(ctx, layer, q, k, v, scale)
         if layer == ctx.state.layers - 1:
             import torch
 
             spent = torch.tensor([time.thread_time() - ctx.state.cpu0], dtype=torch.float64)
-            ctx.stats["host_cpu_s"] = [float(part[0]) for part in ctx.comm.all_gather(spent)]
-        return out
+            ctx.stats.host_cpu_s = [float(part[0]) for part in ctx.comm.all_gather(spent)]
+        return attended
 
 
 class EqualAPB(TimedAPB):
@@ -145,7 +154,7 @@ def main(argv=None):
     from longctx.config import RunConfig
     from longctx.eval.tasks import is_correct, make_sample
     from longctx.models import check_model_dir, load_tokenizer
-    from longctx.request import encode_prompt
+    from longctx.models.family import encode_prompt
 
     cores = os.cpu_count() or 1
     threads = args.threads or max(1, cores // args.nproc)
@@ -182,13 +191,13 @@ def main(argv=None):
             order = list(PLANS) if repeat % 2 == 0 else list(reversed(PLANS))
             for balance in order:
                 raw = lm.run_ids(doc_ids, query_ids, max_new_tokens=args.max_new_tokens, method=PLANS[balance])
-                served[balance] = raw["plan"]
-                text = tokenizer.decode(raw["tokens"], skip_special_tokens=True)
+                served[balance] = raw.plan
+                text = tokenizer.decode(raw.tokens, skip_special_tokens=True)
                 if repeat == 0:
                     print(f"warm-up {balance}: {raw['prefill_s']:.2f} s", flush=True)
                     continue
-                runs[balance].append(raw["prefill_s"])
-                host_cpu[balance].append(raw["stats"]["host_cpu_s"])
+                runs[balance].append(raw.prefill_s)
+                host_cpu[balance].append(raw.stats.host_cpu_s)
                 answers[balance].append(text)
                 print(f"run {repeat} {balance:>5}: prefill {raw['prefill_s']:.2f} s, host CPU s "
                       f"{[round(value, 2) for value in raw['stats']['host_cpu_s']]}, answer {text!r}", flush=True)

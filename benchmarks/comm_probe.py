@@ -19,7 +19,7 @@ import time
 import torch
 
 from launch.spmd import SPMDLongContextLM
-from longctx.comm import Comm
+from longctx.comm import ProcessGroupComm
 from longctx.compare import random_prompt
 from longctx.engine import Request
 from longctx.simulate import all_to_all_traffic, decoder_layers, exchange_traffic, gather_traffic
@@ -55,8 +55,8 @@ class _TimedPending:
         return result
 
 
-class TimedComm(Comm):
-    """The worker's real Comm, every collective of the engine recorded in `trace`."""
+class TimedComm(ProcessGroupComm):
+    """The worker's real ProcessGroupComm, every collective of the engine recorded in `trace`."""
 
     def __init__(self, base, trace):
         self.rank, self.world, self.group = base.rank, base.world, base.group

@@ -2,8 +2,6 @@
 
 import torch
 
-from longctx.kernels import attend_into
-
 
 class Accumulator:
     """fp32 running attention for queries [B, Hq, S, D]: `attend` folds a key block into some rows.
@@ -18,10 +16,11 @@ class Accumulator:
         self.out = torch.zeros(batch, heads, length, head_dim_v or head_dim, dtype=torch.float32, device=q.device)
         self.lse = torch.full((batch, heads, length), float("-inf"), dtype=torch.float32, device=q.device)
 
-    def attend(self, rows, q, k, v, *, causal, scale, backend):
-        """Fold attention of query rows `rows` (a slice; `q` holds those rows) over k/v into the state."""
-        attend_into(self.out[:, :, rows], self.lse[:, :, rows], q, k, v, causal=causal, scale=scale, backend=backend)
+    def attend(self, rows, q, k, v, *, causal, scale, kernels):
+        """Fold attention of query rows `rows` (a slice; `q` holds those rows) over k/v into the
+        state, with `kernels` (`longctx.features.Kernels`: `attend_into`)."""
+        kernels.attend_into(self.out[:, :, rows], self.lse[:, :, rows], q, k, v, causal=causal, scale=scale)
 
     def result(self, dtype):
-        """The attention output in `dtype`."""
-        return self.out.to(dtype)
+        """(attention output in `dtype`, lse float32)."""
+        return self.out.to(dtype), self.lse

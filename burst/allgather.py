@@ -10,7 +10,6 @@ from dataclasses import dataclass
 import torch
 
 from longctx.costmodel import HostWork, KernelCall
-from longctx.kernels import attention
 from longctx.method import Method
 from longctx.planner import Planner
 
@@ -57,13 +56,14 @@ class AllGatherAttention(Method):
         return AllGatherState(torch.argsort(torch.tensor(positions)))
 
     def prefill_attention(self, ctx, layer, q, k, v, scale):
-        """Gather [K; V] from every worker into global order, then attend each local span."""
+        """Gather [K; V] from every worker into global order, then attend each local span: (out, lse)."""
         ctx.cache.store(layer, k, v)
         hosts = ctx.plan.hosts
         parts = ctx.comm.all_gather(torch.stack([k, v]), sizes=[host.num_tokens for host in hosts], dim=3)
         full = torch.cat(parts, dim=3).index_select(3, ctx.state.order.to(q.device))
         output = torch.empty_like(q)
+        lse = q.new_empty(q.shape[:3], dtype=torch.float32)
         for rows, keys in span_calls(hosts[ctx.rank].spans):
-            output[:, :, rows], _ = attention(q[:, :, rows], full[0][:, :, :keys], full[1][:, :, :keys],
-                                              causal=True, scale=scale, backend=ctx.kernel_backend)
-        return output
+            output[:, :, rows], lse[:, :, rows] = ctx.kernels.attention(q[:, :, rows], full[0][:, :, :keys],
+                                                                        full[1][:, :, :keys], causal=True, scale=scale)
+        return output, lse

@@ -1,7 +1,6 @@
 """Dense: one worker, ordinary causal attention. The reference every exact method must match."""
 
 from longctx.errors import LongCtxError
-from longctx.kernels import attention
 from longctx.layouts import CONTIGUOUS
 from longctx.method import Method
 from longctx.planner import Planner
@@ -25,7 +24,6 @@ class DenseAttention(Method):
     Planner = DensePlanner
 
     def prefill_attention(self, ctx, layer, q, k, v, scale):
-        """Keep all K/V; causal attention over the local block."""
+        """Keep all K/V; causal attention over the local block: (out, lse)."""
         ctx.cache.store(layer, k, v)
-        out, _ = attention(q, k, v, causal=True, scale=scale, backend=ctx.kernel_backend)
-        return out
+        return ctx.kernels.attention(q, k, v, causal=True, scale=scale)

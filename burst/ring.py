@@ -14,7 +14,7 @@ import torch
 from burst.accumulator import Accumulator
 from burst.blocks import block_items
 from burst.schedules import double_ring, single_ring
-from longctx.config import option
+from longctx.options import option
 from longctx.costmodel import HostWork, KernelCall
 from longctx.errors import LongCtxError
 from longctx.method import Method
@@ -88,7 +88,8 @@ class RingAttention(Method):
 
     def prefill_attention(self, ctx, layer, q, k, v, scale):
         """Keep local K/V; rotate [K; V] around the ring and fold each block into the running
-        softmax of the rows it concerns (LAO: no separate merge pass on the Triton path)."""
+        softmax of the rows it concerns (LAO: no separate merge pass on the Triton path); returns
+        (out, lse)."""
         ctx.cache.store(layer, k, v)
         hosts = ctx.plan.hosts
         block = torch.stack([k, v])
@@ -102,7 +103,7 @@ class RingAttention(Method):
         for source, kv in self.schedule(ctx, block, block_shape):
             for item in ctx.state.items[source]:
                 acc.attend(item.q_rows, q[:, :, item.q_rows], kv[0][:, :, item.k_rows], kv[1][:, :, item.k_rows],
-                           causal=item.causal, scale=scale, backend=ctx.kernel_backend)
+                           causal=item.causal, scale=scale, kernels=ctx.kernels)
         return acc.result(q.dtype)
 
 

@@ -10,7 +10,6 @@ import torch
 
 from longctx.costmodel import HostWork, KernelCall
 from longctx.errors import LongCtxError
-from longctx.kernels import attention
 from longctx.method import Method
 from longctx.planner import Planner
 
@@ -63,15 +62,19 @@ class UlyssesAttention(Method):
     Planner = UlyssesPlanner
 
     def prefill_attention(self, ctx, layer, q, k, v, scale):
-        """Sequence shards -> head shards, causal attention, and back."""
+        """Sequence shards -> head shards, causal attention, and back: (out, lse); lse makes the
+        way back only when `ctx.needs_lse` (one more all-to-all, of one float per row and
+        head), else it is None."""
         ctx.cache.store(layer, k, v)
         comm, hosts = ctx.comm, ctx.plan.hosts
         lengths = [host.num_tokens for host in hosts]
         ranges = head_ranges(q.shape[1], k.shape[1], comm.world)
         full_q = _to_heads(comm, q, [(lo, hi) for lo, hi, _, _ in ranges], lengths)
         full_kv = _to_heads(comm, torch.stack([k, v]), [(lo, hi) for _, _, lo, hi in ranges], lengths, head_dim=2)
-        out, _ = attention(full_q, full_kv[0], full_kv[1], causal=True, scale=scale, backend=ctx.kernel_backend)
-        return _to_sequence(comm, out, lengths, q.shape[1])
+        out, lse = ctx.kernels.attention(full_q, full_kv[0], full_kv[1], causal=True, scale=scale)
+        if ctx.needs_lse:
+            lse = _to_sequence(comm, lse[..., None], lengths, q.shape[1])[..., 0]
+        return _to_sequence(comm, out, lengths, q.shape[1]), lse if ctx.needs_lse else None
 
 
 def _to_heads(comm, tensor, head_ranges_per_rank, lengths, head_dim=1):

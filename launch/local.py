@@ -184,17 +184,27 @@ def _spawning():
 
 def _messages(request, stream, world):
     """The pickled ("run", request, stream) message of each rank: one for all, unless the request
-    gives each worker its own share of a video (`Request.for_rank`)."""
+    gives each worker its own share of its media (`Request.for_rank`)."""
     def pickled(rank):
         return pickle.dumps(("run", request.for_rank(rank), stream), protocol=pickle.HIGHEST_PROTOCOL)
 
-    if request.video_shares is None:
+    if request.media_shares is None:
         return [pickled(0)] * world
     return [pickled(rank) for rank in range(world)]
 
 
 class LocalLauncher:
-    """Start `config.nproc` local workers; `run(request)` returns rank 0's result."""
+    """`config.nproc` worker processes on this machine (a `longctx.launcher.Launcher`); `run(request)`
+    returns rank 0's result."""
+
+    name = "local"
+    runs_here = True
+    Options = None
+
+    @classmethod
+    def worker_config(cls, config):
+        """`config` itself: the workers run on this machine, where "auto" resolves as here."""
+        return config
 
     def __init__(self, config):
         self.world = config.nproc
@@ -217,12 +227,12 @@ class LocalLauncher:
         run_to_end(self._collect("ready"))
 
     def run(self, request):
-        """Send `request` to every worker and return rank 0's result dict."""
+        """Send `request` to every worker and return rank 0's EngineResult."""
         return run_to_end(self._send(request, stream=False))[0]
 
     def stream(self, request):
         """Send `request` to every worker; a generator yielding each generated token id (from
-        rank 0) as soon as it is decided, whose return value is rank 0's result dict. A reader
+        rank 0) as soon as it is decided, whose return value is rank 0's EngineResult. A reader
         that stops early leaves the request to finish without it; the pool stays usable."""
         return rank0(self._send(request, stream=True))
 

@@ -2,7 +2,7 @@
 
 The driver (the process that made the `LongContextLM`) joins the cluster within `config.timeout_s`
 (`launch.ray_connect`: token authentication, stale saved addresses, Ctrl-C), reserves one
-placement-group bundle per worker (`config.placement`: pack or spread; inside a placement group
+placement-group bundle per worker (`--placement`: pack or spread; inside a placement group
 of its own caller, Ray Serve's or Tune's, it takes bundles of that group instead) and starts
 one `RankActor` per bundle:
 
@@ -43,6 +43,7 @@ from launch.ray_connect import connect
 from launch.replies import rank0, run_to_end
 from launch.worker import build_engine, init_worker, shutdown_worker
 from longctx.errors import CollectiveError, LongCtxError, WorkerError
+from longctx.options import option
 
 STRATEGIES = {"pack": "PACK", "spread": "SPREAD"}
 STOP_WAIT_S = 10.0
@@ -224,13 +225,13 @@ class RankActor:
         return slot.rank
 
     def run(self, request):
-        """Run `request` on this rank's engine; rank 0 returns the result dict, others None."""
+        """Run `request` on this rank's engine; rank 0 returns the EngineResult, others None."""
         result = self.engine.run(request)
         return result if self.rank == 0 else None
 
     def stream(self, request):
         """Rank 0 only, a Ray streaming generator: run `request`, yielding ("token", id) for each
-        generated token as soon as it is decided, then ("done", result dict). The engine runs in
+        generated token as soon as it is decided, then ("done", EngineResult). The engine runs in
         a thread (its token callback cannot yield); an error there is raised here."""
         tokens, outcome = queue.Queue(), {}
 
@@ -258,28 +259,55 @@ class RankActor:
         shutdown_worker()
 
 
+@dataclass(frozen=True)
+class RayOptions:
+    """The Ray launcher's options."""
+
+    ray_address: str = option(None, "Ray cluster: 'auto' (the one started here), HOST:PORT, [IPV6]:PORT or "
+                                    "ray://HOST:PORT; default RAY_ADDRESS (set inside `ray job submit`), else the one "
+                                    "started here, else a new local cluster", metavar="ADDR")
+    placement: str = option("pack", "Ray placement of the workers: pack (fewest nodes) or spread",
+                            choices=tuple(STRATEGIES))
+    ray_cpus_per_worker: int = option(1, "CPUs reserved per Ray worker, its threads on CPU clusters", minimum=1,
+                                      metavar="K")
+
+
 class RayLauncher:
-    """`config.nproc` RankActors on the Ray cluster at `config.ray_address` (None: RAY_ADDRESS,
-    else the cluster started on this machine, else a new local one; "auto": RAY_ADDRESS or the
-    cluster started here; or HOST:PORT / [IPV6]:PORT / ray://HOST:PORT).
-    `run(request)` returns rank 0's result; `abort()` kills every actor and removes the
-    placement group it made; `close()` stops them gracefully first. `progress(message)` receives
-    what the driver waits for (default: one line on stderr). The driver's connection to Ray
-    stays open for the life of the process."""
+    """`config.nproc` RankActors on the Ray cluster at `--ray-address` (None: RAY_ADDRESS, else
+    the cluster started on this machine, else a new local one; "auto": RAY_ADDRESS or the
+    cluster started here; or HOST:PORT / [IPV6]:PORT / ray://HOST:PORT): a
+    `longctx.launcher.Launcher`. `run(request)` returns rank 0's result; `abort()` kills every
+    actor and removes the placement group it made; `close()` stops them gracefully first.
+    `progress(message)` receives what the driver waits for (default: one line on stderr). The
+    driver's connection to Ray stays open for the life of the process."""
+
+    name = "ray"
+    runs_here = False
+    Options = RayOptions
+
+    @classmethod
+    def worker_config(cls, config):
+        """The config the actors run: GPU workers for --device cuda, or for auto when this driver
+        sees a GPU (`wants_gpus`), else CPU workers whose threads are the CPUs reserved for each."""
+        use_gpus = wants_gpus(config.device, torch.cuda.is_available())
+        cpus = config.options_for(cls).ray_cpus_per_worker
+        return config.replace(device="cuda" if use_gpus else "cpu",
+                              threads=config.threads or (None if use_gpus else cpus))
 
     def __init__(self, config, progress=_stderr):
         ray = self._ray = import_ray()
         self.world, self._progress = config.nproc, progress
         self._actors, self._group, self._own_group, self.where = [], None, False, []
-        connect(ray, config.ray_address, config.timeout_s)
+        options = config.options_for(RayLauncher)
+        connect(ray, options.ray_address, config.timeout_s)
         self._client = ray.util.client.ray.is_connected()  # Ray Client: no streaming generators
         use_gpus = wants_gpus(config.device, torch.cuda.is_available())
         if config.device == "auto" and not use_gpus and ray.cluster_resources().get("GPU"):
             self._progress("--device auto: CPU workers, as this driver has no GPU; the cluster has GPUs: "
                            "--device cuda puts one worker on each")
-        bundle = worker_bundle(use_gpus, config.ray_cpus_per_worker)
+        bundle = worker_bundle(use_gpus, options.ray_cpus_per_worker)
         try:
-            bundles = self._reserve(bundle, config)
+            bundles = self._reserve(bundle, config, options.placement)
             self._actors = self._start_actors(bundle, bundles, dict(config.worker_env))
             infos = self._gather([actor.describe.remote() for actor in self._actors])
             slots = assign_slots(infos)
@@ -289,9 +317,7 @@ class RayLauncher:
             self.where = [f"{info['host']} ({info['ip']})" for info in infos]
             address = self._gather([self._actors[0].host_store.remote(self.world, config.timeout_s)])[0]
             in_job = bool(ray.get_runtime_context().runtime_env.get("working_dir"))
-            worker_config = config.replace(
-                device="cuda" if use_gpus else "cpu", model=model_path_for_workers(config.model, in_job),
-                threads=config.threads or (None if use_gpus else config.ray_cpus_per_worker))
+            worker_config = self.worker_config(config).replace(model=model_path_for_workers(config.model, in_job))
             self._gather([actor.start.remote(worker_config, slot, address)
                           for actor, slot in zip(self._actors, slots)])
         except BaseException:
@@ -303,9 +329,9 @@ class RayLauncher:
         self._progress(f"{self.world} Ray workers on {len(nodes)} node{'s' if len(nodes) != 1 else ''}: "
                        + "; ".join(f"{place}: {describe_ranks(ranks)}" for place, ranks in nodes.items()))
 
-    def _reserve(self, bundle, config):
+    def _reserve(self, bundle, config, placement):
         """The bundle indices the actors go to: of the caller's placement group when there is
-        one, else of a new one (`config.placement`), waited for at most `config.timeout_s`."""
+        one, else of a new one (`placement`), waited for at most `config.timeout_s`."""
         from ray.util import get_current_placement_group
         from ray.util.placement_group import placement_group
 
@@ -313,7 +339,7 @@ class RayLauncher:
         if current is not None:
             self._group = current
             return reusable_bundles(current.bundle_specs, bundle, self.world)
-        self._group = placement_group([bundle] * self.world, strategy=STRATEGIES[config.placement])
+        self._group = placement_group([bundle] * self.world, strategy=STRATEGIES[placement])
         self._own_group = True
         self._wait_for_group(bundle, config.timeout_s)
         return list(range(self.world))
@@ -345,14 +371,14 @@ class RayLauncher:
         ).remote() for index in bundles]
 
     def run(self, request):
-        """Send `request` to every actor (serialised once, or each worker's share of a video) and
-        return rank 0's result dict."""
+        """Send `request` to every actor (serialised once, or each worker's share of its media) and
+        return rank 0's EngineResult."""
         shared = self._share(request)
         return self._gather([actor.run.remote(part) for actor, part in zip(self._actors, shared)])[0]
 
     def stream(self, request):
         """Send `request` to every actor; a generator yielding each generated token id (from
-        rank 0) as soon as it is decided, whose return value is rank 0's result dict (over Ray
+        rank 0) as soon as it is decided, whose return value is rank 0's EngineResult (over Ray
         Client, every token once the request has ended). A reader that stops early leaves the
         request to finish without it; the actors stay usable."""
         if self._client:
@@ -364,16 +390,16 @@ class RayLauncher:
 
     def _stream_when_done(self, request):
         result = self.run(request)
-        yield from result["tokens"]
+        yield from result.tokens
         return result
 
     def _share(self, request):
         """One object reference per rank: the request put once, or each rank's own when it
-        carries a video split over the workers (`Request.for_rank`)."""
+        carries media split over the workers (`Request.for_rank`)."""
         if not self._actors:
             raise LongCtxError("the Ray workers have been shut down (closed, or stopped after a failure); "
                                "start a new LongContextLM")
-        if request.video_shares is None:
+        if request.media_shares is None:
             return [self._ray.put(request)] * self.world
         return [self._ray.put(request.for_rank(rank)) for rank in range(self.world)]
 

@@ -2,20 +2,21 @@
 
 There is no driver and no pipe: every rank constructs `SPMDLongContextLM` (joining the
 process group from the torchrun environment) and calls `generate` with the same arguments.
-Rank 0 encodes the prompt and sends the token ids to the others, so every rank runs the same
-ids and no rank but 0 tokenises; the request is validated once, by the engine on every rank
-(before any collective, so bad input fails on every rank alike). `python -m launch.torchrun`
-is the command-line entry; the Python API module re-exports this class for users.
+Every rank opens the request path's `Session` (this node's devices and memory checked for its
+LOCAL_WORLD_SIZE workers, the model, the method); rank 0 alone prepares each request
+(`Session.prepare`: encoded once, every check `longctx generate` makes, the plan) and sends it,
+or the error, to the others, so every rank runs the same ids and the same plan and bad input
+fails on every rank alike with the message `generate` gives. `python -m launch.torchrun` is the
+command-line entry; the Python API module re-exports this class for users.
 """
 
 import os
 
 from launch.worker import build_engine, init_worker, shutdown_worker
 from longctx.config import RunConfig
-from longctx.engine import Request
 from longctx.errors import LongCtxError
-from longctx.models import check_model_dir, load_tokenizer
-from longctx.request import GenerationResult, check_lengths, check_machine, encode_prompt, stop_ids
+from longctx.request import Prompt, Session
+from longctx.results import GenerationResult
 
 
 def torchrun_env(environ=None):
@@ -30,33 +31,35 @@ def torchrun_env(environ=None):
 
 class SPMDLongContextLM:
     """`LongContextLM`'s surface for code running on every rank; every rank gets the same
-    GenerationResult. `options` are RunConfig fields, as for LongContextLM."""
+    GenerationResult. `options` are RunConfig fields and method options, as for LongContextLM."""
 
     def __init__(self, model, method="burst", **options):
         rank, world, local_rank, local_world = torchrun_env()
-        self.config = RunConfig(model=model, method=method, nproc=world, **options).validate()
-        check_machine(self.config)
-        self.model_config = check_model_dir(model)
-        self.tokenizer = load_tokenizer(model)
-        self._stop = stop_ids(self.tokenizer, self.model_config)
+        self.session = Session(RunConfig(model=model, method=method, nproc=world, **options), local_workers=local_world)
+        self.config, self.tokenizer = self.session.worker_config, self.session.tokenizer
+        self.session.method()  # checked on every rank before the process group forms
         self.comm, device = init_worker(self.config, rank, world, local_rank=local_rank, local_world=local_world)
         self.rank = rank
         self.engine = build_engine(self.config, self.comm, device)
 
-    def generate(self, document, question, max_new_tokens=32, method=None):
+    def generate(self, document=None, question="", max_new_tokens=32, method=None, video=None, num_frames=None,
+                 fps=None, video_fps=None):
         """Same contract as LongContextLM.generate; call it on every rank (only rank 0's
-        document and question are encoded)."""
-        doc_ids, query_ids = self._ids_from_rank0(document, question)
-        check_lengths(self.model_config, len(doc_ids), len(query_ids), max_new_tokens)
-        raw = self.engine.run(Request(doc_ids, query_ids, max_new_tokens, method, False, self._stop))
-        return GenerationResult.from_raw(raw, self.tokenizer, len(doc_ids), len(query_ids))
+        arguments are read)."""
+        prompt = Prompt(document, question, video, num_frames, fps, video_fps)
+        request = self._from_rank0(lambda: self.session.prepare(prompt, max_new_tokens, method))
+        result = self.engine.run(request)
+        return GenerationResult.of(result, self.tokenizer.decode(result.tokens, skip_special_tokens=True),
+                                   len(request.doc_ids), len(request.query_ids))
 
-    def _ids_from_rank0(self, document, question):
+    def _from_rank0(self, prepare):
+        """Rank 0's `prepare()` (a Request), on every rank; its LongCtxError raised on every rank
+        (none waits for a request that never comes)."""
         message = None
         if self.rank == 0:
             try:
-                message = ("ok", encode_prompt(self.tokenizer, document, question))
-            except LongCtxError as exc:  # every rank raises it, none waits for ids that never come
+                message = ("ok", prepare())
+            except LongCtxError as exc:
                 message = ("error", str(exc))
         kind, payload = self.comm.broadcast_object(message, src=0)
         if kind == "error":

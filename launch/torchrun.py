@@ -3,8 +3,9 @@
     torchrun --nproc_per_node N -m launch.torchrun --model DIR --method burst --doc FILE --question Q
 
 The world size is torchrun's (`--nproc_per_node` times its nodes): this entry has no --nproc,
-and none of its options is one torchrun's parser would take for its own. Rank 0 prints the
-answer (or one JSON object with --json). A failing rank makes torchrun stop the others, and
+and none of its options is one torchrun's parser would take for its own; the others are
+`longctx generate`'s, and a request is checked as `generate` checks it (`longctx.request`).
+Rank 0 prints the answer (or one JSON object with --json). A failing rank makes torchrun stop the others, and
 collective timeouts bound every wait. An error is one line naming the rank, its machine and
 address, and the cause (bad input: exit status 2; anything else, a collective that timed out
 included: 1); an error every rank of a machine shares (bad input, a collective broken by a peer
@@ -20,36 +21,32 @@ import sys
 from launch.interfaces import interface_address, source_address
 from launch.local import describe_exception
 from launch.spmd import SPMDLongContextLM
-from longctx.config import DefaultsHelpFormatter, add_run_arguments
+from longctx.config import DefaultsHelpFormatter, add_request_arguments, add_run_arguments, config_from_args
 from longctx.errors import CollectiveError, LongCtxError
-from longctx.request import check_new_tokens, check_question, read_document
+from longctx.request import prompt_from_args
 
 
-def build_parser():
-    """Arguments: the shared run options plus the document, question and output format."""
+def build_parser(argv=None):
+    """Arguments: the shared run options plus the request's (document or video, question,
+    output format); `argv` is read for plug-in methods' options."""
     parser = argparse.ArgumentParser(prog="python -m launch.torchrun", description=__doc__.splitlines()[0],
                                      formatter_class=DefaultsHelpFormatter)
-    add_run_arguments(parser, with_nproc=False)  # the world size is torchrun's --nproc-per-node
-    parser.add_argument("--doc", required=True, help="document file")
-    parser.add_argument("--question", default=None, help="question text (omitted: the document is continued)")
-    parser.add_argument("--max-new-tokens", type=int, default=32)
-    parser.add_argument("--json", action="store_true")
+    add_run_arguments(parser, with_nproc=False, argv=argv)  # the world size is torchrun's --nproc-per-node
+    add_request_arguments(parser)
     return parser
 
 
 def main(argv=None):
     """Run one request on this rank; rank 0 prints the result. Returns the exit status."""
-    args = build_parser().parse_args(argv)
+    args = build_parser(argv).parse_args(argv)
     rank = int(os.environ.get("RANK", 0))
-    options = {key: value for key, value in vars(args).items()
-               if key not in ("model", "method", "nproc", "doc", "question", "max_new_tokens", "json")}
     try:
-        document = read_document(args.doc)
-        question = check_question(args.question)
-        check_new_tokens(args.max_new_tokens)
-        lm = SPMDLongContextLM(args.model, method=args.method, **options)
+        config = config_from_args(args)
+        prompt = prompt_from_args(args)
+        lm = SPMDLongContextLM(config.model, method=config.method, **config.pool_options())
         try:
-            result = lm.generate(document, question, max_new_tokens=args.max_new_tokens)
+            result = lm.generate(prompt.document, prompt.question, args.max_new_tokens, video=prompt.video,
+                                 num_frames=prompt.num_frames, fps=prompt.fps)
         finally:
             lm.close()
     except (LongCtxError, OSError) as exc:  # bad input: every rank has the same error

@@ -7,7 +7,7 @@ import torch
 import torch.distributed as dist
 
 from launch.interfaces import bind_to_rank0_route
-from longctx.comm import Comm, bounded_waits_for
+from longctx.comm import ProcessGroupComm, bounded_waits_for
 from longctx.engine import Engine
 from longctx.models import load_model, resolve_device, resolve_dtype
 
@@ -57,7 +57,8 @@ def init_worker(config, rank, world, local_rank=None, local_world=None, init_met
             bind_to_rank0_route(store, store.host)
         dist.init_process_group(backend, store=store, rank=rank, world_size=world, timeout=timeout,
                                 device_id=device if backend == "nccl" else None)
-    comm = Comm(rank=rank, world=world, timeout_s=config.timeout_s, bounded_waits=bounded_waits_for(backend))
+    comm = ProcessGroupComm(rank=rank, world=world, timeout_s=config.timeout_s,
+                            bounded_waits=bounded_waits_for(backend))
     return comm, device
 
 
@@ -66,7 +67,7 @@ def build_engine(config, comm, device):
     must have its model within the collective timeout, so one that hangs while loading fails
     the job (the others' barrier times out; on NCCL the watchdog ends them) instead of leaving
     the driver waiting forever."""
-    model = load_model(config.model, device, resolve_dtype(config.dtype, device))
+    model = load_model(config.model, device, resolve_dtype(config.dtype, device), config.family)
     comm.barrier()
     return Engine(model, comm, config, device)
 

@@ -5,35 +5,31 @@ long documents with any registered method:
 
     with LongContextLM("path/to/model", method="burst", nproc=4) as lm:
         result = lm.generate(document, question, max_new_tokens=32)
-        print(result.text, result.prefill_s)
+        print(result.text, result.prefill_s, result.ttft_s)
         for piece in lm.stream(document, question):   # text as it is decoded
             print(piece, end="", flush=True)
 
     with LongContextLM("path/to/qwen2.5-vl", method="spava", nproc=4) as lm:   # video questions
         result = lm.generate(video="clip.mp4", question="What happens?", num_frames=64)
 
-The driver encodes each prompt once, validates the request once (`longctx.request`) and sends
-the workers token ids. `SPMDLongContextLM` (from `launch.spmd`) is the same surface for scripts
-already running under torchrun: every rank constructs it and calls `generate` with the same
-arguments. The request helpers are re-exported here for existing imports.
+Every request takes the one request path (`longctx.request.Session`): the driver encodes the
+prompt once, checks it once and sends the workers token ids and the plan. An entry that checks
+a request before starting any worker (the CLI) prepares it with the session and hands both
+over (`LongContextLM.from_session`, `generate_prepared`, `stream_prepared`).
+`SPMDLongContextLM` (from `launch.spmd`) is the same surface for scripts already running under
+torchrun: every rank constructs it and calls `generate` with the same arguments.
 """
 
 import threading
 
-from launch.local import LocalLauncher
-from launch.ray import RayLauncher
 from launch.spmd import SPMDLongContextLM
 from longctx.config import RunConfig
 from longctx.errors import LongCtxError
-from longctx.models import check_model_dir, check_weights, load_tokenizer
-from longctx.registry import get_method
-from longctx.request import (GenerationResult, check_machine, check_request, encode_prompt, encode_request,
-                             prepare_request, stop_ids, validate_request)
+from longctx.registry import launcher_class
+from longctx.request import Prompt, Session
+from longctx.results import GenerationResult
 
-__all__ = ["LongContextLM", "SPMDLongContextLM", "GenerationResult", "TokenStream", "encode_prompt",
-           "encode_request", "stop_ids", "validate_request", "prepare_request", "check_request"]
-
-LAUNCHERS = {"local": LocalLauncher, "ray": RayLauncher}
+__all__ = ["LongContextLM", "SPMDLongContextLM", "GenerationResult", "TokenStream", "Prompt", "Session"]
 
 
 class TokenStream:
@@ -42,9 +38,8 @@ class TokenStream:
     multi-byte character); `result` is the GenerationResult once the iteration has ended.
     Breaking off early lets the request finish in the background of the next call."""
 
-    def __init__(self, events, tokenizer, doc_len, query_len):
-        self._events, self._tokenizer = events, tokenizer
-        self._lengths = (doc_len, query_len)
+    def __init__(self, events, tokenizer, request):
+        self._events, self._tokenizer, self._request = events, tokenizer, request
         self.result = None
 
     def __iter__(self):
@@ -62,38 +57,57 @@ class TokenStream:
                     yield piece
         finally:
             self._events.close()
-        self.result = GenerationResult.from_raw(raw, self._tokenizer, *self._lengths)
+        self.result = _generation(raw, self._tokenizer, self._request)
         if self.result.text.startswith(shown) and len(self.result.text) > len(shown):
             yield self.result.text[len(shown):]
+
+
+def _generation(result, tokenizer, request):
+    """The GenerationResult of an EngineResult for `request`."""
+    return GenerationResult.of(result, tokenizer.decode(result.tokens, skip_special_tokens=True),
+                               len(request.doc_ids), len(request.query_ids))
 
 
 class LongContextLM:
     """A pool of workers serving one model; use as a context manager or call `close()`.
 
-    `model` is a local Hugging Face causal-LM directory; `method` the default method; other
-    keyword arguments are RunConfig fields (device, dtype, layout, intra_size, timeout_s, ...).
-    `launcher="ray"` starts one worker actor per GPU (per CPU slot on CPU clusters) on the Ray
-    cluster at `ray_address` (None: RAY_ADDRESS, the cluster running here, else a new one;
-    "auto"; or HOST:PORT).
-    The machine, model and method are checked before any worker starts. Leaving the `with`
-    block by an exception (Ctrl-C included) kills the workers at once.
-
-    A launcher (LAUNCHERS) has `run(request)` -> raw result, `stream(request)` (a generator of
-    token ids as they are decided, returning the raw result), `abort()` and `close()`.
+    `model` is a local Hugging Face causal-LM directory; `method` the default method;
+    `launcher` how workers come to exist (`longctx.registry.LAUNCHERS`: "local" processes,
+    "ray" actors on a Ray cluster, or a plug-in); other keyword arguments are RunConfig fields
+    (device, dtype, layout, timeout_s, ...) and the method's and launcher's own options
+    (anchor_len, intra_size, ray_address, ...). The machine, model and method are checked
+    before any worker starts. Leaving the `with` block by an exception (Ctrl-C included) kills
+    the workers at once.
     """
 
     def __init__(self, model, method="burst", nproc=2, launcher="local", **options):
-        if launcher not in LAUNCHERS:
-            raise LongCtxError(f"unknown launcher {launcher!r}; choose one of {', '.join(LAUNCHERS)}")
-        self.config = RunConfig(model=model, method=method, nproc=nproc, launcher=launcher, **options).validate()
-        check_machine(self.config)  # local workers only: Ray's run on the cluster's nodes
-        self.model_config = check_model_dir(model)
-        check_weights(model)
-        get_method(method, self.config).check(self.model_config, nproc)
-        self.tokenizer = load_tokenizer(model)
-        self.stop_ids = stop_ids(self.tokenizer, self.model_config)
+        self._start(Session(RunConfig(model=model, method=method, nproc=nproc, launcher=launcher, **options)))
+
+    @classmethod
+    def from_session(cls, session):
+        """A pool for an already opened `Session` (its checks are not repeated)."""
+        lm = cls.__new__(cls)
+        lm._start(session)
+        return lm
+
+    def _start(self, session):
+        self.session, self.config = session, session.config
+        self.model_config, self.tokenizer, self.stop_ids = session.model_config, session.tokenizer, session.stop_ids
         self._busy = threading.Lock()
-        self._launcher = LAUNCHERS[launcher](self.config)
+        self._launcher = None
+        session.method()  # the default method against the model and the worker count, before any worker starts
+        self._launcher = launcher_class(self.config.launcher)(self.config)
+
+    def prepare(self, document=None, question="", max_new_tokens=32, method=None, video=None, num_frames=None,
+                fps=None, video_fps=None, return_hidden=False):
+        """The checked Request of a document (or a video: see `generate`) and a question;
+        `generate_prepared` / `stream_prepared` send it without checking again."""
+        prompt = Prompt(document, question, video, num_frames, fps, video_fps)
+        return self.session.prepare(prompt, max_new_tokens, method, return_hidden)
+
+    def prepare_ids(self, doc_ids, query_ids, max_new_tokens=32, method=None, return_hidden=False):
+        """The checked Request of token ids."""
+        return self.session.prepare_ids(doc_ids, query_ids, max_new_tokens, method, return_hidden)
 
     def generate(self, document=None, question="", max_new_tokens=32, method=None, video=None, num_frames=None,
                  fps=None, video_fps=None):
@@ -101,24 +115,30 @@ class LongContextLM:
         (Qwen2.5-VL): a file path (PyAV), frames [T, H, W, 3] uint8 or a list of frames
         (`video_fps` frames per second, default 1), sampled to `num_frames` or `fps`.
         Returns a GenerationResult (greedy decoding); `doc_tokens` counts the video's tokens."""
-        request = self._request(document, question, max_new_tokens, method, video, num_frames, fps, video_fps)
-        raw = self.run(request)
-        return GenerationResult.from_raw(raw, self.tokenizer, len(request.doc_ids), len(request.query_ids))
+        return self.generate_prepared(self.prepare(document, question, max_new_tokens, method, video, num_frames,
+                                                   fps, video_fps))
 
     def stream(self, document=None, question="", max_new_tokens=32, method=None, video=None, num_frames=None,
                fps=None, video_fps=None):
         """Like `generate`, but returns a TokenStream: iterate it for the answer's text as it is
-        decoded; its `result` is the GenerationResult afterwards. The request is validated here,
+        decoded; its `result` is the GenerationResult afterwards. The request is checked here,
         before anything is sent."""
-        request = self._request(document, question, max_new_tokens, method, video, num_frames, fps, video_fps)
+        return self.stream_prepared(self.prepare(document, question, max_new_tokens, method, video, num_frames, fps,
+                                                 video_fps))
+
+    def generate_prepared(self, request):
+        """The GenerationResult of a Request made by this pool's session."""
+        return _generation(self.run(request), self.tokenizer, request)
+
+    def stream_prepared(self, request):
+        """The TokenStream of a Request made by this pool's session."""
         self._claim()
         try:
             events = self._launcher.stream(request)
         except BaseException:
             self._busy.release()
             raise
-        return TokenStream(self._release_after(events), self.tokenizer, len(request.doc_ids),
-                           len(request.query_ids))
+        return TokenStream(self._release_after(events), self.tokenizer, request)
 
     def _claim(self):
         """Take the pool for one request: one request at a time per pool, a second one (from
@@ -137,21 +157,9 @@ class LongContextLM:
         finally:
             self._busy.release()
 
-    def _request(self, document, question, max_new_tokens, method, video, num_frames, fps, video_fps):
-        doc_ids, query_ids, patches = encode_request(self.tokenizer, self.config.model, self.model_config, document,
-                                                     question, video, num_frames, fps, video_fps)
-        return self.prepare(doc_ids, query_ids, max_new_tokens, method, video=patches)
-
-    def prepare(self, doc_ids, query_ids, max_new_tokens=32, method=None, return_hidden=False, video=None):
-        """A validated Request for this pool (method, worker count and lengths checked here,
-        once); `run` sends it without checking again. `video`: the VideoPatches whose
-        embeddings replace `doc_ids`' video tokens (`longctx.request.encode_request`)."""
-        return prepare_request(self.config, self.model_config, doc_ids, query_ids, max_new_tokens, method,
-                               return_hidden, self.stop_ids, video)
-
     def run(self, request):
-        """Send a Request made by `prepare` to the workers; returns the engine's raw result dict.
-        Refused while the pool serves another request (`_claim`)."""
+        """Send a Request made by this pool's session to the workers; returns the engine's
+        EngineResult. Refused while the pool serves another request (`_claim`)."""
         self._claim()
         try:
             return self._launcher.run(request)
@@ -159,8 +167,8 @@ class LongContextLM:
             self._busy.release()
 
     def run_ids(self, doc_ids, query_ids, max_new_tokens=32, method=None, return_hidden=False):
-        """Low-level: run token ids directly; returns the engine's raw result dict (see Engine.run)."""
-        return self.run(self.prepare(doc_ids, query_ids, max_new_tokens, method, return_hidden))
+        """Low-level: run token ids directly; returns the EngineResult."""
+        return self.run(self.prepare_ids(doc_ids, query_ids, max_new_tokens, method, return_hidden))
 
     def close(self):
         """Stop the workers (each finishes what it is doing first)."""

@@ -6,8 +6,10 @@ Times, for a few sizes each, on the current device and dtype:
 * `longctx.kernels.attention` (causal, the model's heads / KV heads / head dim): attention
   work, GFLOP/s over the visible query-key pairs (the Triton kernel and the fused CPU path
   compute no score their mask hides);
-* whatever the registered methods measure for their own work (`Method.calibrate_costs`,
-  e.g. the cost of choosing the keys to pass: ns per key and KV head);
+* whatever the registered methods, and the plug-ins named, measure for their own work
+  (`Method.calibrate_costs`, e.g. the cost of choosing the keys to pass: ns per key and KV
+  head; a coefficient the core does not know is kept as the method's own,
+  `CostCoefficients.coefficient`);
 
 and fits time = a + b * work by least squares (rate = 1 / b; the fixed cost a is the same on
 every host and does not move the balance). The link bandwidth and message latency cannot be
@@ -16,7 +18,7 @@ measured from one device: they are kept from the current coefficients unless giv
 
 import statistics
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 import torch
 
@@ -77,13 +79,14 @@ def fit_rate(work, seconds):
 
 
 def calibrate(shape, device="auto", dtype=None, sizes=None, repeats=3, link_gb_per_s=None, message_us=None,
-              base=None, progress=None):
+              base=None, progress=None, methods=()):
     """Measured `CostCoefficients` for `device` ("auto", "cpu", "cuda") and a `ModelShape`.
 
     `dtype` defaults to bfloat16 on CUDA and float32 on CPU; `sizes` are the token counts to
     time; `base` (default: the current coefficients of the device) supplies the link
     bandwidth, message latency and tile unless `link_gb_per_s` / `message_us` are given.
-    `progress(text)` is called before each measurement when given.
+    `progress(text)` is called before each measurement when given. `methods` names plug-in
+    methods to calibrate beside the registered ones.
     """
     kind = resolve_device_type(device)
     torch_device = torch.device(kind)
@@ -111,12 +114,11 @@ def calibrate(shape, device="auto", dtype=None, sizes=None, repeats=3, link_gb_p
         attn_s.append(bench.time(lambda: attention(q, k, v, causal=True)))
 
     measured = {}
-    for calibrate_costs in method_calibrations():
+    for calibrate_costs in method_calibrations(methods):
         measured.update(calibrate_costs(bench))
 
     name = torch.cuda.get_device_name(torch_device) if kind == "cuda" else f"{torch.get_num_threads()} CPU threads"
-    return replace(
-        base,
+    return base.with_measured(
         device=kind,
         linear_gflops=round(fit_rate(linear_work, linear_s) / 1e9, 3),
         attention_gflops=round(fit_rate(attn_work, attn_s) / 1e9, 3),
@@ -129,11 +131,11 @@ def calibrate(shape, device="auto", dtype=None, sizes=None, repeats=3, link_gb_p
     ).validate()
 
 
-def method_calibrations():
-    """Each registered method's distinct `calibrate_costs` (a subclass that does not override
-    it measures nothing more), in registration order."""
+def method_calibrations(extra=()):
+    """Each distinct `calibrate_costs` of the registered methods, then of the plug-in methods
+    named in `extra` (a subclass that does not override it measures nothing more), in order."""
     seen = {}
-    for name in method_names():
+    for name in dict.fromkeys([*method_names(), *(name for name in extra if ":" in name)]):
         calibrate_costs = method_class(name).calibrate_costs
         seen.setdefault(getattr(calibrate_costs, "__func__", calibrate_costs), calibrate_costs)
     return list(seen.values())

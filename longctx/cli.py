@@ -11,35 +11,26 @@ import functools
 import json
 import sys
 
-from longctx.config import add_launcher_arguments, add_run_arguments, config_from_args
-from longctx.config import DefaultsHelpFormatter
+from longctx.config import (DefaultsHelpFormatter, add_launcher_arguments, add_request_arguments,
+                            add_run_arguments, config_from_args)
 from longctx.errors import LongCtxError
 from longctx.eval.tasks import TASKS
+from longctx.models.tiny import tiny_families
 from longctx.registry import method_names
 
 
 def _add_generate(sub, argv):
     parser = sub.add_parser("generate", help="answer a question about a long document or a video")
     add_run_arguments(parser, argv=argv)
-    parser.add_argument("--doc", default=None, help="document file ('-' reads standard input)")
-    video = parser.add_argument_group("video (a video-language model: Qwen2.5-VL)")
-    video.add_argument("--video", default=None, help="video file (decoded with PyAV), instead of --doc")
-    video.add_argument("--frames", type=int, default=None,
-                       help="sample this many frames, evenly spaced (default: every frame, or --fps)")
-    video.add_argument("--fps", type=float, default=None, help="sample this many frames per second of video")
-    parser.add_argument("--question", default=None,
-                        help="question text appended after the document (omitted: the document is continued)")
-    parser.add_argument("--max-new-tokens", type=int, default=32,
-                        help="at most this many answer tokens (greedy; stops early at the model's end token)")
-    add_launcher_arguments(parser)
-    parser.add_argument("--json", action="store_true", help="print one JSON object")
+    add_request_arguments(parser)
+    add_launcher_arguments(parser, argv)
     parser.set_defaults(func=cmd_generate)
 
 
 def _add_compare(sub, argv):
     parser = sub.add_parser("compare", help="compare methods with dense on the same random input")
     add_run_arguments(parser, with_method=False, argv=argv)
-    add_launcher_arguments(parser)
+    add_launcher_arguments(parser, argv)
     parser.add_argument("--methods", default="burst,ring,ulysses,allgather",
                         help=f"comma-separated methods to compare with dense ({', '.join(method_names())})")
     parser.add_argument("--length", type=int, default=1000, help="document tokens")
@@ -56,13 +47,14 @@ def _add_compare(sub, argv):
 def _add_eval(sub, argv):
     parser = sub.add_parser("eval", help="accuracy of methods on RULER-style tasks, same samples for each")
     add_run_arguments(parser, with_method=False, argv=argv)
-    add_launcher_arguments(parser)
+    add_launcher_arguments(parser, argv)
     parser.add_argument("--tasks", default="niah_single",
                         help=f"comma-separated tasks: {', '.join(TASKS)}; a variant with generator settings of "
                              "its own is a row too: 'variable_tracking[num-hops=2,num-chains=2]'")
     parser.add_argument("--methods", default="dense,burst",
                         help=f"comma-separated methods ({', '.join(method_names())}); dense runs on one worker; "
-                             "a variant with options of its own is a column too: 'apb[compressor=random,passing-len=0]'")
+                             "a variant with options of its own is a column too: 'apb[compressor=random,passing-len=0]', "
+                             "'spava[overlap=false]'")
     parser.add_argument("--length", type=int, default=4096, help="prompt tokens per sample")
     parser.add_argument("--samples", type=int, default=50, help="samples per task")
     parser.add_argument("--seed", type=int, default=0, help="seed of the generated samples")
@@ -76,11 +68,9 @@ def _add_eval(sub, argv):
 
 
 def _add_tiny_model(sub, argv):
-    from longctx.models.tiny import FAMILIES
-
     parser = sub.add_parser("tiny-model", help="write a small random-weight model with a byte-level tokenizer")
     parser.add_argument("out_dir", help="directory to write (created)")
-    parser.add_argument("--family", default="llama", choices=FAMILIES)
+    parser.add_argument("--family", default="llama", choices=tiny_families())
     parser.add_argument("--hidden", type=int, default=64, help="hidden size")
     parser.add_argument("--layers", type=int, default=2)
     parser.add_argument("--heads", type=int, default=4, help="query heads")
@@ -147,45 +137,34 @@ def build_parser(argv=None):
 
 def cmd_generate(args):
     """`longctx generate`: one answer, printed as it is decoded (or one JSON object), with timings.
-    A one-worker method (dense) runs on one worker whatever --nproc says, and says so."""
-    from longctx.api import LongContextLM, check_request
-    from longctx.models import check_model_dir
-    from longctx.request import (check_machine, check_new_tokens, check_question, read_document,
-                                 worker_count)
+    The request is checked in full before any worker starts (`longctx.request.Session`). A
+    one-worker method (dense) runs on one worker whatever --nproc says, and says so."""
+    from longctx.api import LongContextLM
+    from longctx.request import Session, prompt_from_args
 
     config = config_from_args(args)
-    check_machine(config)
-    workers = worker_count(config.method, config, check_model_dir(config.model))
-    if workers != config.nproc:
-        print(f"longctx: {config.method} runs on {workers} worker, not {config.nproc}", file=sys.stderr)
-        config = config.replace(nproc=workers)
-    if (args.doc is None) == (args.video is None):
-        raise LongCtxError("give a document (--doc FILE) or a video (--video FILE)")
-    args.question = check_question(args.question)
-    check_new_tokens(args.max_new_tokens)
-    document = None if args.doc is None else read_document(args.doc)
-    *_, video = check_request(config, document, args.question, args.max_new_tokens, args.video, args.frames,
-                              args.fps)
-    request = {"document": document, "question": args.question, "max_new_tokens": args.max_new_tokens,
-               "video": video}
-    options = config.pool_options()
-    with LongContextLM(config.model, method=config.method, nproc=config.nproc,
-                       **options) as lm:
+    prompt = prompt_from_args(args)
+    session = Session(config, adapt_workers=True)
+    if session.note:
+        print(f"longctx: {session.note}", file=sys.stderr)
+    request = session.prepare(prompt, args.max_new_tokens)
+    with LongContextLM.from_session(session) as lm:
         if args.json:
-            payload = lm.generate(**request).to_dict()
+            payload = lm.generate_prepared(request).to_dict()
             payload["answer"] = payload.pop("text")
             print(json.dumps(payload))
             return
-        stream = lm.stream(**request)
+        stream = lm.stream_prepared(request)
         print("answer: ", end="", flush=True)
         for piece in stream:
             print(piece, end="", flush=True)
         print()
     result = stream.result
+    media = request.media
     print(f"method {result.method} on {result.nproc} worker{'s' if result.nproc != 1 else ''}: "
-          f"{'document' if video is None else f'video {video.grid[0]}x{video.grid[1]}x{video.grid[2]} patches,'} "
+          f"{'document' if media is None else media.describe() + ','} "
           f"{result.doc_tokens} tokens, question {result.question_tokens} tokens")
-    print(f"prefill {result.prefill_s:.3f} s ({result.doc_tokens / max(result.prefill_s, 1e-9):,.0f} tok/s), "
+    print(f"prefill {result.prefill_s:.3f} s ({result.prefill_tokens_per_s:,.0f} tok/s), "
           f"query {result.query_s:.3f} s, decode {result.decode_s:.3f} s for {len(result.tokens)} tokens")
 
 
@@ -231,7 +210,7 @@ def cmd_eval(args):
     options = config.pool_options()
     report = evaluate(config.model, args.tasks, args.length, config.nproc, args.methods, args.samples,
                       args.seed, args.max_new_tokens, progress=not args.json and sys.stderr.isatty(),
-                      baseline=not args.no_baseline, **options)
+                      baseline=not args.no_baseline, **options).to_dict()
     print(json.dumps(report) if args.json else format_report(report))
 
 
@@ -285,7 +264,7 @@ def _calibrate(args, device, shape):
     dtype = None if args.dtype == "auto" else getattr(torch, args.dtype)
     say = None if args.json else (lambda text: print(f"timing {text} on {device} ...", file=sys.stderr))
     coeffs = calibrate(shape, device, dtype, args.calibrate_sizes, link_gb_per_s=args.link_gb_per_s,
-                       message_us=args.message_us, progress=say)
+                       message_us=args.message_us, progress=say, methods=[args.method])
     path = save_costs(coeffs, args.costs)
     kernels = None
     if device == "cuda":  # which attention kernel `auto` runs per shape class on this GPU

@@ -1,7 +1,11 @@
-"""Process-group helpers every method uses: ring exchange, all-gather, all-to-all, broadcast.
+"""What a worker's collectives are (`Comm`, a Protocol) and the process-group one that runs them.
 
-A `Comm` wraps one process group (never a global) with the worker's rank, the world size and
-the timeout. With `world == 1` and no group every operation is a local no-op, so
+Every method talks to the other workers only through a `Comm`: ring exchange, all-gather,
+all-to-all, object broadcast, barrier. Three implementations satisfy it:
+`ProcessGroupComm` (here: one torch.distributed process group, never a global, with the
+worker's rank, the world size and the timeout), `longctx.simulate.SimulatedComm` (one host of
+a job timed alone) and the tests' in-process `ThreadComm`. `tests/test_interfaces.py` checks
+each. With `world == 1` and no group every `ProcessGroupComm` operation is a local no-op, so
 single-process runs (the dense reference) need no torch.distributed at all. Works with gloo
 (CPU tensors) and nccl (CUDA tensors).
 
@@ -19,6 +23,7 @@ it), tears the process down, which the launchers report as the worker's death.
 import re
 from dataclasses import dataclass
 from datetime import timedelta
+from typing import Any, Protocol, runtime_checkable
 
 import torch
 import torch.distributed as dist
@@ -26,10 +31,66 @@ import torch.distributed as dist
 from longctx.errors import CollectiveError
 
 
+@runtime_checkable
+class Transfer(Protocol):
+    """A posted communication: `wait()` blocks until it completes and returns its result."""
+
+    def wait(self) -> Any:
+        ...
+
+
+@runtime_checkable
+class Comm(Protocol):
+    """One worker's collectives: rank `rank` of `world`, every wait bounded by `timeout_s` (how:
+    `ProcessGroupComm`). Ranks are the group's; every rank calls every collective in the same
+    order with matching shapes."""
+
+    rank: int
+    world: int
+    timeout_s: float
+
+    def exchange(self, send: torch.Tensor, recv_shape: tuple, send_to: int, recv_from: int) -> Transfer:
+        """Post a send of `send` to `send_to` and a receive of a `recv_shape` tensor from
+        `recv_from` (same dtype/device); the Transfer's wait returns the received tensor."""
+        ...
+
+    def all_gather(self, tensor: torch.Tensor, sizes: list = None, dim: int = 0) -> list:
+        """Every rank's `tensor` in rank order; `sizes[r]` is rank r's length along `dim` when
+        lengths differ (None: all equal)."""
+        ...
+
+    def all_gather_async(self, tensor: torch.Tensor) -> Transfer:
+        """Start an all-gather of equally shaped tensors; the Transfer's wait returns the list."""
+        ...
+
+    def all_to_all(self, send: torch.Tensor, send_splits: list, recv_splits: list) -> torch.Tensor:
+        """all_to_all_single along dim 0 with per-rank split sizes; returns the received tensor."""
+        ...
+
+    def broadcast_object(self, obj: Any, src: int = 0) -> Any:
+        """Rank `src`'s picklable object, on every rank."""
+        ...
+
+    def barrier(self) -> None:
+        """Return when every rank has arrived."""
+        ...
+
+
 @dataclass
-class Comm:
-    """Communication handle for one worker: `group` (None when world == 1), `rank`, `world`,
-    `timeout_s`, and `bounded_waits` (True: every wait carries the timeout, for gloo; False: a
+class Ready:
+    """A Transfer that has already completed: `wait()` returns `result`."""
+
+    result: Any
+
+    def wait(self):
+        """The result."""
+        return self.result
+
+
+@dataclass
+class ProcessGroupComm:
+    """The Comm of one torch.distributed process group: `group` (None: the default group, or
+    none when world == 1), `rank`, `world`, `timeout_s`, and `bounded_waits` (True: every wait carries the timeout, for gloo; False: a
     wait orders the device stream and the process group's timeout bounds it, for NCCL; see the
     module docstring and `bounded_waits_for`)."""
 
@@ -41,7 +102,7 @@ class Comm:
 
     def __post_init__(self):
         if self.world > 1 and self.group is None and not dist.is_initialized():
-            raise RuntimeError(f"Comm for {self.world} workers needs an initialised process group")
+            raise RuntimeError(f"ProcessGroupComm for {self.world} workers needs an initialised process group")
 
     @property
     def timeout(self):
@@ -63,7 +124,7 @@ class Comm:
                                   f"another worker died, hung or is unreachable ({detail[:160]})") from None
 
     def global_rank(self, group_rank):
-        """Global rank of `group_rank` in this Comm's group (identity for the default group)."""
+        """Global rank of `group_rank` in this group (identity for the default group)."""
         if self.group is None:
             return group_rank
         return dist.get_global_rank(self.group, group_rank)
@@ -151,7 +212,7 @@ class Pending:
 
     result: object
     works: list
-    comm: Comm
+    comm: ProcessGroupComm
 
     def wait(self):
         """Wait for every posted operation and return the received tensor(s)."""

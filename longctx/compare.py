@@ -11,10 +11,10 @@ import torch
 
 from longctx.api import LongContextLM
 from longctx.baseline import HFSDPABaseline, speedup
-from longctx.comm import Comm
+from longctx.comm import ProcessGroupComm
 from longctx.engine import Engine, Request
-from longctx.models import check_model_dir, load_model, load_tokenizer, resolve_device, resolve_dtype
-from longctx.request import stop_ids
+from longctx.models import load_model, resolve_device, resolve_dtype
+from longctx.request import Session
 
 
 def random_prompt(vocab_size, length, query_len, seed):
@@ -26,12 +26,12 @@ def random_prompt(vocab_size, length, query_len, seed):
 
 
 def dense_reference(config, doc_ids, query_ids, max_new_tokens, stop=()):
-    """Run `dense` in this process (no process group); returns the engine result with hidden
+    """Run `dense` in this process (no process group); returns the EngineResult with hidden
     states. `stop` are the ids that end generation: pass the ones the compared methods get
     (`LongContextLM.stop_ids`) so that the reference stops where they do."""
     device = resolve_device(config.device)
     model = load_model(config.model, device, resolve_dtype(config.dtype, device))
-    engine = Engine(model, Comm(), config.replace(method="dense", nproc=1), device)
+    engine = Engine(model, ProcessGroupComm(), config.replace(method="dense", nproc=1), device)
     return engine.run(Request(doc_ids, query_ids, max_new_tokens, "dense", True, tuple(stop)))
 
 
@@ -52,36 +52,36 @@ def compare_methods(config, methods, length, query_len=8, max_new_tokens=8, seed
     """
     if lm is not None and baseline_repeats:
         raise ValueError("compare_methods: time the HF baseline before starting `lm` (baseline_repeats=0)")
-    model_config = check_model_dir(config.model)
-    stop = stop_ids(load_tokenizer(config.model), model_config)  # what the methods stop at (LongContextLM)
+    session = lm.session if lm is not None else Session(config.replace(method=methods[0]))
+    model_config, stop = session.model_config, session.stop_ids  # what the methods stop at
     doc_ids, query_ids = random_prompt(model_config.vocab_size, length, query_len, seed)
     reference = dense_reference(config, doc_ids, query_ids, max_new_tokens, stop)
-    ref_hidden = torch.cat([reference["doc_hidden"], reference["query_hidden"]])
+    ref_hidden = torch.cat([reference.doc_hidden, reference.query_hidden])
     baseline = None
     if baseline_repeats:
         with HFSDPABaseline(config.model, config.device, config.dtype) as hf:
             baseline = hf.time(doc_ids, query_ids, baseline_repeats)
     hf_s = baseline.median_s if baseline else None
     owns_lm = lm is None
-    lm = lm or LongContextLM(config.model, method=methods[0], nproc=config.nproc, **config.pool_options())
+    lm = lm or LongContextLM.from_session(session)
     rows = []
     try:
         lm.run_ids(doc_ids, query_ids, max_new_tokens=1, method=methods[0])  # warm-up, not timed
         for method in methods:
-            raw = lm.run_ids(doc_ids, query_ids, max_new_tokens=max_new_tokens, method=method, return_hidden=True)
-            hidden = torch.cat([raw["doc_hidden"], raw["query_hidden"]])
+            result = lm.run_ids(doc_ids, query_ids, max_new_tokens=max_new_tokens, method=method, return_hidden=True)
+            hidden = torch.cat([result.doc_hidden, result.query_hidden])
             rows.append({
                 "method": method,
                 "hidden_rel_err": relative_error(hidden, ref_hidden),
-                "logits_max_abs_err": float((raw["first_logits"] - reference["first_logits"]).abs().max()),
-                "tokens": raw["tokens"],
-                "tokens_match": raw["tokens"] == reference["tokens"],
-                "prefill_s": raw["prefill_s"],
-                "query_s": raw["query_s"],
-                "ttft_s": raw["prefill_s"] + raw["query_s"],
-                "speedup_vs_hf": speedup(hf_s, raw["prefill_s"] + raw["query_s"]),
-                "decode_s": raw["decode_s"],
-                "plan": raw["plan"],
+                "logits_max_abs_err": float((result.first_logits - reference.first_logits).abs().max()),
+                "tokens": result.tokens,
+                "tokens_match": result.tokens == reference.tokens,
+                "prefill_s": result.prefill_s,
+                "query_s": result.query_s,
+                "ttft_s": result.ttft_s,
+                "speedup_vs_hf": speedup(hf_s, result.ttft_s),
+                "decode_s": result.decode_s,
+                "plan": result.plan,
             })
     finally:
         if owns_lm:
@@ -90,7 +90,7 @@ def compare_methods(config, methods, length, query_len=8, max_new_tokens=8, seed
         "length": length,
         "query_len": query_len,
         "nproc": config.nproc,
-        "reference": {"method": "dense", "tokens": reference["tokens"], "prefill_s": reference["prefill_s"]},
+        "reference": {"method": "dense", "tokens": reference.tokens, "prefill_s": reference.prefill_s},
         "hf_sdpa": baseline.to_dict() if baseline else None,
         "results": rows,
     }

@@ -1,4 +1,9 @@
-"""One run's settings (`RunConfig`), methods' own options, and the argument parser every entry point shares."""
+"""One run's settings (`RunConfig`) and the argument parser every entry point shares.
+
+Run-wide settings are RunConfig's fields. The options of the methods and of the launcher a run
+uses belong to them (`longctx.options`): each declares an `Options` dataclass, and RunConfig
+keeps their values resolved to those declarations (`RunConfig.options`).
+"""
 
 import argparse
 import re
@@ -7,14 +12,14 @@ from dataclasses import dataclass, field, fields
 
 from longctx.errors import LongCtxError
 from longctx.kernels import BACKENDS
-from longctx.registry import option_classes
+from longctx.options import Owner, add_option_arguments, build, options_from_args, resolve
+from longctx.registry import (LAUNCHERS, METHODS, family_class, family_names, launcher_class, launcher_names,
+                              method_class)
 
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 DEVICES = ("auto", "cpu", "cuda")
 DIST_BACKENDS = ("auto", "gloo", "nccl")
 BALANCES = ("equal", "auto")
-LAUNCHERS = ("local", "ray")
-PLACEMENTS = ("pack", "spread")
 ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 # Default block sizing for contiguous layouts: None = the method's (its planner's `default_balance`):
 # ring "equal" (the textbook ring), the others "auto". Measured for APB (benchmarks/results/
@@ -26,6 +31,21 @@ ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 BALANCE_DEFAULT = None
 
 
+def method_owner(name):
+    """The Owner of method `name` (LongCtxError if unknown or not importable)."""
+    return Owner("method", name, method_class(name))
+
+
+def launcher_owner(name):
+    """The Owner of launcher `name` (LongCtxError if unknown or not importable)."""
+    return Owner("launcher", name, launcher_class(name))
+
+
+def known_owners(extra=()):
+    """The Owners `extra`, then every registered method and launcher that imports."""
+    return [*extra, *_owners(method_owner, METHODS, ()), *_owners(launcher_owner, LAUNCHERS, ())]
+
+
 @dataclass(init=False)
 class RunConfig:
     """Everything a worker needs to build its engine; picklable, sent to every worker.
@@ -33,21 +53,20 @@ class RunConfig:
     Run-wide settings: `layout` None means the method's default; `threads` None splits the
     CPU cores evenly over the local workers. Planner (`longctx.planner`, `longctx.costmodel`):
     `balance` sizes contiguous blocks, "equal" (as equal as possible) or "auto" (equal
-    estimated time per host), None = the method's default (`Planner.default_balance`); `host_speeds` gives relative host speeds (host time = cost /
-    speed; None = all equal); `costs` is a cost coefficient file (None: the calibrated
-    ~/.cache/longctx/costs.json, else shipped defaults).
+    estimated time per host), None = the method's default (`Planner.default_balance`);
+    `host_speeds` gives relative host speeds (host time = cost / speed; None = all equal);
+    `costs` is a cost coefficient file (None: the calibrated ~/.cache/longctx/costs.json, else
+    shipped defaults). `launcher` names how workers come to exist (`longctx.registry.LAUNCHERS`,
+    or a plug-in path); `worker_env` holds (NAME, VALUE) pairs set in every worker's
+    environment (a dict is accepted): the only driver-side variables a Ray worker gets besides
+    the job's runtime_env; `family` the model-family adapter (`longctx.models.family`; None: the
+    one the model's config asks for).
 
-    Launcher (`launch/`): `launcher` is "local" (processes on this machine) or "ray" (actors on
-    a Ray cluster at `ray_address`: None = RAY_ADDRESS, else the cluster running here, else a
-    new local one; "auto" = RAY_ADDRESS or the cluster running here; or an address;
-    `placement` "pack" or "spread" over its nodes; `ray_cpus_per_worker` CPUs reserved per
-    worker, which are its threads on CPU clusters). `worker_env` holds (NAME, VALUE) pairs set
-    in every worker's environment (a dict is accepted): the only driver-side variables a Ray
-    worker gets besides the job's runtime_env.
-
-    `method_options` holds the options given for methods, by name (anchor_len, intra_size,
-    ...): each method declares its own (`Method.Options`) and reads only those. Keywords that
-    are not run-wide fields land there: `RunConfig(method="apb", anchor_len=512)`.
+    `options` holds the methods' and the launcher's own options, resolved to their
+    declarations (`longctx.options`); an owner reads its own with `options_for`. Keywords that
+    are not run-wide fields are options given by name and resolved against this run's method
+    and launcher: `RunConfig(method="apb", anchor_len=512)`, `RunConfig(launcher="ray",
+    ray_address="auto")`; `RunConfig.for_methods` resolves them against several methods.
     """
 
     model: str = ""
@@ -64,18 +83,45 @@ class RunConfig:
     host_speeds: tuple = None
     costs: str = None
     launcher: str = "local"
-    ray_address: str = None
-    placement: str = "pack"
-    ray_cpus_per_worker: int = 1
     worker_env: tuple = ()
-    method_options: dict = field(default_factory=dict)
+    family: str = None
+    options: dict = field(default_factory=dict)
 
     def __init__(self, **values):
-        options = dict(values.pop("method_options", None) or {})
+        self._set(values, None)
+
+    @classmethod
+    def for_methods(cls, methods, **values):
+        """A RunConfig whose options given by name are resolved against every method of
+        `methods` (one run of several methods: compare, eval) and the launcher; `method`
+        defaults to the first."""
+        config = cls.__new__(cls)
+        config._set({"method": methods[0], **values}, list(dict.fromkeys(methods)))
+        return config
+
+    def _set(self, values, methods):
+        values = dict(values)
+        options = dict(values.pop("options", None) or {})
         for item in fields(self):
-            if item.name != "method_options":
+            if item.name != "options":
                 setattr(self, item.name, values.pop(item.name, item.default))
-        self.method_options = {**options, **values}
+        if values:
+            owners = [method_owner(name) for name in (methods or [self.method])] + [launcher_owner(self.launcher)]
+            options.update(resolve(values, owners, known_owners(owners)))
+        self.options = options
+
+    def owners(self):
+        """The Owners in play: this run's method and launcher."""
+        return [method_owner(self.method), launcher_owner(self.launcher)]
+
+    def options_for(self, owner_class):
+        """The options instance of `owner_class` (a method or launcher class) from this config,
+        defaults where nothing was given; None when it declares none."""
+        return build(owner_class.Options, self.options)
+
+    def option_values(self):
+        """{option name: value} of the options given (for display; `options` is keyed by declaration)."""
+        return {key.rpartition(".")[2]: value for key, value in self.options.items()}
 
     def validate(self):
         """Raise LongCtxError naming the first bad setting; returns self."""
@@ -86,67 +132,32 @@ class RunConfig:
                 raise LongCtxError(f"--{name.replace('_', '-')} must be one of {', '.join(allowed)}")
         if self.timeout_s <= 0:
             raise LongCtxError(f"--timeout must be positive (got {self.timeout_s})")
-        for name, allowed in (("launcher", LAUNCHERS), ("placement", PLACEMENTS)):
-            if getattr(self, name) not in allowed:
-                raise LongCtxError(f"--{name} must be one of {', '.join(allowed)} (got {getattr(self, name)!r})")
         self.worker_env = tuple(sorted(dict(self.worker_env or ()).items()))
         for name, value in self.worker_env:
             if not ENV_NAME.fullmatch(str(name)) or not isinstance(value, str):
                 raise LongCtxError(f"--worker-env: {name}={value!r} is not NAME=VALUE (a variable name and a string)")
-        if self.ray_cpus_per_worker < 1:
-            raise LongCtxError(f"--ray-cpus-per-worker must be at least 1 (got {self.ray_cpus_per_worker})")
         if self.balance is not None and self.balance not in BALANCES:
             raise LongCtxError(f"--balance must be one of {', '.join(BALANCES)} (got {self.balance!r})")
         if self.host_speeds is not None:
             speeds = tuple(self.host_speeds)
             if not speeds or not all(isinstance(speed, (int, float)) and speed > 0 for speed in speeds):
                 raise LongCtxError(f"--host-speeds must be positive numbers (got {','.join(map(str, speeds))})")
-        classes = option_classes([self.method])
-        known = {item.name for cls in classes for item in fields(cls)}
-        unknown = [name for name in self.method_options if name not in known]
-        if unknown:
-            raise LongCtxError(f"unknown option {unknown[0]!r}: no method takes it (method options: "
-                               f"{', '.join(sorted(known))})")
-        for cls in classes:
-            make_options(cls, self.method_options)
+        for owner in self.owners():
+            self.options_for(owner.cls)
         return self
 
     def pool_options(self):
-        """Every setting except model, method and nproc, method options included: the keyword
-        options of LongContextLM."""
-        values = {item.name: getattr(self, item.name) for item in fields(self)
-                  if item.name not in ("model", "method", "nproc", "method_options")}
-        return {**values, **self.method_options}
+        """Every setting except model, method and nproc, the resolved options included: the
+        keyword options of LongContextLM."""
+        return {item.name: getattr(self, item.name) for item in fields(self)
+                if item.name not in ("model", "method", "nproc")}
 
     def replace(self, **changes):
-        """A copy with `changes` applied (run-wide fields or method options)."""
+        """A copy with `changes` applied: run-wide fields, `options` (merged over these), or
+        options by name (resolved against the copy's method and launcher)."""
         values = {item.name: getattr(self, item.name) for item in fields(self)}
-        values["method_options"] = dict(self.method_options)
+        values["options"] = {**self.options, **changes.pop("options", {})}
         return RunConfig(**{**values, **changes})
-
-
-def option(default=None, help="", **flags):
-    """A field of a method's options dataclass, with what its `--flag` needs: `help`, argparse
-    keywords (`metavar`, `choices`) and the bounds `make_options` checks (`minimum`, `maximum`)."""
-    return field(default=default, metadata={"help": help, **flags})
-
-
-def make_options(cls, values):
-    """An instance of the options dataclass `cls` from the entries of `values` it declares, its
-    bounds checked (LongCtxError names the flag); None when `cls` is None."""
-    if cls is None:
-        return None
-    declared = fields(cls)
-    options = cls(**{item.name: values[item.name] for item in declared if item.name in values})
-    for item in declared:
-        value, low, high = getattr(options, item.name), item.metadata.get("minimum"), item.metadata.get("maximum")
-        flag = "--" + item.name.replace("_", "-")
-        if value is None or (low is None or value >= low) and (high is None or value <= high):
-            continue
-        if high is None:
-            raise LongCtxError(f"{flag} must be >= {low} (got {value})")
-        raise LongCtxError(f"{flag} must be between {low} and {high} (got {value})")
-    return options
 
 
 def add_run_arguments(parser, *, with_method=True, model_required=True, defaults=None, argv=None, with_nproc=True):
@@ -176,58 +187,78 @@ def add_run_arguments(parser, *, with_method=True, model_required=True, defaults
     parser.add_argument("--layout", default=None,
                         help="token layout: contiguous, zigzag or striped (default: the method's)")
     parser.add_argument("--threads", type=int, default=None, help="CPU threads per worker")
+    parser.add_argument("--family", default=None, metavar="NAME",
+                        help="model-family adapter (default: the one the model's config asks for; a plug-in "
+                             "as package.module:ClassName)")
     add_planner_arguments(parser, defaults["balance"])
-    add_method_arguments(parser, named_methods(argv))
+    add_option_arguments(parser, _owners(method_owner, METHODS, named(argv, ("--method", "--methods"))))
     return parser
 
 
-def named_methods(argv=None):
-    """Method names given by --method / --methods in `argv` (default: the command line)."""
+def _owners(make, table, names):
+    """Owners (made by `make`) of everything registered in `table` and of the plug-ins among
+    `names` that import (a name that does not is reported where it is used)."""
+    owners = []
+    for name in dict.fromkeys([*table, *(name for name in names if ":" in name)]):
+        try:
+            owners.append(make(name))
+        except LongCtxError:
+            continue
+    return owners
+
+
+def named(argv, flags):
+    """Names given by `flags` (e.g. --method / --methods) in `argv` (default: the command line),
+    comma-separated lists split and eval variants' brackets dropped."""
     argv = sys.argv[1:] if argv is None else list(argv)
     names = []
     for index, arg in enumerate(argv):
         flag, _, value = arg.partition("=")
-        if flag in ("--method", "--methods"):
+        if flag in flags:
             value = value or (argv[index + 1] if index + 1 < len(argv) else "")
-            names.extend(name.strip() for name in value.split(","))
+            try:
+                names.extend(spec_name(part) for part in split_specs(value, flag))
+            except LongCtxError:  # reported when the command reads the value
+                continue
     return names
 
 
-def add_method_arguments(parser, names=()):
-    """One argument group per method options dataclass (see `option_classes`); a flag declared
-    by several methods is added once. Absent flags leave no attribute (their defaults live in
-    the dataclasses)."""
-    for cls, methods in option_classes(names).items():
-        group = parser.add_argument_group(f"options of {', '.join(methods)}")
-        for item in fields(cls):
-            flags = {key: value for key, value in item.metadata.items() if key not in ("help", "minimum", "maximum")}
-            shown = "" if item.default is None else f" (default: {item.default})"
-            try:
-                group.add_argument("--" + item.name.replace("_", "-"), dest=item.name, type=item.type,
-                                   default=argparse.SUPPRESS, help=item.metadata.get("help", "") + shown, **flags)
-            except argparse.ArgumentError:  # declared by an earlier method
-                pass
+def split_specs(value, flag):
+    """The comma-separated specs of `value` (given by `flag`), commas inside [...] kept:
+    'a,b[x=1,y=2]' -> ['a', 'b[x=1,y=2]'] (eval variants). LongCtxError on unbalanced brackets."""
+    specs, depth, current = [], 0, ""
+    for char in value:
+        depth += {"[": 1, "]": -1}.get(char, 0)
+        if depth < 0 or depth > 1:
+            raise LongCtxError(f"{flag}: unbalanced brackets in {value!r}")
+        if char == "," and depth == 0:
+            specs.append(current)
+            current = ""
+        else:
+            current += char
+    if depth:
+        raise LongCtxError(f"{flag}: unbalanced brackets in {value!r}")
+    return [spec.strip() for spec in [*specs, current] if spec.strip()]
 
 
-def add_launcher_arguments(parser):
-    """Add --launcher, the Ray launcher's options (--ray-address, --placement,
-    --ray-cpus-per-worker) and --worker-env to `parser`; they land in RunConfig's launcher fields."""
+def spec_name(spec):
+    """The method or task name of an eval spec: 'apb[compressor=random]' -> 'apb'."""
+    return spec.partition("[")[0].strip()
+
+
+def add_launcher_arguments(parser, argv=None):
+    """Add --launcher, --worker-env and every launcher's own options (registered launchers, and
+    a plug-in named by --launcher in `argv`) to `parser`."""
     group = parser.add_argument_group("launcher")
-    group.add_argument("--launcher", default="local", choices=LAUNCHERS,
-                       help="local: worker processes on this machine; ray: one actor per GPU (or per "
-                            "--ray-cpus-per-worker CPUs) on a Ray cluster (pip install 'longctx[ray]')")
-    group.add_argument("--ray-address", default=None, metavar="ADDR",
-                       help="Ray cluster: 'auto' (the one started here), HOST:PORT, [IPV6]:PORT or "
-                            "ray://HOST:PORT; default RAY_ADDRESS (set inside `ray job submit`), else the one "
-                            "started here, else a new local cluster")
-    group.add_argument("--placement", default="pack", choices=PLACEMENTS,
-                       help="Ray placement of the workers: pack (fewest nodes) or spread (default: pack)")
-    group.add_argument("--ray-cpus-per-worker", type=int, default=1, metavar="K",
-                       help="CPUs reserved per Ray worker, its threads on CPU clusters (default: 1)")
+    group.add_argument("--launcher", default="local", metavar="NAME",
+                       help=f"how workers come to exist: {', '.join(launcher_names())} (local: worker processes on "
+                            "this machine; ray: one actor per GPU, or per --ray-cpus-per-worker CPUs, on a Ray "
+                            "cluster, pip install 'longctx[ray]'), or a plug-in as package.module:ClassName")
     group.add_argument("--worker-env", type=parse_env_pair, action="append", default=[], metavar="NAME=VALUE",
                        help="set NAME=VALUE in every worker's environment (repeatable); with --launcher ray the "
                             "workers get no other variable of the driver's (their nodes set their own NCCL_*, "
                             "GLOO_*), besides the job's runtime_env")
+    add_option_arguments(parser, _owners(launcher_owner, LAUNCHERS, named(argv, ("--launcher",))))
     return parser
 
 
@@ -237,6 +268,29 @@ def parse_env_pair(text):
     if not sep or not ENV_NAME.fullmatch(name):
         raise argparse.ArgumentTypeError(f"expected NAME=VALUE, got {text!r}")
     return name, value
+
+
+def add_request_arguments(parser):
+    """Add what one request asks (`longctx generate`, the torchrun entry): --doc or --video (with
+    --frames / --fps), --question, --max-new-tokens, and --json; read by
+    `longctx.request.prompt_from_args`."""
+    parser.add_argument("--doc", default=None, help="document file ('-' reads standard input)")
+    video = parser.add_argument_group(f"video (a video-language model: {', '.join(video_families())})")
+    video.add_argument("--video", default=None, help="video file (decoded with PyAV), instead of --doc")
+    video.add_argument("--frames", type=int, default=None,
+                       help="sample this many frames, evenly spaced (default: every frame, or --fps)")
+    video.add_argument("--fps", type=float, default=None, help="sample this many frames per second of video")
+    parser.add_argument("--question", default=None,
+                        help="question text appended after the document (omitted: the document is continued)")
+    parser.add_argument("--max-new-tokens", type=int, default=32,
+                        help="at most this many answer tokens (greedy; stops early at the model's end token)")
+    parser.add_argument("--json", action="store_true", help="print one JSON object")
+    return parser
+
+
+def video_families():
+    """Registered model families whose prompts are videos."""
+    return [name for name in family_names() if family_class(name).media == "video"]
 
 
 def parse_speeds(text):
@@ -265,14 +319,14 @@ def add_planner_arguments(parser, balance_default=BALANCE_DEFAULT):
 
 
 def config_from_args(args):
-    """Build a validated RunConfig from parsed arguments (fields not present keep defaults;
-    the method options given are the attributes named like an option of a known method)."""
-    names = {item.name for item in fields(RunConfig)} - {"method_options"}
+    """A validated RunConfig from parsed arguments: the run-wide fields present (others keep
+    their defaults) and the owners' options given, resolved against the method (--method) or
+    every method (--methods, eval variants included) and the launcher."""
+    names = {item.name for item in fields(RunConfig)} - {"options"}
     values = {name: getattr(args, name) for name in names if hasattr(args, name)}
-    methods = [getattr(args, "method", None) or "", *(getattr(args, "methods", None) or "").split(",")]
-    options = {item.name: getattr(args, item.name) for cls in option_classes(methods) for item in fields(cls)
-               if hasattr(args, item.name)}
-    return RunConfig(**values, method_options=options).validate()
+    methods = [getattr(args, "method", None) or spec_name(spec)
+               for spec in (split_specs(args.methods, "--methods") if getattr(args, "methods", None) else [None])]
+    return RunConfig.for_methods(methods, **values, **options_from_args(args)).validate()
 
 
 class DefaultsHelpFormatter(argparse.HelpFormatter):
@@ -285,8 +339,3 @@ class DefaultsHelpFormatter(argparse.HelpFormatter):
                 or action.default is argparse.SUPPRESS):
             return text
         return f"{text} (default: %(default)s)" if text else "default: %(default)s"
-
-
-def make_parser(description):
-    """A parser with the shared run options, for entry points that take nothing else."""
-    return add_run_arguments(argparse.ArgumentParser(description=description))

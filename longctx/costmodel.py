@@ -14,7 +14,9 @@ Per host and per layer the estimate adds four parts:
 * compressor work: keys scored to choose what to pass on, per KV head, `compress_ns_per_key`;
 * communication: bytes received over a link of `link_gb_per_s` plus `message_us` per message;
   hidden behind attention when the transfers overlap it (`HostWork.overlapped`: the larger
-  of the two counts), else waited for.
+  of the two counts), else waited for;
+* a method's own work: nanoseconds its planner computes from coefficients it calibrates
+  itself (`HostWork.method_ns`, `CostCoefficients.coefficient`).
 
 A host's time is the sum over layers divided by its relative speed (`--host-speeds`). What a
 host computes is a `HostWork`, which each method's planner builds (`Planner.host_work`) from
@@ -130,11 +132,6 @@ def _ramp(lo, hi, shift, cap):
     return rising + cap * max(0, last - max(first, cap + 1))
 
 
-def triangle(count):
-    """Pairs of causal attention within `count` rows: count * (count + 1) / 2."""
-    return count * (count + 1) // 2
-
-
 @dataclass(frozen=True)
 class HostWork:
     """One host's work in one layer.
@@ -143,7 +140,8 @@ class HostWork:
     method's mask, summed over query heads; head_rect_pairs: query x key scores of every
     kernel call (q_len * k_len), summed over query heads; scored_keys: keys the compressor
     scores, summed over KV heads; recv_bytes and messages: what the host receives;
-    overlapped: communication hides behind attention.
+    overlapped: communication hides behind attention; method_ns: nanoseconds of the method's
+    own work (its coefficients times its units).
     """
 
     rows: int = 0
@@ -153,6 +151,7 @@ class HostWork:
     recv_bytes: int = 0
     messages: int = 0
     overlapped: bool = False
+    method_ns: float = 0.0
 
     @classmethod
     def of_calls(cls, calls, heads, **values):
@@ -181,10 +180,11 @@ class HostEstimate:
     compress_ms: float
     comm_ms: float
     total_ms: float
+    method_ms: float = 0.0
 
     def summary(self):
-        """JSON-ready dict with rounded numbers."""
-        return {key: round(value, 4) for key, value in asdict(self).items()}
+        """JSON-ready dict with rounded numbers (`method_ms` only for a method with work of its own)."""
+        return {key: round(value, 4) for key, value in asdict(self).items() if key != "method_ms" or value}
 
 
 @dataclass
@@ -229,8 +229,10 @@ class CostModel:
         compress = work.scored_keys * coeffs.compress_ns_per_key * 1e-6
         comm = work.recv_bytes / (coeffs.link_gb_per_s * 1e6) + work.messages * coeffs.message_us * 1e-3
         exposed = max(attention, comm) - attention if work.overlapped else comm
-        total = token + attention + compress + exposed
-        return HostEstimate(token * layers, attention * layers, compress * layers, comm * layers, total * layers)
+        own = work.method_ns * 1e-6
+        total = token + attention + compress + exposed + own
+        return HostEstimate(token * layers, attention * layers, compress * layers, comm * layers, total * layers,
+                            own * layers)
 
     def host_ms(self, work, rank=None):
         """Total estimated milliseconds of `work` on host `rank` (None: at speed 1)."""

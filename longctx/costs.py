@@ -8,7 +8,7 @@ in `longctx/data/costs.json`.
 
 import json
 import os
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 
 from longctx.errors import LongCtxError
@@ -31,6 +31,8 @@ class CostCoefficients:
     `attention_pairs`: "visible" when the attention kernel skips masked blocks, "all" when it
     computes every query x key score of a call (the torch reference).
     `source` says where the numbers come from (shipped defaults or a calibration).
+    `method` holds the coefficients methods add for work of their own (`Method.calibrate_costs`,
+    read with `coefficient`); in the file they sit beside the others.
     """
 
     device: str
@@ -42,6 +44,7 @@ class CostCoefficients:
     tile: int = 64
     source: str = "shipped"
     attention_pairs: str = "visible"
+    method: dict = field(default_factory=dict)
 
     def validate(self):
         """LongCtxError unless the rates are positive; returns self."""
@@ -54,20 +57,35 @@ class CostCoefficients:
             raise LongCtxError(f"cost coefficients for {self.device}: attention_pairs must be 'visible' or 'all'")
         return self
 
+    def coefficient(self, name, default):
+        """The method coefficient `name` (calibrated), else `default`."""
+        return self.method.get(name, default)
+
+    def with_measured(self, **measured):
+        """A copy with `measured` values: the fields of this class, and methods' own coefficients."""
+        known = {item.name for item in fields(self)} - {"method"}
+        own = {key: value for key, value in measured.items() if key not in known}
+        return replace(self, **{key: value for key, value in measured.items() if key in known},
+                       method={**self.method, **own})
+
     @classmethod
     def from_dict(cls, device, values):
-        """Coefficients from a JSON entry (unknown keys are ignored)."""
-        known = {item.name for item in fields(cls)}
+        """Coefficients from a JSON entry; numbers under other keys are methods' coefficients."""
+        known = {item.name for item in fields(cls)} - {"device", "method"}
+        own = {key: value for key, value in values.items()
+               if key not in known and key != "device" and isinstance(value, (int, float))}
         try:
-            return cls(**{"device": device, **{k: v for k, v in values.items() if k in known and k != "device"}})
+            return cls(**{"device": device, **{k: v for k, v in values.items() if k in known}}, method=own)
         except TypeError as exc:
             raise LongCtxError(f"cost coefficients for {device} are incomplete: {exc}") from None
 
     def to_dict(self):
-        """JSON-ready dict (without the device, which is the key in the file)."""
+        """JSON-ready dict (without the device, which is the key in the file), methods'
+        coefficients beside the others."""
         values = asdict(self)
         values.pop("device")
-        return values
+        own = values.pop("method")
+        return {**values, **own}
 
 
 def _read_costs_file(path):

@@ -25,7 +25,8 @@ from longctx.config import RunConfig
 from longctx.errors import LongCtxError
 from longctx.models import resolve_device
 from longctx.models.tiny import make_tiny_model
-from longctx.request import encode_prompt, worker_count
+from longctx.models.family import encode_prompt
+from longctx.request import Session
 from longctx.simulate import Link
 
 
@@ -45,17 +46,13 @@ def run_demo(nproc=2, model=None, method="apb", repeats=3):
     return needle_demo(model, nproc, method, repeats=repeats)
 
 
-def ttft(result):
-    """Time to first token logits of a GenerationResult: prefill + query pass, the work HF's
-    one forward over document + question does."""
-    return result.prefill_s + result.query_s
-
-
 def median_request(lm, document, question, max_new_tokens, repeats):
-    """One untimed warm-up request, then `repeats`; the result with the median `ttft`."""
+    """One untimed warm-up request, then `repeats`; the result with the median time to first
+    token (`GenerationResult.ttft_s`: prefill + query pass, the work HF's one forward over
+    document + question does)."""
     lm.generate(document, question, max_new_tokens=1)
     results = sorted((lm.generate(document, question, max_new_tokens=max_new_tokens) for _ in range(repeats)),
-                     key=ttft)
+                     key=lambda result: result.ttft_s)
     return results[(len(results) - 1) // 2]
 
 
@@ -130,12 +127,12 @@ def tiny_demo(nproc=2, repeats=3):
             methods = ["burst", "ring", "allgather"] + (["ulysses"] if 4 % nproc == 0 else [])
             comparison = compare_methods(config, methods, length=1000, lm=lm, baseline_repeats=0)
         baseline = hf_baseline(model_dir, lm.tokenizer, document, question, repeats)
-    ratio = speedup(baseline.median_s, ttft(result))
+    ratio = speedup(baseline.median_s, result.ttft_s)
     lines = [
         "longctx demo (tiny random-weight Llama made on the fly; the trained example model replaces it)",
         f"workers: {describe_workers(nproc)}, started in {startup_s:.1f} s",
         f"burst on {result.doc_tokens} document + {result.question_tokens} question tokens: time to first token "
-        f"{ttft(result):.3f} s, {describe_speedup(ratio)}",
+        f"{result.ttft_s:.3f} s, {describe_speedup(ratio)}",
         f"  prefill {result.prefill_s:.3f} s + query {result.query_s:.3f} s; decoded {len(result.tokens)} tokens "
         f"in {result.decode_s:.3f} s",
         describe_baseline(baseline, repeats),
@@ -145,7 +142,7 @@ def tiny_demo(nproc=2, repeats=3):
     for row in comparison["results"]:
         lines.append(f"  {row['method']:<10} hidden rel err {row['hidden_rel_err']:.1e}, "
                      f"greedy tokens {'identical' if row['tokens_match'] else 'DIFFERENT'}")
-    return {"text": "\n".join(lines), "generate": result.to_dict(), "ttft_s": ttft(result),
+    return {"text": "\n".join(lines), "generate": result.to_dict(), "ttft_s": result.ttft_s,
             "hf_sdpa": baseline.to_dict(), "speedup_vs_hf": ratio, "workers_on": describe_workers(nproc),
             "repeats": repeats, "compare": comparison}
 
@@ -170,8 +167,8 @@ def describe_plan(plan):
     hosts = plan.get("hosts", [])
     parts = [f"{plan.get('layout', 'contiguous')} split, tokens per worker "
              + "/".join(str(host["tokens"]) for host in hosts)]
-    anchor = plan.get("anchor_len", max((host["anchor_len"] for host in hosts), default=0))
-    passing = plan.get("passing_len", max((host["passing_len"] for host in hosts), default=0))
+    anchor = plan.get("anchor_len", max((host.get("anchor_len", 0) for host in hosts), default=0))
+    passing = plan.get("passing_len", max((host.get("passing_len", 0) for host in hosts), default=0))
     if anchor:
         parts.append(f"anchor {anchor} tokens")
     if passing:
@@ -194,20 +191,18 @@ def needle_demo(model_dir, nproc=4, method="apb", data_dir=SHIPPED_DATA, repeats
     with the whole machine (`hf_and_simulated`). Returns a report dict; every speed-up in it is
     HF SDPA's forward time / the method's time to first token (prefill + query)."""
     from longctx.eval.tasks import Sample, is_correct
-    from longctx.models import check_model_dir, load_tokenizer
 
     document, spec = load_shipped_question(data_dir)
     answer = str(spec["answer"])
     sample = Sample(task=spec.get("task", "niah_single"), document=document, question=spec["question"],
                     answer=answer, length=spec.get("length_tokens", 0), depth=spec.get("depth"),
                     answers=[part.strip() for part in answer.split(",")])
-    model_config = check_model_dir(model_dir)
-    tokenizer = load_tokenizer(model_dir)
+    session = Session(RunConfig(model=model_dir, method=method, nproc=nproc))
+    tokenizer = session.tokenizer
     max_new_tokens = len(tokenizer(" " + answer, add_special_tokens=False)["input_ids"]) + 1
     question = "\n" + sample.question
     runs = {}
-    for name, workers in ((method, worker_count(method, RunConfig(model=model_dir, nproc=nproc), model_config)),
-                          ("dense", 1)):
+    for name, workers in ((method, session.workers_for(method)), ("dense", 1)):
         started = time.perf_counter()
         with LongContextLM(model_dir, method=name, nproc=workers) as lm:
             startup_s = time.perf_counter() - started
@@ -217,7 +212,7 @@ def needle_demo(model_dir, nproc=4, method="apb", data_dir=SHIPPED_DATA, repeats
                                            runs[method][0].nproc, repeats)  # every pool is closed
     result, correct, startup_s = runs[method]
     dense, dense_correct, _ = runs["dense"]
-    ratio, dense_ratio = speedup(baseline.median_s, ttft(result)), speedup(baseline.median_s, ttft(dense))
+    ratio, dense_ratio = speedup(baseline.median_s, result.ttft_s), speedup(baseline.median_s, dense.ttft_s)
     agrees = bool(dense.tokens) and dense.tokens[0] == baseline.argmax
     rate = result.doc_tokens / max(result.prefill_s, 1e-9)
     lines = [
@@ -226,12 +221,12 @@ def needle_demo(model_dir, nproc=4, method="apb", data_dir=SHIPPED_DATA, repeats
         f"question: {sample.question}",
         f"{method} on {describe_workers(result.nproc)} (started in {startup_s:.1f} s): "
         f"answer {result.text.strip()!r}, expected {answer!r} -> {'correct' if correct else 'WRONG'}",
-        f"  time to first token {ttft(result):.3f} s, {describe_speedup(ratio)} ({baseline.median_s:.3f} s)",
+        f"  time to first token {result.ttft_s:.3f} s, {describe_speedup(ratio)} ({baseline.median_s:.3f} s)",
         f"  prefill {result.prefill_s:.3f} s ({rate:,.0f} tok/s) + query {result.query_s:.3f} s; "
         f"decode {result.decode_s:.3f} s for {len(result.tokens)} token(s)",
         f"  plan: {describe_plan(result.plan)}",
         f"longctx dense on 1 worker: answer {dense.text.strip()!r} -> {'correct' if dense_correct else 'WRONG'}; "
-        f"time to first token {ttft(dense):.3f} s, {describe_speedup(dense_ratio)}",
+        f"time to first token {dense.ttft_s:.3f} s, {describe_speedup(dense_ratio)}",
         describe_baseline(baseline, repeats) + f"; its next token {'agrees' if agrees else 'DISAGREES'} with dense's",
         f"{method} on {result.nproc} simulated hosts with the machine each (each host's work timed alone, network "
         f"modelled at {SIMULATED_LINK.gb_per_s:g} GB/s): time to first token {simulated:.3f} s, "
@@ -240,8 +235,8 @@ def needle_demo(model_dir, nproc=4, method="apb", data_dir=SHIPPED_DATA, repeats
         f" longctx times: median of {repeats} requests after one warm-up; everything measured in this run)",
     ]
     return {"text": "\n".join(lines), "model": model_dir, "method": method, "expected": answer,
-            "correct": correct, "generate": result.to_dict(), "ttft_s": ttft(result), "speedup_vs_hf": ratio,
-            "dense_correct": dense_correct, "dense": dense.to_dict(), "dense_ttft_s": ttft(dense),
+            "correct": correct, "generate": result.to_dict(), "ttft_s": result.ttft_s, "speedup_vs_hf": ratio,
+            "dense_correct": dense_correct, "dense": dense.to_dict(), "dense_ttft_s": dense.ttft_s,
             "dense_speedup_vs_hf": dense_ratio, "hf_sdpa": baseline.to_dict(), "hf_agrees_with_dense": agrees,
             "workers_on": describe_workers(result.nproc), "repeats": repeats,
             "simulated_ttft_s": simulated, "simulated_speedup_vs_hf": speedup(baseline.median_s, simulated)}

@@ -1,10 +1,13 @@
 """Per-worker prefill and greedy decoding over a distributed KV cache.
 
-The engine knows nothing about how processes started: it gets a model, a `Comm` and a
-`RunConfig`, and for each request runs the method's plan, the prefill forward with the
-method's attention, the query pass and lock-step decoding (every worker runs the same new
-tokens; attention merges the workers' partial results exactly; rank 0 picks the token and
-broadcasts it).
+The engine knows nothing about how processes started nor which model family it runs: it gets
+a model, a `Comm` and a `RunConfig`, and for each request runs the method's plan (the driver's,
+`Request.plan`), the prefill forward with the method's attention (the model family's adapter
+builds the inputs, `longctx.models.family`), then the query pass and lock-step decoding
+(every worker runs the same new tokens; attention merges the workers' partial results
+exactly; rank 0 picks the token and broadcasts it). The two phases are separate steps
+(`prefill`, `answer`): what a prefill leaves (`Prefilled`: the worker's KV cache of its
+document shard) is what the query pass continues from.
 """
 
 import time
@@ -15,8 +18,10 @@ import torch
 
 from longctx.cache import KVCache
 from longctx.errors import LongCtxError
-from longctx.models.qwen_vl import VideoInputs
+from longctx.features import Kernels, with_sinks
+from longctx.models.family import family_for
 from longctx.registry import get_method
+from longctx.results import EngineResult, RequestStats
 
 
 class Phase(Enum):
@@ -30,9 +35,13 @@ class Phase(Enum):
 class WorkerContext:
     """What a method's attention sees on one worker during one request.
 
-    `state` is the method's per-request state (`Method.new_state`: a small typed object, or
-    None); `stats` collects counters for reporting; `video` the request's `VideoInputs` (its
-    M-RoPE positions) once the prefill has made them, None for text.
+    `kernels` are the attention kernels bound to the run's backend and the model's logit
+    soft-capping (`longctx.features.Kernels`): methods compute every piece of attention with
+    them. `state` is the method's per-request state (`Method.new_state`: a small typed object,
+    or None); `stats` its counters (`Method.Stats`); `inputs` the model family's per-request
+    input state (a video's embeddings and M-RoPE positions; None for text). `needs_lse` is
+    True while the current layer's attention has sinks: the method must return the log-sum-exp
+    of its output.
     """
 
     method: object
@@ -40,29 +49,40 @@ class WorkerContext:
     rank: int
     comm: object
     cache: KVCache
-    kernel_backend: str
+    kernels: Kernels
     total_len: int
     state: object = None
     phase: Phase = Phase.PREFILL
-    stats: dict = field(default_factory=dict)
-    video: object = None
+    stats: RequestStats = field(default_factory=RequestStats)
+    inputs: object = None
+    needs_lse: bool = False
 
-    def attend(self, layer, q, k, v, scale):
-        """Dispatch one layer's attention to the method for the current phase."""
-        if self.phase is Phase.PREFILL:
-            return self.method.prefill_attention(self, layer, q, k, v, scale)
-        return self.method.decode_attention(self, layer, q, k, v, scale)
+    def attend(self, layer, q, k, v, call):
+        """One layer's attention (`call`: its `longctx.features.AttentionCall`) by the method
+        for the current phase; the model's attention sinks joined to the method's exact result."""
+        call.check(self.total_len)
+        if call.softcap != self.kernels.softcap:
+            self.kernels = Kernels(self.kernels.backend, call.softcap).check()
+        self.needs_lse = call.sinks is not None
+        attend = self.method.prefill_attention if self.phase is Phase.PREFILL else self.method.decode_attention
+        out, lse = attend(self, layer, q, k, v, call.scale)
+        if call.sinks is None:
+            return out
+        if lse is None:
+            raise RuntimeError(f"method {self.method.name!r} returned no log-sum-exp, which attention sinks need")
+        return with_sinks(out, lse, call.sinks)
 
 
 @dataclass
 class Request:
     """One generation request: token ids of the document and the question (>= 1 token).
 
-    `video` (a `longctx.video.VideoPatches`, or None) is the video whose vision embeddings
-    replace the document's `<|video_pad|>` tokens (`longctx.models.qwen_vl.video_prompt`).
-    `video_shares` ([start, stop) temporal patches per rank, or None: every worker gets the
-    whole video) is set by the driver when each worker encodes only its frames; a launcher
-    sends rank r `for_rank(r)`, which holds only those.
+    `method` overrides the config's; `stop_ids` end generation; `media` is the model family's
+    extra input (a video's frames, `ModelFamily.encode`), None for text; `media_shares` ([start,
+    stop) of it per rank, `ModelFamily.split_media`, or None: every worker gets all of it) is set
+    by the driver when each worker encodes only its share, and a launcher sends rank r
+    `for_rank(r)`, which holds only that; `plan` the driver's plan (`longctx.request.Session`:
+    the workers run it as it is), None to plan on the workers.
     """
 
     doc_ids: list
@@ -71,14 +91,28 @@ class Request:
     method: str = None
     return_hidden: bool = False
     stop_ids: tuple = ()
-    video: object = None
-    video_shares: tuple = None
+    media: object = None
+    plan: object = None
+    media_shares: tuple = None
 
     def for_rank(self, rank):
-        """This request as worker `rank` needs it: with `video_shares`, only its frames."""
-        if self.video is None or self.video_shares is None:
+        """This request as worker `rank` needs it: with `media_shares`, only its share of the
+        media (`media.share(start, stop)`)."""
+        if self.media is None or self.media_shares is None:
             return self
-        return replace(self, video=self.video.share(*self.video_shares[rank]), video_shares=None)
+        return replace(self, media=self.media.share(*self.media_shares[rank]), media_shares=None)
+
+
+@dataclass
+class Prefilled:
+    """A document prefilled on one worker: the context (its KV cache holds this worker's shard),
+    the final hidden states of its prefill rows [1, S_local, d], the document's hidden states
+    in global order (rank 0, `return_hidden`; else None) and the prefill seconds."""
+
+    ctx: WorkerContext
+    hidden: torch.Tensor
+    doc_hidden: torch.Tensor
+    prefill_s: float
 
 
 class Engine:
@@ -89,6 +123,7 @@ class Engine:
         self.comm = comm
         self.config = config
         self.device = device
+        self.family = family_for(model.config, config.family)
         self._methods = {}
 
     def method(self, name):
@@ -98,50 +133,67 @@ class Engine:
         return self._methods[name]
 
     def run(self, request, on_token=None):
-        """Prefill, query pass and greedy decoding; returns a result dict (complete on rank 0).
+        """Prefill, query pass and greedy decoding; returns an EngineResult (complete on rank 0).
 
-        Keys: tokens (generated ids), prefill_s, query_s, decode_s, plan (summary), method,
-        nproc, first_logits (fp32 list of the first generated position's logits) and, when
-        `return_hidden`, doc_hidden / query_hidden (fp32 tensors, global order, rank 0 only).
         `on_token(token_id)`, called on rank 0 only, receives each generated token as soon as
         it is decided (before the next decoding step): the streaming hook of the launchers.
         """
+        with torch.inference_mode():
+            return self.answer(self.prefill(request), request, on_token)
+
+    def context(self, request):
+        """The WorkerContext of `request` on this worker: its method, plan and kernels."""
         if not request.doc_ids:
             raise LongCtxError("the document is empty")
         if not request.query_ids:
             raise LongCtxError("the question is empty")
         method = self.method(request.method or self.config.method)
-        world = self.comm.world
-        planner = method.planner
-        model_config = self.model.config.get_text_config()  # a video model's language model
-        planner.check(model_config, world)
-        planner.use_model(model_config)
-        plan = planner.plan(len(request.doc_ids), len(request.query_ids), world)
-        # Every worker plans (so bad input fails everywhere alike), but rank 0's plan is the one
-        # run: cost files may differ between machines and balanced plans must agree.
-        plan = self.comm.broadcast_object(plan, src=0).validate()
+        plan = request.plan if request.plan is not None else self._plan(method, request)
+        if plan.world != self.comm.world or plan.doc_len != len(request.doc_ids):
+            raise LongCtxError(f"the request's plan is for {plan.world} workers and {plan.doc_len} tokens, "
+                               f"not {self.comm.world} and {len(request.doc_ids)}")
         total_len = len(request.doc_ids) + len(request.query_ids) + request.max_new_tokens
-        ctx = WorkerContext(method, plan, self.comm.rank, self.comm, KVCache(), self.config.kernel_backend,
-                            total_len, method.new_state(plan, self.comm.rank))
-        result = {"method": method.name, "nproc": world, "plan": plan.summary()}
+        return WorkerContext(method, plan.validate(), self.comm.rank, self.comm, KVCache(),
+                             Kernels(self.config.kernel_backend), total_len, method.new_state(plan, self.comm.rank),
+                             stats=method.Stats())
+
+    def _plan(self, method, request):
+        """Plan on every worker (bad input fails everywhere alike) and run rank 0's plan (cost
+        files may differ between machines, and balanced plans must agree): for requests made
+        without the driver's request path (tests, `longctx.simulate`)."""
+        model_config = self.family.language_config(self.model.config)
+        method.planner.check(model_config, self.comm.world)
+        method.planner.use_model(model_config)
+        plan = method.planner.plan(len(request.doc_ids), len(request.query_ids), self.comm.world)
+        return self.comm.broadcast_object(plan, src=0)
+
+    def prefill(self, request):
+        """The prefill forward of `request` on this worker; returns its Prefilled."""
+        ctx = self.context(request)
         with torch.inference_mode():
-            (hidden, doc_hidden), result["prefill_s"] = self._timed(lambda: self._prefill(ctx, request))
+            (hidden, doc_hidden), seconds = self._timed(lambda: self._prefill(ctx, request))
+        return Prefilled(ctx, hidden, doc_hidden, seconds)
+
+    def answer(self, prefilled, request, on_token=None):
+        """The query pass (or the rows of a fused one, `Method.query_rows`) and greedy decoding
+        after `prefilled`; returns the EngineResult."""
+        ctx, method, rank = prefilled.ctx, prefilled.ctx.method, self.comm.rank
+        with torch.inference_mode():
             ctx.phase = Phase.DECODE
-            rows = method.query_rows(plan, self.comm.rank)
+            rows = method.query_rows(ctx.plan, rank)
             if rows is None:
-                query_out, result["query_s"] = self._timed(lambda: self._step(ctx, request.query_ids, len(request.doc_ids),
-                                                                             request.return_hidden))
+                query_out, query_s = self._timed(lambda: self._step(ctx, request.query_ids, len(request.doc_ids),
+                                                                    request.return_hidden))
             else:  # the prefill forward already ran the question (a fused query pass)
-                query_out, result["query_s"] = self._timed(lambda: self._project(hidden[0, rows], request.return_hidden))
-            del hidden
-            tokens, result["decode_s"] = self._timed(lambda: self._decode(ctx, request, query_out[0], on_token))
-        result["tokens"] = tokens
-        result["first_logits"] = query_out[0].float().cpu()
-        result["stats"] = ctx.stats
-        if request.return_hidden:
-            result["doc_hidden"] = doc_hidden
-            result["query_hidden"] = query_out[1].float().cpu()
-        return result
+                query_out, query_s = self._timed(lambda: self._project(prefilled.hidden[0, rows],
+                                                                       request.return_hidden))
+            prefilled.hidden = None
+            tokens, decode_s = self._timed(lambda: self._decode(ctx, request, query_out[0], on_token))
+        return EngineResult(method=method.name, nproc=self.comm.world, plan=ctx.plan.summary(),
+                            prefill_s=prefilled.prefill_s, query_s=query_s, decode_s=decode_s, tokens=tokens,
+                            first_logits=query_out[0].float().cpu(), stats=ctx.stats,
+                            doc_hidden=prefilled.doc_hidden if request.return_hidden else None,
+                            query_hidden=query_out[1].float().cpu() if request.return_hidden else None)
 
     def _timed(self, fn):
         self.comm.barrier()
@@ -158,23 +210,11 @@ class Engine:
 
     def _prefill(self, ctx, request):
         """The prefill forward: (final hidden states [1, S_local, d], the document's in global
-        order on rank 0 when `return_hidden`, else None). A video request first encodes the
-        video (`VideoInputs`: frame-parallel unless the method's `frame_parallel()` says no) and
-        feeds embeddings: the method's `local_inputs` on global indices tell each row's token."""
-        if request.video is None:
-            input_ids, positions = ctx.method.local_inputs(ctx.plan, ctx.rank, request.doc_ids, request.query_ids)
-            inputs = {"input_ids": torch.tensor([input_ids], device=self.device),
-                      "position_ids": torch.tensor([positions], device=self.device)}
-        else:
-            ids = list(request.doc_ids) + list(request.query_ids)
-            ctx.video = VideoInputs(self.model, ids, request.video, self.comm, ctx.method.frame_parallel())
-            doc_len = len(request.doc_ids)
-            sources, positions = ctx.method.local_inputs(ctx.plan, ctx.rank, list(range(doc_len)),
-                                                         list(range(doc_len, len(ids))))
-            inputs = {"inputs_embeds": ctx.video.embeds(self.model, sources),
-                      "position_ids": ctx.video.position_ids(positions)}
+        order on rank 0 when `return_hidden`, else None). The family's adapter makes this
+        worker's inputs from the rows the method's `local_inputs` gives it."""
+        inputs = self.family.prefill_inputs(self.model, ctx, request)
         with ctx.method.prefill_hooks(ctx, self.model):
-            hidden = self.model.base_model(**inputs, use_cache=False, longctx=ctx).last_hidden_state
+            hidden = self.family.decoder(self.model)(**inputs, use_cache=False, longctx=ctx).last_hidden_state
         if not request.return_hidden:
             return hidden, None
         owned = hidden[0, ctx.method.owned_rows(ctx.plan, ctx.rank)].float()
@@ -191,8 +231,7 @@ class Engine:
         """(last-position logits [vocab], `hidden` or None) from the question's final hidden
         states [n, d] of a fused prefill (a method's `query_rows(plan, rank)`: the rows of its
         prefill that ran the question exactly)."""
-        logits = self.model.get_output_embeddings()(hidden[-1:])
-        return logits[0], hidden if want_hidden else None
+        return self.family.logits(self.model, hidden[-1:])[0], hidden if want_hidden else None
 
     def _step(self, ctx, ids, first_position, want_hidden=False):
         """Run new tokens `ids` at positions first_position.. on every worker.
@@ -200,16 +239,8 @@ class Engine:
         Returns (last-position logits [vocab], final hidden states [n, d] or None).
         """
         positions = list(range(first_position, first_position + len(ids)))
-        position_ids = (torch.tensor([positions], device=self.device) if ctx.video is None
-                        else ctx.video.position_ids(positions))
-        output = self.model(
-            input_ids=torch.tensor([ids], device=self.device),
-            position_ids=position_ids,
-            use_cache=False,
-            logits_to_keep=1,
-            output_hidden_states=want_hidden,
-            longctx=ctx,
-        )
+        output = self.model(**self.family.step_inputs(self.model, ctx, ids, positions), use_cache=False,
+                            logits_to_keep=1, output_hidden_states=want_hidden, longctx=ctx)
         hidden = output.hidden_states[-1][0] if want_hidden else None
         return output.logits[0, -1], hidden
 

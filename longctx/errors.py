@@ -11,4 +11,4 @@ class WorkerError(LongCtxError):
 
 class CollectiveError(RuntimeError):
     """A collective did not complete on this worker: a peer died, hung past the timeout, or
-    could not be reached. Raised by `longctx.comm.Comm`; launchers report it for the worker."""
+    could not be reached. Raised by `longctx.comm.ProcessGroupComm`; launchers report it for the worker."""

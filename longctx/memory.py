@@ -32,7 +32,7 @@ def host_bytes(shape, vocab, plan, host, max_new_tokens):
     cached = host.num_tokens + (plan.query_len + max_new_tokens if host.rank == plan.append_rank else 0)
     rows = host.num_tokens + host.lead_len
     row_bytes = (4 * shape.hidden + 3 * shape.intermediate + (shape.heads + 2 * shape.kv_heads) * shape.head_dim)
-    activations = (rows * row_bytes * shape.dtype_bytes + (plan.doc_len + host.passing_len) * kv_row
+    activations = (rows * row_bytes * shape.dtype_bytes + (plan.doc_len + host.received_len) * kv_row
                    + plan.query_len * vocab * 4)
     parts = {"weights": weight_bytes(shape, vocab), "kv_cache": shape.layers * cached * kv_row,
              "activations": activations}
@@ -56,23 +56,26 @@ def available_bytes(device):
         return (pages * os.sysconf("SC_PAGE_SIZE"), True) if pages else (None, True)
 
 
-def needed_bytes(shape, vocab, plan, max_new_tokens, shared):
-    """What the job needs of the compared budget: the sum over hosts when the workers share
-    one machine's memory, else the largest host's."""
-    totals = [host_bytes(shape, vocab, plan, host, max_new_tokens)["total"] for host in plan.hosts]
-    return sum(totals) if shared else max(totals)
+def needed_bytes(shape, vocab, plan, max_new_tokens, shared, local_workers=None):
+    """What the job needs of the compared budget: when the workers share one machine's memory,
+    the sum over the `local_workers` largest hosts (None: all of them, every worker on this
+    machine), else the largest host's."""
+    totals = sorted((host_bytes(shape, vocab, plan, host, max_new_tokens)["total"] for host in plan.hosts),
+                    reverse=True)
+    return sum(totals[:local_workers]) if shared else totals[0]
 
 
-def check_memory(planner, plan, vocab, max_new_tokens, device, available=None, max_workers=64):
+def check_memory(planner, plan, vocab, max_new_tokens, device, available=None, max_workers=64, local_workers=None):
     """LongCtxError when `plan` (made by `planner`, whose `shape` is the model's) needs more memory
-    than the local machine has: names the estimate, its parts, the budget and a worker count that
-    would fit (re-planned with `planner`), or says none does. `available` (bytes, shared) overrides
-    what `available_bytes(device)` finds (tests)."""
+    than the local machine has for its `local_workers` (None: every worker runs here): names the
+    estimate, its parts, the budget and a worker count that would fit (re-planned with `planner`),
+    or says none does. `available` (bytes, shared) overrides what `available_bytes(device)`
+    finds (tests)."""
     budget, shared = available if available is not None else available_bytes(device)
     if budget is None:
         return
     shape = planner.cost_model().shape
-    needed = needed_bytes(shape, vocab, plan, max_new_tokens, shared)
+    needed = needed_bytes(shape, vocab, plan, max_new_tokens, shared, local_workers)
     if needed <= budget:
         return
     largest = max(plan.hosts, key=lambda host: host_bytes(shape, vocab, plan, host, max_new_tokens)["total"])

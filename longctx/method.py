@@ -6,8 +6,8 @@ from contextlib import nullcontext
 import torch
 
 from longctx import planner
-from longctx.config import make_options
-from longctx.kernels import attention, merge_many
+from longctx.kernels import merge_many
+from longctx.results import RequestStats
 
 
 class Method(ABC):
@@ -15,17 +15,26 @@ class Method(ABC):
     and how each layer attends.
 
     Subclasses set `name`, `Options` (a dataclass of their own options, fields made with
-    `longctx.config.option`; None: none) and `Planner` (their planning half, a
-    `longctx.planner.Planner`), and implement `prefill_attention`. The engine calls, on every
-    worker: the planner's `check`, `use_model` and `plan`, then `new_state(plan, rank)` (the
-    method's per-request state, `ctx.state`), `local_inputs`, `prefill_hooks`, per layer
-    `prefill_attention` during the prefill forward and `decode_attention` during the query
-    pass and decoding. A worker keeps one method object per name for all its requests.
+    `longctx.options.option`; None: none), `Planner` (their planning half, a
+    `longctx.planner.Planner`) and `Stats` (their per-request counters, a
+    `longctx.results.RequestStats` subclass), and implement `prefill_attention`. The driver
+    plans with the planner (`check`, `use_model`, `plan`); the engine calls, on every worker,
+    `new_state(plan, rank)` (the method's per-request state, `ctx.state`), `local_inputs`,
+    `prefill_hooks`, per layer `prefill_attention` during the prefill forward and
+    `decode_attention` during the query pass and decoding. A worker keeps one method object per
+    name for all its requests.
+
+    Both attention hooks return `(out, lse)`: out [B, Hq, S, D] in q's dtype and lse [B, Hq, S]
+    float32, the log-sum-exp of each row's logits over every key it attended to (what the exact
+    merges produce anyway); the engine joins the model's attention sinks to them. A method may
+    return lse None while `ctx.needs_lse` is False, when computing it would cost more work.
+    Every piece of attention goes through `ctx.kernels`, bound to the model's features.
     """
 
     name = "base"
     Options = None
     Planner = planner.Planner
+    Stats = RequestStats
 
     def __init__(self, config):
         self.config = config
@@ -35,9 +44,9 @@ class Method(ABC):
     @classmethod
     def planner_for(cls, config):
         """The method's planning half for `config`, with its options (no runtime object needed)."""
-        return cls.Planner(cls.name, config, make_options(cls.Options, config.method_options))
+        return cls.Planner(cls.name, config, config.options_for(cls))
 
-    # The planner's steps, for callers holding the method (kept for the driver's request checks).
+    # The planner's steps, for callers holding the method (benchmarks, tests); the request path uses the planner.
     def check(self, model_config, world):
         """`Planner.check`."""
         self.planner.check(model_config, world)
@@ -75,10 +84,10 @@ class Method(ABC):
         (default): the engine runs the query pass after prefill."""
         return None
 
-    def frame_parallel(self):
-        """Whether a video's frames are encoded frame-parallel over the workers (each encodes
-        its share, embeddings all-gathered; equal to one process's). Default True; Spava's
-        ablation switch turns it off."""
+    def encoder_split(self):
+        """Whether the model family's input encoder (a vision tower) runs split over the workers:
+        each encodes its share and the results are all-gathered, which equals one process's
+        encoding. Default True; Spava's `--no-frame-parallel` ablation turns it off."""
         return True
 
     def prefill_hooks(self, ctx, model):
@@ -99,7 +108,8 @@ class Method(ABC):
     def prefill_attention(self, ctx, layer, q, k, v, scale):
         """Attention for one layer in prefill; must store the kept K/V in `ctx.cache`.
 
-        q [B, Hq, S_local, D], k/v [B, Hkv, S_local, D] post-RoPE; returns out [B, Hq, S_local, D].
+        q [B, Hq, S_local, D], k/v [B, Hkv, S_local, D] post-RoPE; returns (out [B, Hq, S_local, D],
+        lse [B, Hq, S_local] float32), see the class docstring.
         """
 
     def decode_attention(self, ctx, layer, q, k, v, scale):
@@ -116,10 +126,10 @@ class Method(ABC):
         cache_k, cache_v = ctx.cache.get(layer)
         if cache_k is None:
             cache_k, cache_v = k[:, :, :0], v[:, :, :0]
-        out, lse = attention(q, cache_k, cache_v, causal=owner, scale=scale, backend=ctx.kernel_backend)
+        out, lse = ctx.kernels.attention(q, cache_k, cache_v, causal=owner, scale=scale)
         if ctx.comm.world == 1:
-            return out
+            return out, lse
         packed = torch.cat([out.float(), lse[..., None]], dim=-1)
         parts = [(part[..., :-1], part[..., -1]) for part in ctx.comm.all_gather(packed)]
-        merged, _ = merge_many(parts)
-        return merged.to(q.dtype)
+        merged, lse = merge_many(parts)
+        return merged.to(q.dtype), lse

@@ -1,8 +1,9 @@
 """Host-side plans: which worker holds which tokens of the document.
 
 Pure Python, no torch.distributed. A `Plan` lists for every host the spans of global token
-positions it owns (in the order they are laid out locally), plus the rows it runs in front
-of them (anchor), the passing keys it receives and the cost model's estimate of its time.
+positions it owns (in the order they are laid out locally) and the cost model's estimate of
+its time; a method with per-host facts of its own (APB's anchor and passing blocks) extends
+`HostPlan` in its package.
 Methods' planners (`longctx.planner`) build plans from the layouts (`longctx.layouts`); the
 engine only executes them.
 
@@ -32,16 +33,14 @@ class Span:
 
 @dataclass
 class HostPlan:
-    """One host's share: owned spans in local order, plus method sizes and an estimate.
+    """One host's share: owned spans in local order, plus the cost model's estimate.
 
-    `anchor_len` rows run in front of the owned tokens (positions 0..anchor_len-1, dropped
-    after prefill); `passing_len` keys reach the host from others each layer.
+    A method that runs more than the owned tokens extends it with its own fields and reports
+    them through `lead_len`, `received_len` and `details` (APB's `APBHostPlan`).
     """
 
     rank: int
     spans: tuple
-    anchor_len: int = 0
-    passing_len: int = 0
     est_ms: float = None
     est_parts: dict = None
 
@@ -52,8 +51,18 @@ class HostPlan:
 
     @property
     def lead_len(self):
-        """Rows the host runs in front of its owned tokens (a method may add rows to the anchor's)."""
-        return self.anchor_len
+        """Rows the host runs in front of its owned tokens (dropped after prefill); none here."""
+        return 0
+
+    @property
+    def received_len(self):
+        """Keys of other hosts that one layer's attention holds beside the host's own (per KV
+        head, not cached after the layer); none here."""
+        return 0
+
+    def details(self):
+        """The method's own per-host facts for the plan's summary (a JSON-ready dict); none here."""
+        return {}
 
     def positions(self):
         """Owned global positions in local order (a list of ints)."""
@@ -120,12 +129,13 @@ class Plan:
         return sum(values) / len(values) if values else None
 
     def totals(self):
-        """Plan totals: tokens, lead rows (in front of the owned tokens), received passing keys, estimates."""
+        """Plan totals: tokens, lead rows (in front of the owned tokens), keys received from
+        other hosts, estimates."""
         critical, mean = self.critical_ms, self.mean_ms
         return {
             "doc_tokens": sum(self.block_sizes()),
             "lead_rows": sum(host.lead_len for host in self.hosts),
-            "passing_received": sum(host.passing_len for host in self.hosts),
+            "passing_received": sum(host.received_len for host in self.hosts),
             "critical_ms": critical,
             "mean_ms": None if mean is None else round(mean, 4),
             "imbalance": None if critical is None or not mean else round(critical / mean, 4),
@@ -145,8 +155,7 @@ class Plan:
                     "rank": host.rank,
                     "tokens": host.num_tokens,
                     "spans": [[span.start, span.stop, span.step] for span in host.spans],
-                    "anchor_len": host.anchor_len,
-                    "passing_len": host.passing_len,
+                    **host.details(),
                     "est_ms": host.est_ms,
                     "est_parts": host.est_parts,
                 }

@@ -52,8 +52,8 @@ def format_ranges(spans):
 
 
 def _columns(host):
-    return [format_ranges(host["spans"]), str(host["tokens"]), str(host["anchor_len"]),
-            str(host["passing_len"]), f"{host['est_ms']:.1f}"]
+    return [format_ranges(host["spans"]), str(host["tokens"]), str(host.get("anchor_len", 0)),
+            str(host.get("passing_len", 0)), f"{host['est_ms']:.1f}"]
 
 
 def _how(balance):
@@ -106,7 +106,7 @@ def shape_from_args(args, dtype_bytes):
     if args.model:
         from longctx.models import check_model_dir
 
-        model_config = check_model_dir(args.model)
+        model_config = check_model_dir(args.model, args.family)
         return ModelShape.from_config(model_config, dtype_bytes).validate(), model_config
     shape = ModelShape(layers=args.layers, hidden=args.hidden, heads=args.heads, kv_heads=args.kv_heads,
                        head_dim=args.head_dim, intermediate=args.intermediate, dtype_bytes=dtype_bytes).validate()

@@ -1,8 +1,12 @@
-"""Method registry: name -> implementing class, imported only when asked for.
+"""Registries: name -> implementing class, imported only when asked for.
 
-A method is one package whose `Method` subclass declares its options (`Options`) and its
-planning half (`Planner`); adding one is a line here (or naming it as a plug-in,
-"package.module:ClassName", with no line at all).
+Methods, launchers and model families register the same way: one line here (a name and the
+"package.module:ClassName" that implements it), or no line at all for a plug-in named by that
+path (`--method plugins.uneven:UnevenRing`, `--launcher mypkg.slurm:SlurmLauncher`,
+`--family plugins.chat:ChatFamily`). Nothing is imported until it is asked for, so the core
+imports no method package, no launcher and no family module. A method or a launcher declares
+its own options (`Options`, see `longctx.options`); a method brings its planning half
+(`Planner`).
 """
 
 import importlib
@@ -20,19 +24,25 @@ METHODS = {
     "spava": "spava.method:SpavaAttention",
 }
 
+LAUNCHERS = {
+    "local": "launch.local:LocalLauncher",
+    "ray": "launch.ray:RayLauncher",
+}
 
-def method_names():
-    """Registered method names, in registration order."""
-    return list(METHODS)
+# Model families with an adapter of their own (`longctx.models.family`); every other decoder-only
+# causal LM of transformers is served by the default text adapter.
+FAMILIES = {
+    "qwen2_5_vl": "longctx.families.qwen2_5_vl:Qwen25VLFamily",
+}
 
 
-def method_class(name):
-    """The class of method `name`: a registered name, or "package.module:ClassName" naming a
-    Method subclass outside longctx (a plug-in; workers import it by that path). LongCtxError
-    if unknown or not importable."""
-    target = METHODS.get(name) or (name if ":" in name else None)
+def load(kind, name, table):
+    """The class registered as `name` in `table` (a "package.module:ClassName" string), or named
+    by such a path outside longctx (a plug-in; workers import it by that path). `kind` names the
+    registry in errors ("method", "launcher", ...). LongCtxError if unknown or not importable."""
+    target = table.get(name) or (name if ":" in name else None)
     if target is None:
-        raise LongCtxError(f"unknown method {name!r}; choose one of {', '.join(METHODS)}")
+        raise LongCtxError(f"unknown {kind} {name!r}; choose one of {', '.join(table)}")
     module_name, class_name = target.split(":", 1)
     try:
         module = importlib.import_module(module_name)
@@ -40,10 +50,20 @@ def method_class(name):
         missing = getattr(exc, "name", None)
         why = (f"no module named {missing!r} on the Python path (is its folder on PYTHONPATH, or the package "
                f"installed?)" if missing and module_name.startswith(missing) else f"{type(exc).__name__}: {exc}")
-        raise LongCtxError(f"cannot import method {target!r}: {why}") from None
+        raise LongCtxError(f"cannot import {kind} {target!r}: {why}") from None
     if not hasattr(module, class_name):
-        raise LongCtxError(f"cannot import method {target!r}: module {module_name!r} has no {class_name!r}")
+        raise LongCtxError(f"cannot import {kind} {target!r}: module {module_name!r} has no {class_name!r}")
     return getattr(module, class_name)
+
+
+def method_names():
+    """Registered method names, in registration order."""
+    return list(METHODS)
+
+
+def method_class(name):
+    """The `longctx.method.Method` subclass of method `name` (registered, or a plug-in path)."""
+    return load("method", name, METHODS)
 
 
 def get_method(name, config):
@@ -51,15 +71,22 @@ def get_method(name, config):
     return method_class(name)(config)
 
 
-def option_classes(names=()):
-    """{options dataclass: [method names]} of the registered methods and of the plug-ins among
-    `names` that import (a name that does not is reported where the method is made)."""
-    found = {}
-    for name in dict.fromkeys([*METHODS, *(name for name in names if name and ":" in name)]):
-        try:
-            options = method_class(name).Options
-        except LongCtxError:
-            continue
-        if options is not None:
-            found.setdefault(options, []).append(name)
-    return found
+def launcher_names():
+    """Registered launcher names, in registration order."""
+    return list(LAUNCHERS)
+
+
+def launcher_class(name):
+    """The class of launcher `name` (registered, or a plug-in path); it satisfies
+    `longctx.launcher.Launcher`."""
+    return load("launcher", name, LAUNCHERS)
+
+
+def family_names():
+    """Model families with an adapter of their own, in registration order."""
+    return list(FAMILIES)
+
+
+def family_class(name):
+    """The `longctx.models.family.ModelFamily` subclass registered as `name` (or a plug-in path)."""
+    return load("model family", name, FAMILIES)

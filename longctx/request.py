@@ -1,63 +1,33 @@
-"""One request's way from text to the engine, the same for every entry point.
+"""One request's way from what an entry asks to the engine: built and checked once.
 
-The Python API (`longctx.api`), the SPMD runner (`launch.spmd`, torchrun), eval, demo and
-compare all go through these functions: encode the prompt once (`encode_prompt`), the ids
-that end generation (`stop_ids`), and one validation of the machine (`check_machine`), method,
-worker count and lengths before any worker is involved (`validate_request`,
-`prepare_request`). Workers receive token
-ids, never text. `GenerationResult` is what a request produced, as the user sees it.
+Every entry -- the CLI (`longctx generate`), the Python API (`LongContextLM`), the torchrun
+entry (`launch.spmd`), and a server the same way -- opens one `Session` per worker pool and
+turns each question into a `Request` with `Session.prepare` (a `Prompt`: text or a video, and
+a question) or `Session.prepare_ids` (token ids):
+
+* once per session: the run's settings, this machine's devices and kernels when workers run
+  here, the model directory, its family's adapter (`longctx.models.family`), the weights, the
+  tokenizer, and the method against the model and the worker count;
+* once per request, before any worker is involved: the prompt encoded by the family's adapter,
+  the modality (a video for a video-language model, text otherwise), the length against the
+  model's positions, the plan (the method's options and sizes), the memory of the workers on
+  this machine, and the split of the family's extra inputs over the workers.
+
+The Request carries the token ids and the plan: workers neither tokenise nor plan again; with
+extra inputs split over the workers each receives only its share (`Request.for_rank`).
 """
 
 import os
 import sys
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
-from longctx.engine import Request
 from longctx.costs import resolve_device_type
+from longctx.engine import Request
 from longctx.errors import LongCtxError
 from longctx.memory import check_memory
-from longctx.models import check_model_dir, load_tokenizer
-from longctx.models.qwen_vl import VIDEO_FAMILIES, frame_shares, is_video_model, video_prompt
-from longctx.registry import get_method
-
-
-@dataclass
-class GenerationResult:
-    """What one request produced: the answer text and tokens, timings (seconds) and the plan."""
-
-    text: str
-    tokens: list
-    method: str
-    nproc: int
-    doc_tokens: int
-    question_tokens: int
-    prefill_s: float
-    query_s: float
-    decode_s: float
-    plan: dict = field(default_factory=dict)
-    stats: dict = field(default_factory=dict)
-
-    @classmethod
-    def from_raw(cls, raw, tokenizer, doc_len, query_len):
-        """From the engine's result dict (`Engine.run`), decoding the tokens with `tokenizer`."""
-        return cls(
-            text=tokenizer.decode(raw["tokens"], skip_special_tokens=True),
-            tokens=raw["tokens"],
-            method=raw["method"],
-            nproc=raw["nproc"],
-            doc_tokens=doc_len,
-            question_tokens=query_len,
-            prefill_s=raw["prefill_s"],
-            query_s=raw["query_s"],
-            decode_s=raw["decode_s"],
-            plan=raw["plan"],
-            stats=raw["stats"],
-        )
-
-    def to_dict(self):
-        """JSON-ready dict."""
-        return asdict(self)
+from longctx.models import check_weights, load_tokenizer, model_family
+from longctx.registry import get_method, launcher_class
 
 
 def read_document(path):
@@ -93,58 +63,31 @@ def check_new_tokens(max_new_tokens):
     return max_new_tokens
 
 
-def encode_prompt(tokenizer, document, question):
-    """Token ids (doc_ids, query_ids) for a document and a question.
-
-    The document gets the tokenizer's special prefix (BOS); the question none. An empty
-    question moves the document's last token into the query pass, which needs >= 1 token.
-    """
-    if not document or not document.strip():
-        raise LongCtxError("the document is empty")
-    doc_ids = tokenizer(document, add_special_tokens=True)["input_ids"]
-    query_ids = tokenizer(question, add_special_tokens=False)["input_ids"] if question else []
-    if not query_ids:
-        doc_ids, query_ids = doc_ids[:-1], doc_ids[-1:]
-    if not doc_ids:
-        raise LongCtxError("the document is empty")
-    return doc_ids, query_ids
+def prompt_from_args(args):
+    """The Prompt of parsed `longctx.config.add_request_arguments` arguments (`generate`, the
+    torchrun entry), after the checks of what was given: a document or a video, a question that
+    is not blank, at least one new token, a readable UTF-8 document."""
+    if (args.doc is None) == (args.video is None):
+        raise LongCtxError("give a document (--doc FILE) or a video (--video FILE)")
+    question = check_question(args.question)
+    check_new_tokens(args.max_new_tokens)
+    document = None if args.doc is None else read_document(args.doc)
+    return Prompt(document, question, args.video, args.frames, args.fps)
 
 
-def check_modality(model_config, has_video):
-    """LongCtxError when a video is given to a text-only model, or a video-language model gets
-    no video (its prompt is a video and a question)."""
-    video_model = is_video_model(model_config)
-    if has_video and not video_model:
-        raise LongCtxError(f"a video needs a video-language model ({', '.join(VIDEO_FAMILIES)}); this is a "
-                           f"text-only {model_config.model_type!r} model")
-    if video_model and not has_video:
-        raise LongCtxError("this is a video-language model (Qwen2.5-VL): give a video (--video FILE, or "
-                           "video= in Python) and a question")
+@dataclass(frozen=True)
+class Prompt:
+    """What an entry asks, before anything is encoded: a `document` (text) or a `video` (a file
+    path, frames [T, H, W, 3] uint8, a list of frames, or media a family already processed),
+    sampled to `num_frames` or `fps` frames per second (`video_fps`: the rate of frames given
+    from Python), and a `question` ("": the document is continued)."""
 
-
-def encode_request(tokenizer, model_dir, model_config, document=None, question="", video=None, num_frames=None,
-                   fps=None, video_fps=None):
-    """(doc_ids, query_ids, VideoPatches or None) of a text or video request.
-
-    Text: `encode_prompt(document, question)`. Video (`video`: a file path, frames [T, H, W, 3],
-    a list of frames, or `longctx.video.VideoPatches` already loaded): sampled by `num_frames`
-    or `fps` (`video_fps`: the rate of frames given from Python), processed under
-    `model_dir`'s preprocessor settings, prompt by `video_prompt`. LongCtxError (one line) for
-    both or neither of document and video, a video with a text-only model and the reverse, and
-    bad video input.
-    """
-    from longctx.video import load_video, processor_settings
-
-    if video is None and (num_frames is not None or fps is not None):
-        raise LongCtxError("frame sampling (--frames / --fps) needs a video (--video FILE)")
-    if video is not None and document:
-        raise LongCtxError("give a document or a video, not both")
-    check_modality(model_config, video is not None)
-    if video is None:
-        return (*encode_prompt(tokenizer, document, question), None)
-    patches = load_video(video, model_dir, num_frames, fps, video_fps)
-    merge = processor_settings(model_dir)["merge_size"]
-    return (*video_prompt(tokenizer, patches.grid, question, merge), patches)
+    document: str = None
+    question: str = ""
+    video: object = None
+    num_frames: int = None
+    fps: float = None
+    video_fps: float = None
 
 
 def stop_ids(tokenizer, model_config):
@@ -159,13 +102,9 @@ def stop_ids(tokenizer, model_config):
 
 def check_machine(config):
     """LongCtxError unless this machine can run `config`'s device, process-group backend and
-    kernel backend: called before any worker starts, so `--device cuda` on a machine without
-    CUDA fails at once, not after the workers' start-up. Only local workers run on this machine:
-    with another launcher (`config.launcher`, e.g. Ray) nothing is checked here."""
+    kernel backend for workers started here: `--device cuda` on a machine without CUDA fails at
+    once, not after the workers' start-up."""
     import torch
-
-    if getattr(config, "launcher", "local") != "local":
-        return
 
     cuda = torch.cuda.is_available()
     if config.device == "cuda" and not cuda:
@@ -207,74 +146,93 @@ def check_lengths(model_config, doc_len, query_len, max_new_tokens):
                            f"({max_new_tokens}) = {total} tokens, more than the model's {limit} positions")
 
 
-def worker_count(method, config, model_config):
-    """Workers `method` runs on: `config.nproc` if it accepts them, 1 if it is a one-worker
-    method (accepts one worker, refuses two: dense); otherwise the method's own error."""
-    runner = get_method(method, config.replace(method=method))
-    try:
-        runner.check(model_config, config.nproc)
-        return config.nproc
-    except LongCtxError:
-        if config.nproc > 1 and _accepts(runner, model_config, 1) and not _accepts(runner, model_config, 2):
-            return 1
-        raise
+class Session:
+    """The request path of one worker pool (see the module docstring).
+
+    `config` is the RunConfig (validated here). `local_workers` is how many of the workers run
+    on this machine, whose devices and memory are then checked here: default all of them when
+    the launcher's workers run here (`Launcher.runs_here`), none otherwise; the torchrun entry
+    gives its node's. With `adapt_workers` a one-worker method (dense: accepts one worker,
+    refuses two) runs on one worker whatever `config.nproc` says, and `note` says so.
+    Afterwards `config` is the run's (what a launcher starts from) and `worker_config` the one
+    its workers run (`Launcher.worker_config`: the device "auto" resolved as they resolve it),
+    which the plans are made for.
+    """
+
+    def __init__(self, config, *, local_workers=None, adapt_workers=False):
+        config.validate()
+        launcher = launcher_class(config.launcher)
+        self.local_workers = (config.nproc if launcher.runs_here else 0) if local_workers is None else local_workers
+        if self.local_workers:
+            check_machine(config)
+        self.family, whole_config = model_family(config.model, config.family)
+        self.model_config = self.family.language_config(whole_config)
+        check_weights(config.model)
+        self.tokenizer = load_tokenizer(config.model)
+        self.stop_ids = stop_ids(self.tokenizer, self.model_config)
+        self.config, self.note, self._methods = config, None, {}
+        self.worker_config = launcher.worker_config(config)
+        workers = self.workers_for(config.method) if adapt_workers else config.nproc
+        if workers != config.nproc:
+            self.note = f"{config.method} runs on {workers} worker, not {config.nproc}"
+            self.config = config.replace(nproc=workers)
+            self.worker_config = launcher.worker_config(self.config)
+            self.local_workers = min(self.local_workers, workers)
+
+    def workers_for(self, method):
+        """Workers `method` runs on in this session: `config.nproc` if it accepts them, 1 if it
+        is a one-worker method (accepts one worker, refuses two: dense); otherwise the method's
+        own error."""
+        planner = get_method(method, self.worker_config).planner
+        nproc = self.config.nproc
+        try:
+            planner.check(self.model_config, nproc)
+            return nproc
+        except LongCtxError:
+            if nproc > 1 and _accepts(planner, self.model_config, 1) and not _accepts(planner, self.model_config, 2):
+                return 1
+            raise
+
+    def method(self, name=None):
+        """The Method `name` (default: the config's), checked against the model and the worker
+        count once, its planner set to the model's shape."""
+        name = name or self.config.method
+        if name not in self._methods:
+            method = get_method(name, self.worker_config)
+            method.planner.check(self.model_config, self.config.nproc)
+            method.planner.use_model(self.model_config)
+            self._methods[name] = method
+        return self._methods[name]
+
+    def prepare(self, prompt, max_new_tokens=32, method=None, return_hidden=False):
+        """The checked Request of `prompt` (a Prompt), encoded by the model family's adapter;
+        `method` overrides the config's. LongCtxError names the first problem."""
+        if prompt.video is None and (prompt.num_frames is not None or prompt.fps is not None):
+            raise LongCtxError("frame sampling (--frames / --fps) needs a video (--video FILE)")
+        if prompt.video is not None and prompt.document:
+            raise LongCtxError("give a document or a video, not both")
+        self.family.check_modality(prompt.video is not None)
+        doc_ids, query_ids, media = self.family.encode(self.tokenizer, self.config.model, prompt)
+        return self.prepare_ids(doc_ids, query_ids, max_new_tokens, method, return_hidden, media)
+
+    def prepare_ids(self, doc_ids, query_ids, max_new_tokens=32, method=None, return_hidden=False, media=None):
+        """The checked Request of token ids (`media`: the family's extra input, from its
+        `encode`); the one check a request gets. LongCtxError names the first problem."""
+        self.family.check_modality(media is not None)
+        check_lengths(self.model_config, len(doc_ids), len(query_ids), max_new_tokens)
+        runner = self.method(method)
+        plan = runner.planner.plan(len(doc_ids), len(query_ids), self.config.nproc)
+        if self.local_workers:
+            check_memory(runner.planner, plan, self.model_config.vocab_size, max_new_tokens,
+                         resolve_device_type(self.worker_config.device), local_workers=self.local_workers)
+        shares = None if media is None else self.family.split_media(media, self.config.nproc, runner.encoder_split())
+        return Request(list(doc_ids), list(query_ids), max_new_tokens, method, return_hidden, self.stop_ids, media,
+                       plan, shares)
 
 
-def _accepts(runner, model_config, world):
+def _accepts(planner, model_config, world):
     try:
-        runner.check(model_config, world)
+        planner.check(model_config, world)
     except LongCtxError:
         return False
     return True
-
-
-def validate_request(config, model_config, doc_len, query_len, method=None):
-    """Check method, worker count and lengths before any worker is involved; returns the plan.
-
-    `method` overrides `config.method`; the worker count is `config.nproc`. LongCtxError
-    names the first problem (unknown method, heads not divisible, document too short, ...).
-    """
-    return _planned(config, model_config, doc_len, query_len, method)[1]
-
-
-def _planned(config, model_config, doc_len, query_len, method):
-    """(planner, plan) of the request, after the method's checks."""
-    planner = get_method(method or config.method, config).planner
-    planner.check(model_config, config.nproc)
-    planner.use_model(model_config)
-    return planner, planner.plan(doc_len, query_len, config.nproc)
-
-
-def prepare_request(config, model_config, doc_ids, query_ids, max_new_tokens=32, method=None,
-                    return_hidden=False, stop=(), video=None):
-    """A validated `Request` for token ids: the one validation a request gets on the driver.
-
-    `stop` are the ids that end generation (`stop_ids`); `method` overrides `config.method`;
-    `video` is the request's `VideoPatches` (`encode_request`), whose temporal patches must
-    be at least the workers when the method encodes frames in parallel; each worker then
-    receives only the frames it encodes (`Request.for_rank`). With local workers the
-    estimated memory must fit this machine (`longctx.memory.check_memory`).
-    """
-    check_modality(model_config, video is not None)
-    check_lengths(model_config, len(doc_ids), len(query_ids), max_new_tokens)
-    planner, plan = _planned(config, model_config, len(doc_ids), len(query_ids), method)
-    if config.launcher == "local":  # workers on this machine: their memory is this machine's
-        check_memory(planner, plan, model_config.vocab_size, max_new_tokens, resolve_device_type(config.device))
-    shares = None
-    if video is not None and get_method(method or config.method, config).frame_parallel():
-        shares = tuple(frame_shares(video.grid[0], config.nproc))  # each worker receives only its frames
-    return Request(list(doc_ids), list(query_ids), max_new_tokens, method, return_hidden, tuple(stop), video,
-                   shares)
-
-
-def check_request(config, document, question, max_new_tokens=0, video=None, num_frames=None, fps=None):
-    """Validate a whole request (machine, model, method, worker count vs document length or
-    video frames, total length vs the model's positions) from text or a video
-    (`encode_request`), before any worker starts; returns the (doc_ids, query_ids) it would
-    run and the VideoPatches (None for text; pass them on to `generate` instead of the file)."""
-    check_machine(config)
-    model_config = check_model_dir(config.model)
-    doc_ids, query_ids, patches = encode_request(load_tokenizer(config.model), config.model, model_config, document,
-                                                 question, video, num_frames, fps)
-    prepare_request(config, model_config, doc_ids, query_ids, max_new_tokens, video=patches)
-    return doc_ids, query_ids, patches

@@ -40,7 +40,6 @@ from dataclasses import dataclass, field
 
 import torch
 
-from longctx.comm import Comm
 from longctx.engine import Engine, Request
 
 
@@ -221,19 +220,17 @@ def all_to_all_traffic(shape, element_size, send_splits, recv_splits, rank):
     return received, sent, (len(recv_splits) - 1) if received else 0
 
 
-class SimulatedComm(Comm):
-    """Rank `rank` of a `world`-host job with no other host present (see the module docstring).
+class SimulatedComm:
+    """Rank `rank` of a `world`-host job with no other host present (see the module docstring):
+    a `longctx.comm.Comm`.
 
     Collectives return correctly shaped tensors (zeros from other hosts) immediately and record
     what the real collective would deliver to this host.
     """
 
     def __init__(self, rank, world, recorder):
-        self.rank, self.world, self.group, self.timeout_s = rank, world, None, float("inf")
+        self.rank, self.world, self.timeout_s = rank, world, float("inf")
         self.recorder = recorder
-
-    def __post_init__(self):
-        """No process group: nothing to check."""
 
     def _timed(self, make):
         start = time.perf_counter()
@@ -321,7 +318,7 @@ def simulate_hosts(model, config, doc_ids, query_ids, world, device):
         finally:
             for handle in handles:
                 handle.remove()
-        recorder.trace.tokens = result["plan"]["hosts"][rank]["tokens"]
+        recorder.trace.tokens = result.plan["hosts"][rank]["tokens"]
         traces.append(recorder.trace)
     return traces
 

@@ -21,7 +21,7 @@ or host 0 keeps all of it; a host owns its shard and its two blocks, so the plan
 
 from dataclasses import dataclass
 
-from apb.layout import rule_length
+from apb import rule_length
 from longctx.errors import LongCtxError
 from longctx.layouts import Zigzag
 from longctx.plan import HostPlan, Plan, Span, contiguous_spans, split_sizes
@@ -38,7 +38,7 @@ class SpavaSizes:
 
 def resolve_sizes(options, doc_len, world):
     """l_a and l_p from `options` (anchor_len / passing_len, default n/64 and n/128 by
-    `apb.layout.rule_length`, on its 64-token tile); one worker runs exactly (no anchor, every key passed). LongCtxError when
+    `apb.rule_length`, on its 64-token tile); one worker runs exactly (no anchor, every key passed). LongCtxError when
     the anchor leaves fewer than 2W tokens for the virtual blocks."""
     anchor = rule_length(doc_len, 64) if options.anchor_len is None else options.anchor_len
     passing = rule_length(doc_len, 128) if options.passing_len is None else options.passing_len
@@ -54,14 +54,29 @@ def resolve_sizes(options, doc_len, world):
 @dataclass
 class SpavaHostPlan(HostPlan):
     """HostPlan plus Spava's facts. `spans` are (anchor shard, first block, second block);
-    `anchor_len` (HostPlan) is the whole anchor the host runs in front of its blocks;
-    `virtual` the two virtual block indices; `sends` the keys per KV head each of the two
-    blocks passes; `passing` the passing keys each block attends to (P_v lengths);
-    `passing_len` (HostPlan) their sum."""
+    `anchor_len` is the whole anchor the host runs in front of its blocks; `virtual` the two
+    virtual block indices; `sends` the keys per KV head each of the two blocks passes;
+    `passing` the passing keys each block attends to (P_v lengths); `passing_len` their sum."""
 
+    anchor_len: int = 0
+    passing_len: int = 0
     virtual: tuple = ()
     sends: tuple = ()
     passing: tuple = ()
+
+    @property
+    def lead_len(self):
+        """The anchor's rows, in front of both blocks."""
+        return self.anchor_len
+
+    @property
+    def received_len(self):
+        """Passing keys of both blocks."""
+        return self.passing_len
+
+    def details(self):
+        """anchor_len and passing_len, for the plan's summary."""
+        return {"anchor_len": self.anchor_len, "passing_len": self.passing_len}
 
     @property
     def shard(self):

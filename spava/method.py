@@ -16,23 +16,24 @@ Per layer, host r:
    whole context is exact, in the same forward (no separate query pass, `query_rows`).
 
 Decoding attends to every host's cache through the exact merge of `Method.decode_attention`.
-Ablations: `--overlap 0` waits for each gather as soon as it starts; `--anchor-sharding 0`
-caches the whole anchor on host 0; `--fused-query 0` still runs the question's exact
+Ablations: `--no-overlap` waits for each gather as soon as it starts; `--no-anchor-sharding`
+caches the whole anchor on host 0; `--no-fused-query` still runs the question's exact
 attention in prefill (the selection needs its queries) but caches nothing for it and leaves
 the logits to a separate query pass; `--layout contiguous` pairs blocks 2r and 2r+1 instead
-of the zigzag; `--frame-parallel 0` has every host encode the whole video instead of its share
-of the frames (`longctx.models.qwen_vl.encode_video`; the other methods encode frame-parallel).
+of the zigzag; `--no-frame-parallel` has every host encode the whole video instead of its share
+of the frames (`Method.encoder_split`; the other methods encode frame-parallel).
 """
 
 from dataclasses import dataclass
 
 import torch
 
-from longctx.comm import Pending
-from longctx.config import option
+from apb import PassingStats
+from longctx.comm import Ready
 from longctx.costmodel import HostWork, KernelCall
-from longctx.kernels import attention, merge_many
+from longctx.kernels import merge_many
 from longctx.method import Method
+from longctx.options import option
 from longctx.planner import Planner
 from spava.layout import block_calls, build_plan, cached_rows, resolve_sizes
 from spava.select import pad_keys, selected_keys
@@ -40,16 +41,18 @@ from spava.select import pad_keys, selected_keys
 
 @dataclass(frozen=True)
 class SpavaOptions:
-    """Options of spava: sizes (default l_a = n/64, l_p = n/128 on the tile) and the ablation switches (1 on, 0 off)."""
+    """Options of spava: sizes (default l_a = n/64, l_p = n/128 on the tile) and the ablation switches."""
 
     anchor_len: int = option(None, "spava: anchor tokens every host runs (default n/64)", minimum=0)
     passing_len: int = option(None, "spava: keys per KV head each virtual block passes (default n/128)", minimum=0)
-    overlap: int = option(1, "spava: 0 waits for each passing all-gather at once (no overlap)", minimum=0,
-                          maximum=1)
-    anchor_sharding: int = option(1, "spava: 0 caches the whole anchor on host 0", minimum=0, maximum=1)
-    fused_query: int = option(1, "spava: 0 runs a separate query pass after prefill", minimum=0, maximum=1)
-    frame_parallel: int = option(1, "spava: 0 encodes the whole video on every host (no frame-parallel encoder)",
-                                 minimum=0, maximum=1)
+    overlap: bool = option(True, "spava: overlap the second passing all-gather with the first block's attention "
+                                 "(--no-overlap waits for each at once)")
+    anchor_sharding: bool = option(True, "spava: shard the anchor's cache over the hosts (--no-anchor-sharding "
+                                         "caches it all on host 0)")
+    fused_query: bool = option(True, "spava: fuse the question's exact attention into the prefill "
+                                     "(--no-fused-query runs a separate query pass)")
+    frame_parallel: bool = option(True, "spava: encode a video's frames split over the hosts "
+                                        "(--no-frame-parallel encodes the whole video on every host)")
 
 
 class SpavaPlanner(Planner):
@@ -62,7 +65,7 @@ class SpavaPlanner(Planner):
         """The validated plan (`spava.layout.build_plan`)."""
         options = self.options
         return build_plan(self.name, doc_len, query_len, world, resolve_sizes(options, doc_len, world),
-                          zigzag=self.layout.name == "zigzag", anchor_sharding=bool(options.anchor_sharding))
+                          zigzag=self.layout.name == "zigzag", anchor_sharding=options.anchor_sharding)
 
     def plan(self, doc_len, query_len, world):
         """The estimated plan; `details["balance"]` names the pairing."""
@@ -86,7 +89,7 @@ class SpavaPlanner(Planner):
         recv = (world - 1) * (sum(slots) * shape.kv_bytes + query * shape.heads * (shape.head_dim + 1) * 4)
         return HostWork.of_calls(calls, shape.heads, rows=host.local_len + query,
                                  scored_keys=scored * shape.kv_heads, recv_bytes=recv if world > 1 else 0,
-                                 messages=3 * (world - 1), overlapped=bool(self.options.overlap))
+                                 messages=3 * (world - 1), overlapped=self.options.overlap)
 
 
 class SpavaAttention(Method):
@@ -96,6 +99,7 @@ class SpavaAttention(Method):
     name = "spava"
     Options = SpavaOptions
     Planner = SpavaPlanner
+    Stats = PassingStats
 
     def local_inputs(self, plan, rank, doc_ids, query_ids):
         """Anchor (positions 0..a-1), the two blocks at their positions, the question at n.. ."""
@@ -109,9 +113,9 @@ class SpavaAttention(Method):
         """Rows of the owned tokens in `host.positions()` order: the anchor shard, then both blocks."""
         return cached_rows(plan.hosts[rank])
 
-    def frame_parallel(self):
+    def encoder_split(self):
         """The `frame_parallel` ablation switch (on by default)."""
-        return bool(self.options.frame_parallel)
+        return self.options.frame_parallel
 
     def query_rows(self, plan, rank):
         """Rows of the prefill holding the question's final states (the fused query pass), or
@@ -123,17 +127,17 @@ class SpavaAttention(Method):
 
     def prefill_attention(self, ctx, layer, q, k, v, scale):
         """One layer of Spava on host r: q [B, Hq, S, D], k/v [B, Hkv, S, D] with S = anchor +
-        both blocks + question; returns out [B, Hq, S, D] (see the module docstring)."""
+        both blocks + question; returns (out [B, Hq, S, D], lse) (see the module docstring)."""
         plan, host = ctx.plan, ctx.plan.hosts[ctx.rank]
         end = host.local_len
         question_q = q[:, :, end:]
         gathers = [self._start_gather(ctx, host, slot, question_q, k, v) for slot in (0, 1)]
         per_token = 2 * k.shape[0] * k.shape[1] * k.shape[3] * k.element_size()
-        ctx.stats["passing_bytes_per_layer"] = per_token * sum(sum(other.sends) for other in plan.hosts)
+        ctx.stats.passing_bytes_per_layer = per_token * sum(sum(other.sends) for other in plan.hosts)
         rows = torch.tensor(cached_rows(host), device=k.device)
         ctx.cache.store(layer, k.index_select(2, rows), v.index_select(2, rows))
         question = self._question_partial(ctx, layer, question_q, k[:, :, end:], v[:, :, end:], scale)
-        received, outs = {}, []
+        received, outs, lses = {}, [], []
         for call in block_calls(host):
             virtual = host.virtual[call.block]
             for slot, pending in enumerate(gathers):
@@ -145,15 +149,16 @@ class SpavaAttention(Method):
             values = [v[:, :, part] for part in call.k_rows]
             keys = torch.cat([block[0] for block in passing] + keys, dim=2)
             values = torch.cat([block[1] for block in passing] + values, dim=2)
-            out, _ = attention(q[:, :, call.q_rows], keys, values, causal=True, anchor_len=call.anchor_len,
-                               prefix_len=call.passing if call.anchor_len else 0, scale=scale,
-                               backend=ctx.kernel_backend)
+            out, lse = ctx.kernels.attention(q[:, :, call.q_rows], keys, values, causal=True,
+                                             anchor_len=call.anchor_len,
+                                             prefix_len=call.passing if call.anchor_len else 0, scale=scale)
             outs.append(out)
+            lses.append(lse)
         for pending in gathers:
             if pending is not None:
                 pending.wait()
-        outs.append(self._question_merge(ctx, question).to(q.dtype))
-        return torch.cat(outs, dim=2)
+        out, lse = self._question_merge(ctx, question)
+        return torch.cat([*outs, out.to(q.dtype)], dim=2), torch.cat([*lses, lse], dim=2)
 
     def _start_gather(self, ctx, host, slot, question_q, k, v):
         """Select the keys block `slot` passes and start the all-gather of every host's block
@@ -166,7 +171,7 @@ class SpavaAttention(Method):
         rows = host.block_rows(slot)
         block = torch.stack(selected_keys(question_q, k[:, :, rows], v[:, :, rows], host.sends[slot]))
         pending = ctx.comm.all_gather_async(pad_keys(block, longest))
-        return pending if self.options.overlap else Pending(pending.wait(), [], ctx.comm)
+        return pending if self.options.overlap else Ready(pending.wait())
 
     @staticmethod
     def _arrived(plan, slot, parts):
@@ -186,11 +191,11 @@ class SpavaAttention(Method):
             cache_k, cache_v = ctx.cache.get(layer)
         elif owner:
             cache_k, cache_v = torch.cat([cache_k, question_k], dim=2), torch.cat([cache_v, question_v], dim=2)
-        out, lse = attention(question_q, cache_k, cache_v, causal=owner, scale=scale, backend=ctx.kernel_backend)
+        out, lse = ctx.kernels.attention(question_q, cache_k, cache_v, causal=owner, scale=scale)
         return ctx.comm.all_gather_async(torch.cat([out.float(), lse[..., None]], dim=-1))
 
     @staticmethod
     def _question_merge(ctx, pending):
-        """The question's exact attention: every host's partial merged in rank order (float32)."""
+        """The question's exact attention, (out, lse) float32: every host's partial merged in rank order."""
         parts = [(part[..., :-1], part[..., -1]) for part in pending.wait()]
-        return merge_many(parts)[0]
+        return merge_many(parts)

@@ -2,17 +2,13 @@
 
 The question's post-RoPE queries (at their true positions, after the document) are averaged
 over each KV head's GQA group and dotted with the block's keys in fp32, averaged over the
-question's tokens (APB's `QueryCompressor`, one dot with the mean query), max-pooled over 5
-neighbours and the top `sends` per KV head kept in position order (`apb.compress.select`).
+question's tokens (one dot with the mean query), max-pooled over 5 neighbours and the top
+`sends` per KV head kept in position order: APB's query-aware selection (`apb.select_by_question`).
 """
-
-from types import SimpleNamespace
 
 import torch
 
-from apb.compress import QueryCompressor, select
-
-SCORER = QueryCompressor(None)
+from apb import select_by_question
 
 
 def selected_rows(question_q, keys, sends):
@@ -26,8 +22,7 @@ def selected_rows(question_q, keys, sends):
     if sends >= keys.shape[2] or sends == 0:
         rows = torch.arange(min(sends, keys.shape[2]), device=keys.device)
         return rows.expand(keys.shape[0], keys.shape[1], -1)
-    rows = SimpleNamespace(head_len=0, question_len=question_q.shape[2], lead_len=0, protected=0, sends=sends)
-    return select(SCORER.scores(None, 0, rows, question_q, keys, None), rows, SCORER.pool)
+    return select_by_question(question_q, keys, sends)
 
 
 def selected_keys(question_q, keys, values, sends):

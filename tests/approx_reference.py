@@ -73,12 +73,12 @@ class Spy:
         def prefill_attention(method, ctx, layer, q, k, v, scale):
             record = {"q": q.clone(), "k": k.clone(), "v": v.clone(), "scale": scale, "rows": []}
             self._current.record = record
-            out = original(method, ctx, layer, q, k, v, scale)
+            out, lse = original(method, ctx, layer, q, k, v, scale)
             self._current.record = None
             record["out"] = out.clone()
             self.plan = ctx.plan
             self.prefill[(ctx.rank, layer)] = record
-            return out
+            return out, lse
         return prefill_attention
 
     def _rows(self, original):
@@ -97,11 +97,11 @@ class Spy:
                 cache_k, cache_v = ctx.cache.get(layer)
                 record = {"q": q.clone(), "k": k.clone(), "v": v.clone(), "scale": scale,
                           "cache_k": cache_k.clone(), "cache_v": cache_v.clone()}
-            out = original(method, ctx, layer, q, k, v, scale)
+            out, lse = original(method, ctx, layer, q, k, v, scale)
             if first:
                 record["out"] = out.clone()
                 self.decode[(ctx.rank, layer)] = record
-            return out
+            return out, lse
         return decode_attention
 
     def state(self):

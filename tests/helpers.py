@@ -10,11 +10,10 @@ import subprocess
 import sys
 import threading
 import time
-import types
 
 import torch
 
-from longctx.comm import Comm
+from longctx.comm import ProcessGroupComm, Ready
 from longctx.config import RunConfig
 from longctx.engine import Engine, Request
 from longctx.models import load_model
@@ -41,24 +40,24 @@ def run_cli(*args, timeout=240, stdin=None, env=None):
 def dense_result(model_dir, doc_ids, query_ids, max_new_tokens=6):
     """Single-process dense engine result with hidden states (the exactness reference)."""
     model = load_model(model_dir, torch.device("cpu"), torch.float32)
-    engine = Engine(model, Comm(), RunConfig(model=model_dir, method="dense", nproc=1), torch.device("cpu"))
+    engine = Engine(model, ProcessGroupComm(), RunConfig(model=model_dir, method="dense", nproc=1), torch.device("cpu"))
     return engine.run(Request(doc_ids, query_ids, max_new_tokens, "dense", True))
 
 
 def relative_error(result, reference):
     """Relative error of document + question final hidden states."""
-    value = torch.cat([result["doc_hidden"], result["query_hidden"]])
-    ref = torch.cat([reference["doc_hidden"], reference["query_hidden"]])
+    value = torch.cat([result.doc_hidden, result.query_hidden])
+    ref = torch.cat([reference.doc_hidden, reference.query_hidden])
     return float((value - ref).norm() / ref.norm())
 
 
-class ThreadComm(Comm):
-    """Comm for worker threads of one process: every collective meets at a shared barrier (all-gather,
-    broadcast, the ring's point-to-point exchange, all-to-all), so the whole engine runs on simulated
-    workers without process start-up."""
+class ThreadComm:
+    """A `longctx.comm.Comm` for worker threads of one process: every collective meets at a shared
+    barrier (all-gather, broadcast, the ring's point-to-point exchange, all-to-all), so the whole
+    engine runs on simulated workers without process start-up."""
 
     def __init__(self, rank, hub):
-        self.rank, self.world, self.group, self.timeout_s = rank, hub["world"], None, 60.0
+        self.rank, self.world, self.timeout_s = rank, hub["world"], 60.0
         self.hub = hub
 
     def _share(self, value):
@@ -75,9 +74,8 @@ class ThreadComm(Comm):
         return [part.clone() for part in self._share(tensor)]
 
     def all_gather_async(self, tensor):
-        """`all_gather`, already complete: a Pending-like object whose `wait()` returns the list."""
-        parts = self.all_gather(tensor)
-        return types.SimpleNamespace(wait=lambda: parts)
+        """`all_gather`, already complete."""
+        return Ready(self.all_gather(tensor))
 
     def broadcast_object(self, obj, src=0):
         """Rank `src`'s object."""
@@ -92,8 +90,7 @@ class ThreadComm(Comm):
         parts = self._share((send_to, send))
         target, tensor = parts[recv_from]
         assert target == self.rank and tuple(tensor.shape) == tuple(recv_shape)
-        received = tensor.clone()
-        return types.SimpleNamespace(wait=lambda: received)
+        return Ready(tensor.clone())
 
     def all_to_all(self, send, send_splits, recv_splits):
         """Piece r of every rank's send goes to rank r."""

@@ -78,12 +78,13 @@ BUGS = {
         ("tests/test_dense_transformers.py",)),
     "decode-causal": Bug(
         "decode_attention: hosts that do not hold the new tokens' keys attend causally too",
-        "longctx/method.py", "causal=owner, scale=scale, backend=ctx.kernel_backend)",
-        "causal=True, scale=scale, backend=ctx.kernel_backend)", ("tests/test_approx_reference.py",)),
+        "longctx/method.py", "ctx.kernels.attention(q, cache_k, cache_v, causal=owner, scale=scale)",
+        "ctx.kernels.attention(q, cache_k, cache_v, causal=True, scale=scale)", ("tests/test_approx_reference.py",)),
     "memory-check": Bug(
         "the request path no longer checks the memory estimate (the refusal's call deleted)",
         "longctx/request.py",
-        "check_memory(planner, plan, model_config.vocab_size, max_new_tokens, resolve_device_type(config.device))",
+        "check_memory(runner.planner, plan, self.model_config.vocab_size, max_new_tokens,\n"
+        "                         resolve_device_type(self.worker_config.device), local_workers=self.local_workers)",
         "None", ("tests/test_memory.py",)),
 }
 

@@ -38,11 +38,11 @@ def _post_rope_queries(model, ids, first_position):
     """Every layer's post-RoPE queries [1, Hq, S, D] of `ids` run at first_position.. (fp32)."""
     seen = []
 
-    def attend(layer, q, k, v, scale):
+    def attend(layer, q, k, v, call):
         seen.append(q.clone())
         return torch.nn.functional.scaled_dot_product_attention(
             q, k.repeat_interleave(q.shape[1] // k.shape[1], 1), v.repeat_interleave(q.shape[1] // k.shape[1], 1),
-            is_causal=True, scale=scale)
+            is_causal=True, scale=call.scale)
 
     stub = type("Ctx", (), {"attend": staticmethod(attend), "total_len": 0})()
     positions = list(range(first_position, first_position + len(ids)))
@@ -109,11 +109,11 @@ def test_select_pools_neighbours_skips_protected_rows_and_keeps_top_per_head():
     scores[0, 0, 10] = 5.0  # pooling spreads it over 8..12
     scores[0, 1, 15] = 7.0  # the other head prefers the end
     host = host_plan(20, sends=5, protected=4)
-    chosen = select(scores, host, pool=5)
+    chosen = select(scores, host.sends, host.protected, pool=5)
     assert chosen.shape == (1, 2, 5)
     assert chosen[0, 0].tolist() == [8, 9, 10, 11, 12]
     assert chosen[0, 1].tolist() == [13, 14, 15, 16, 17]
-    unpooled = select(scores, host, pool=1)
+    unpooled = select(scores, host.sends, host.protected, pool=1)
     assert 10 in unpooled[0, 0].tolist() and all(index >= 4 for index in unpooled[0, 0].tolist())
 
 

@@ -16,7 +16,8 @@ from apb.train_heads import train_heads
 from helpers import dense_result, relative_error, run_workers
 from longctx.compare import random_prompt
 from longctx.config import RunConfig
-from longctx.engine import Engine, Request
+from longctx.engine import Request
+from longctx.features import Kernels
 from longctx.kernels import attention
 from longctx.models import load_model
 
@@ -46,12 +47,12 @@ def test_full_passing_without_anchor_equals_dense(models, model_name, world):
     config = RunConfig(model=path, method="apb", anchor_len=0, passing_ratio=1.0, balance="equal")
     result = run_workers(model, config, Request(doc, question, 6, "apb", True), world)
     assert relative_error(result, reference) <= TOLERANCE
-    assert result["tokens"] == reference["tokens"]
+    assert result.tokens == reference.tokens
     if world > 1:
-        sends = result["plan"]["passing_tokens"]
-        assert sends == result["plan"]["block_sizes"][:-1] + [0]
+        sends = result.plan["passing_tokens"]
+        assert sends == result.plan["block_sizes"][:-1] + [0]
         per_token = 2 * 2 * (64 // 4) * 4  # K and V, 2 KV heads, head dim 16, fp32
-        assert result["stats"]["passing_bytes_per_layer"] == per_token * sum(sends)
+        assert result.stats.passing_bytes_per_layer == per_token * sum(sends)
 
 
 @pytest.mark.parametrize("model_name", ["llama", "qwen2"])
@@ -66,7 +67,7 @@ def test_exact_special_cases(models, model_name, method, world, options):
     result = run_workers(model, RunConfig(model=path, method=method, **options),
                          Request(doc, question, 6, method, True), world)
     assert relative_error(result, reference) <= TOLERANCE
-    assert result["tokens"] == reference["tokens"]
+    assert result.tokens == reference.tokens
 
 
 @pytest.mark.parametrize("compressor", ["query", "random", "retaining-heads"])
@@ -80,11 +81,11 @@ def test_compressors_run_and_report_sizes(models, tmp_path_factory, compressor):
         options["retaining_heads"] = heads
     doc, question = prompt(401)
     result = run_workers(model, RunConfig(model=path, method="apb", **options), Request(doc, question, 4, "apb", True), 3)
-    plan = result["plan"]
+    plan = result.plan
     assert plan["anchor_len"] == 33 and plan["passing_len"] == 16 and plan["block_sizes"] == [134, 134, 133]
     assert plan["passing_tokens"] == [16, 16, 0] and plan["compressor"] == compressor
-    assert result["stats"]["passing_bytes_per_layer"] == 2 * 2 * 16 * 4 * 32
-    assert len(result["tokens"]) == 4 and torch.isfinite(result["doc_hidden"]).all()
+    assert result.stats.passing_bytes_per_layer == 2 * 2 * 16 * 4 * 32
+    assert len(result.tokens) == 4 and torch.isfinite(result.doc_hidden).all()
 
 
 def test_query_compressor_without_anchor_uses_a_probe(models):
@@ -92,8 +93,8 @@ def test_query_compressor_without_anchor_uses_a_probe(models):
     doc, question = prompt(300)
     config = RunConfig(model=path, method="apb", anchor_len=0, passing_len=20)
     result = run_workers(model, config, Request(doc, question, 3, "apb", True), 3)
-    assert result["plan"]["passing_tokens"] == [20, 20, 0] and not result["plan"]["question_in_anchor"]
-    assert torch.isfinite(result["query_hidden"]).all()
+    assert result.plan["passing_tokens"] == [20, 20, 0] and not result.plan["question_in_anchor"]
+    assert torch.isfinite(result.query_hidden).all()
 
 
 def _spy_query_pass(monkeypatch):
@@ -106,11 +107,11 @@ def _spy_query_pass(monkeypatch):
         first = key not in records
         cache_k, cache_v = ctx.cache.get(layer)
         snapshot = (cache_k.clone(), cache_v.clone()) if first else None
-        out = original(self, ctx, layer, q, k, v, scale)
+        out, lse = original(self, ctx, layer, q, k, v, scale)
         if first:
             with lock:
                 records[key] = (q.clone(), k.clone(), v.clone(), *snapshot, out.clone(), scale)
-        return out
+        return out, lse
 
     monkeypatch.setattr(APBAttention, "decode_attention", spy)
     return records
@@ -121,7 +122,8 @@ def test_query_pass_equals_one_process_over_the_gathered_caches(models, monkeypa
     """Hosts without the question's keys must attend non-causally; the causal mistake is caught."""
     path, model = models["llama"]
     if mistake:  # the public-code bug: every host attends to its cache with the causal mask
-        monkeypatch.setattr("longctx.method.attention", lambda *args, causal, **kw: attention(*args, causal=True, **kw))
+        exact = Kernels.attention
+        monkeypatch.setattr(Kernels, "attention", lambda self, *args, causal, **kw: exact(self, *args, causal=True, **kw))
     records = _spy_query_pass(monkeypatch)
     doc, question = prompt(300, query_len=6)
     world = 3

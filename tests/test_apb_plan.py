@@ -5,7 +5,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from apb.layout import rule_length
-from longctx.api import validate_request
+from longctx.plan_report import plan_one
 from longctx.config import RunConfig
 from longctx.errors import LongCtxError
 from longctx.registry import get_method
@@ -119,7 +119,7 @@ def test_default_anchor_grows_for_a_long_question_and_says_so():
 def test_bad_input_is_one_clear_line(options, doc_len, query_len, world, message):
     config = RunConfig(model="m", method="apb", nproc=world, **options)
     with pytest.raises(LongCtxError, match=message) as info:
-        validate_request(config.validate(), _ModelConfig(), doc_len, query_len)
+        plan_one(config.validate(), _ModelConfig(), doc_len, query_len)
     assert "\n" not in str(info.value)
 
 
@@ -136,7 +136,7 @@ def test_negative_sizes_rejected_by_the_config(options, message):
 def test_star_refuses_passing_options():
     config = RunConfig(model="m", method="star", nproc=2, passing_len=8)
     with pytest.raises(LongCtxError, match="'star' passes no blocks"):
-        validate_request(config, _ModelConfig(), 200, 4)
+        plan_one(config, _ModelConfig(), 200, 4)
 
 
 @settings(max_examples=150, deadline=None)

@@ -34,10 +34,10 @@ def test_apb_with_full_passing_equals_dense_on_2_workers(full_passing_pool, leng
     reference = dense_result(path, doc, question)
     result = lm.run_ids(doc, question, max_new_tokens=6, return_hidden=True)
     assert relative_error(result, reference) <= TOLERANCE
-    assert result["tokens"] == reference["tokens"]
-    sends = result["plan"]["passing_tokens"]
-    assert sends == result["plan"]["block_sizes"][:-1] + [0]
-    assert result["stats"]["passing_bytes_per_layer"] == 2 * 2 * 16 * 4 * sum(sends)
+    assert result.tokens == reference.tokens
+    sends = result.plan["passing_tokens"]
+    assert sends == result.plan["block_sizes"][:-1] + [0]
+    assert result.stats.passing_bytes_per_layer == 2 * 2 * 16 * 4 * sum(sends)
 
 
 def test_pool_rejects_bad_requests_and_keeps_serving(full_passing_pool):
@@ -46,7 +46,7 @@ def test_pool_rejects_bad_requests_and_keeps_serving(full_passing_pool):
         lm.run_ids([5] * 100, [6], method="star")
     with pytest.raises(LongCtxError, match="too short for 2 workers"):
         lm.run_ids([5], [6])
-    assert len(lm.run_ids([7] * 50, [8, 9], max_new_tokens=2)["tokens"]) == 2
+    assert len(lm.run_ids([7] * 50, [8, 9], max_new_tokens=2).tokens) == 2
 
 
 def test_cli_generate_apb_json_reports_sizes_and_bytes(tiny_model, tmp_path, capsys):
@@ -80,9 +80,9 @@ def test_issue_lengths_on_4_workers(tiny_model):
             doc, question = random_prompt(256, length, 12, seed=length)
             for method in ("apb", "star"):
                 result = lm.run_ids(doc, question, max_new_tokens=4, method=method)
-                plan = result["plan"]
-                assert sum(plan["block_sizes"]) == length and len(result["tokens"]) == 4
+                plan = result.plan
+                assert sum(plan["block_sizes"]) == length and len(result.tokens) == 4
                 if method == "apb":
-                    assert plan["passing_tokens"][-1] == 0 and result["stats"]["passing_bytes_per_layer"] > 0
+                    assert plan["passing_tokens"][-1] == 0 and result.stats.passing_bytes_per_layer > 0
                 else:
-                    assert plan["anchor_len"] == -(-length // 4) and result["stats"]["passing_bytes_per_layer"] == 0
+                    assert plan["anchor_len"] == -(-length // 4) and result.stats.passing_bytes_per_layer == 0

@@ -5,7 +5,7 @@ as it grows, ending with the same result as `generate`."""
 import torch
 
 from longctx.api import LongContextLM
-from longctx.comm import Comm
+from longctx.comm import ProcessGroupComm
 from longctx.config import RunConfig
 from longctx.engine import Engine, Request
 from longctx.models import load_model
@@ -18,10 +18,10 @@ def test_engine_calls_on_token_before_the_next_decoding_step(tiny_model):
     model = load_model(model_dir, torch.device("cpu"), torch.float32)
     forwards, seen = [], []
     model.register_forward_pre_hook(lambda module, args: forwards.append(1))
-    engine = Engine(model, Comm(), RunConfig(model=model_dir, method="dense", nproc=1), torch.device("cpu"))
+    engine = Engine(model, ProcessGroupComm(), RunConfig(model=model_dir, method="dense", nproc=1), torch.device("cpu"))
     result = engine.run(Request(list(range(5, 60)), [7, 8], 6, "dense"),
                         on_token=lambda token: seen.append((token, len(forwards))))
-    assert [token for token, _ in seen] == result["tokens"] and len(seen) == 6
+    assert [token for token, _ in seen] == result.tokens and len(seen) == 6
     assert [count for _, count in seen] == list(range(1, 7))
 
 

@@ -1,10 +1,13 @@
 """The import graph between longctx's parts keeps its layering, deferred imports included.
 
-Parts: the core (`longctx` minus the face), the face (`longctx.cli`, `api`, `demo`, `compare`,
-`eval`, and what only they use), the method packages (`burst`, `apb`, `spava`) and the
-launchers (`launch`). The core imports no method package and no launcher (methods are found
-by name through `longctx.registry`); only the face imports `launch`; the graph between parts
-has no cycle. Run this file as a script to print the graph:
+Parts: the core (`longctx` minus the face and the families), the face (`longctx.cli`, `api`,
+`demo`, `compare`, `eval`, and what only they use), the model-family adapters
+(`longctx.families`), the method packages (`burst`, `apb`, `spava`) and the launchers
+(`launch`). The core imports no method package, no launcher and no model-family module (all
+three are found by name through `longctx.registry`; the engine, the request code and the
+loader reach a family only through its adapter); only the face imports `launch`; a method
+package imports another only through the names that package exports (its `__all__`); the
+graph between parts has no cycle. Run this file as a script to print the graph:
 
     python tests/test_architecture.py
 """
@@ -17,7 +20,9 @@ ROOT = Path(__file__).resolve().parent.parent
 PACKAGES = ("longctx", "burst", "apb", "spava", "launch")
 FACE = ("longctx.cli", "longctx.api", "longctx.demo", "longctx.compare", "longctx.eval", "longctx.baseline",
         "longctx.simulate")
+FAMILIES = "longctx.families"
 METHOD_PACKAGES = ("burst", "apb", "spava")
+FAMILY_BLIND = ("longctx.engine", "longctx.request", "longctx.models.loading")  # named by the issue; the rule is the core's
 
 
 def module_name(path):
@@ -46,13 +51,20 @@ def imported_modules(path):
     return found
 
 
+def _within(module, prefix):
+    return module == prefix or module.startswith(prefix + ".")
+
+
 def part_of(module):
-    """The part a module belongs to: 'face', 'core', a method package, 'launch', or None (outside)."""
+    """The part a module belongs to: 'face', 'core', 'family', a method package, 'launch', or
+    None (outside)."""
     top = module.split(".")[0]
     if top not in PACKAGES:
         return None
     if top == "longctx":
-        return "face" if any(module == face or module.startswith(face + ".") for face in FACE) else "core"
+        if _within(module, FAMILIES):
+            return "family"
+        return "face" if any(_within(module, face) for face in FACE) else "core"
     return top
 
 
@@ -78,6 +90,52 @@ def part_graph(edges):
 def test_core_imports_no_method_package_and_no_launcher():
     bad = sorted((importer, target) for importer, target in import_graph()
                  if part_of(importer) == "core" and part_of(target) in (*METHOD_PACKAGES, "launch"))
+    assert not bad, bad
+
+
+def test_core_imports_no_model_family_module():
+    """Engine, request code and loader (and the rest of the core) reach a model family only
+    through its adapter, found by name in the registry."""
+    bad = sorted((importer, target) for importer, target in import_graph()
+                 if part_of(importer) == "core" and part_of(target) == "family")
+    assert not bad, bad
+    assert all(part_of(module) == "core" for module in FAMILY_BLIND)
+
+
+def exported(package):
+    """The names a method package exports: its `__init__.py`'s `__all__` (none without one)."""
+    tree = ast.parse((ROOT / package / "__init__.py").read_text())
+    for node in tree.body:
+        if isinstance(node, ast.Assign) and any(getattr(target, "id", None) == "__all__" for target in node.targets):
+            return set(ast.literal_eval(node.value))
+    return set()
+
+
+def cross_package_imports(path):
+    """(imported module, [names]) of each import in `path` from a method package other than its own
+    (`import x.y` as names [None])."""
+    own = module_name(path).split(".")[0]
+    found = []
+    for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+        if isinstance(node, ast.ImportFrom) and not node.level and node.module:
+            modules = [(node.module, [alias.name for alias in node.names])]
+        elif isinstance(node, ast.Import):
+            modules = [(alias.name, [None]) for alias in node.names]
+        else:
+            continue
+        found += [(module, names) for module, names in modules
+                  if module.split(".")[0] in METHOD_PACKAGES and module.split(".")[0] != own]
+    return found
+
+
+def test_method_packages_import_each_other_only_through_exported_names():
+    """Spava uses APB's selection as `from apb import select_by_question`, never apb's modules."""
+    bad = []
+    for package in METHOD_PACKAGES:
+        for path in sorted((ROOT / package).rglob("*.py")):
+            for module, names in cross_package_imports(path):
+                if module != module.split(".")[0] or not set(names) <= exported(module):
+                    bad.append((module_name(path), module, names))
     assert not bad, bad
 
 
@@ -119,8 +177,26 @@ def test_the_checker_sees_deferred_imports(tmp_path, monkeypatch):
     assert imported_modules(source) == {"launch.local"}
 
 
+def test_the_checker_sees_a_method_package_reaching_into_another(tmp_path, monkeypatch):
+    """`from apb.compress import select` inside spava is caught; `from apb import <exported>` is not."""
+    (tmp_path / "apb").mkdir()
+    (tmp_path / "apb" / "__init__.py").write_text('__all__ = ["select_by_question"]\n')
+    (tmp_path / "spava").mkdir()
+    source = tmp_path / "spava" / "sneaky.py"
+    source.write_text("from apb import select_by_question\nfrom apb.compress import select\n")
+    monkeypatch.setattr(__import__(__name__), "ROOT", tmp_path)
+    found = cross_package_imports(source)
+    assert found == [("apb", ["select_by_question"]), ("apb.compress", ["select"])]
+    assert [module for module, names in found if module != "apb" or not set(names) <= exported("apb")] == \
+        ["apb.compress"]
+
+
 def main():
-    """Print the part graph, then every cross-part edge."""
+    """Print the part graph and every cross-part edge, then check every layering rule of this
+    file (the `test_*` functions that take no fixture); exit status 1 when one is broken."""
+    import inspect
+    import sys
+
     edges = import_graph()
     for part, targets in sorted(part_graph(edges).items()):
         print(f"{part} -> {', '.join(sorted(targets))}")
@@ -128,6 +204,18 @@ def main():
     for importer, target in sorted(edges):
         if part_of(importer) != part_of(target):
             print(f"  {importer} ({part_of(importer)}) -> {target} ({part_of(target)})")
+    print()
+    broken = 0
+    for name, rule in sorted(globals().items()):
+        if name.startswith("test_") and not inspect.signature(rule).parameters:
+            try:
+                rule()
+            except AssertionError as exc:
+                broken += 1
+                print(f"BROKEN {name}: {exc}")
+            else:
+                print(f"ok     {name}")
+    sys.exit(1 if broken else 0)
 
 
 if __name__ == "__main__":

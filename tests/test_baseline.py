@@ -26,8 +26,8 @@ def test_argmax_is_dense_first_token(tiny_model, name):
         again = hf.time(doc_ids[:50], query_ids, repeats=1)  # the loaded model serves other token lists
     assert torch.get_num_threads() == threads  # restored after the measurement
     dense = dense_result(model_dir, doc_ids, query_ids, max_new_tokens=1)
-    assert timing.argmax == dense["tokens"][0]
-    assert again.argmax == dense_result(model_dir, doc_ids[:50], query_ids, max_new_tokens=1)["tokens"][0]
+    assert timing.argmax == dense.tokens[0]
+    assert again.argmax == dense_result(model_dir, doc_ids[:50], query_ids, max_new_tokens=1).tokens[0]
     assert len(timing.seconds) == 2 and timing.median_s == pytest.approx(statistics.median(timing.seconds))
     assert (timing.device, timing.dtype, timing.tokens, timing.threads) == ("cpu", "float32", 206, os.cpu_count())
     assert json.dumps(timing.to_dict())

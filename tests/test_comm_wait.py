@@ -9,7 +9,7 @@ import pytest
 import torch.distributed as dist
 
 import launch.worker as worker
-from longctx.comm import Comm, Pending, bounded_waits_for
+from longctx.comm import Pending, ProcessGroupComm, bounded_waits_for
 from longctx.config import RunConfig
 from longctx.errors import CollectiveError
 
@@ -28,7 +28,7 @@ class RecordingWork:
 
 
 def test_gloo_waits_carry_the_timeout_and_fail_as_one_line():
-    comm = Comm(timeout_s=7, bounded_waits=True)
+    comm = ProcessGroupComm(timeout_s=7, bounded_waits=True)
     work = RecordingWork()
     Pending("result", [work], comm).wait()
     assert work.calls == [(timedelta(seconds=7),)]
@@ -39,7 +39,7 @@ def test_gloo_waits_carry_the_timeout_and_fail_as_one_line():
 
 
 def test_nccl_waits_only_order_the_stream():
-    comm = Comm(timeout_s=7, bounded_waits=False)
+    comm = ProcessGroupComm(timeout_s=7, bounded_waits=False)
     works = [RecordingWork(), RecordingWork()]
     assert Pending(["a", "b"], works, comm).wait() == ["a", "b"]
     assert [work.calls for work in works] == [[()], [()]]  # work.wait(): no CPU-side timeout, no polling

@@ -19,6 +19,6 @@ def test_same_request_same_bits_on_a_warm_pool_and_a_fresh_one(tiny_model):
         same = [result for name, result in runs if name == method]
         first = same[0]
         for other in same[1:]:
-            assert other["tokens"] == first["tokens"], method
-            assert torch.equal(other["doc_hidden"], first["doc_hidden"]), method
-            assert torch.equal(other["query_hidden"], first["query_hidden"]), method
+            assert other.tokens == first.tokens, method
+            assert torch.equal(other.doc_hidden, first.doc_hidden), method
+            assert torch.equal(other.query_hidden, first.query_hidden), method

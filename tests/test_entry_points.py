@@ -10,7 +10,7 @@ import pytest
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from helpers import REPO, dense_result, run_cli
-from longctx.request import encode_prompt
+from longctx.models.family import encode_prompt
 
 
 def test_compare_json_reports_exact_agreement(tiny_model):
@@ -66,8 +66,39 @@ def test_torchrun_entry_matches_dense(tiny_model, tmp_path):
     assert proc.returncode == 0, proc.stderr[-2000:]
     payload = json.loads(proc.stdout.strip().splitlines()[-1])
     doc_ids, query_ids = encode_prompt(AutoTokenizer.from_pretrained(model_dir), doc.read_text(), "Next?")
-    assert payload["tokens"] == dense_result(model_dir, doc_ids, query_ids, max_new_tokens=5)["tokens"]
+    assert payload["tokens"] == dense_result(model_dir, doc_ids, query_ids, max_new_tokens=5).tokens
     assert payload["nproc"] == 2
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("flags,needle", [
+    (("--max-new-tokens", "40000"), "more than the model's 32768 positions"),  # refused on rank 0, sent to all
+    (("--video", "clip.mp4", "--doc", None), "a video needs a video-language model"),  # used to reach no check
+])
+def test_torchrun_entry_refuses_what_generate_refuses(tiny_model, tmp_path, flags, needle):
+    """The same request path: one line, the same message, from `generate` and from the torchrun
+    entry (printed once per machine, by its local rank 0; the entry used to check only the
+    lengths)."""
+    torchrun = shutil.which("torchrun", path=os.path.dirname(sys.executable))
+    doc = tmp_path / "doc.txt"
+    doc.write_text("Numbers: " + " ".join(str(i) for i in range(60)))
+    args = ["--model", tiny_model("llama"), "--doc", str(doc), "--question", "Next?"]
+    for flag, value in zip(flags[::2], flags[1::2]):
+        if value is None:
+            index = args.index(flag)
+            del args[index:index + 2]
+        else:
+            args += [flag, value]
+    generate = run_cli("generate", *args, "--nproc", "2")
+    lines = [line for line in generate.stderr.splitlines() if line.startswith("longctx: error: ")]
+    assert generate.returncode == 2 and len(lines) == 1 and needle in lines[0], generate.stderr
+    message = lines[0].removeprefix("longctx: error: ")
+    proc = subprocess.run([torchrun, "--standalone", "--nproc_per_node", "2", "-m", "launch.torchrun", *args],
+                          capture_output=True, text=True, timeout=300, env=dict(os.environ, PYTHONPATH=REPO), cwd=REPO)
+    assert proc.returncode != 0
+    lines = [line for line in proc.stderr.splitlines() if line.startswith("longctx: error (rank ")]
+    assert len(lines) == 1 and lines[0].startswith("longctx: error (rank 0 on "), proc.stderr[-2000:]  # once per machine
+    assert lines[0].split("): ", 1)[1] == message, proc.stderr[-2000:]
 
 
 def test_plugin_method_declares_its_own_option_through_the_cli(tiny_model, tmp_path):

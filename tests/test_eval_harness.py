@@ -110,9 +110,9 @@ def test_unknown_task_is_one_line_error(word_model):
 def test_needle_model_dense_answers_niah_single():
     from longctx.eval.harness import evaluate
 
-    result = evaluate(NEEDLE_MODEL, ["niah_single"], 1024, nproc=1, methods=["dense"], samples=3, seed=7, threads=1)
-    assert result["correct"]["niah_single"]["dense"] == [True, True, True], (
-        result["predictions"], result["expected"])
+    report = evaluate(NEEDLE_MODEL, ["niah_single"], 1024, nproc=1, methods=["dense"], samples=3, seed=7, threads=1)
+    dense, = report.columns
+    assert dense.correct["niah_single"] == [True, True, True], (dense.predictions, report.expected)
 
 
 def test_method_variants_parse_to_their_own_options():
@@ -177,4 +177,4 @@ def test_bad_task_variant_is_one_line_error(word_model):
                                 "--length", "300", "--methods", "dense", "--samples", "1")
     assert status == 2 and out == ""
     assert err == ("longctx: error: --tasks: task 'variable_tracking' has no option 'hops' (its options: depth, "
-                   "num-chains, num-distractors, num-hops, num-queries, num-values)\n")
+                   "num-chains, num-hops)\n")

@@ -196,3 +196,28 @@ def test_variable_tracking_depth_and_seeding():
         make_sample("variable_tracking", 1000, 0, num_hops=0)
     with pytest.raises(ValueError, match="shorter"):
         make_sample("variable_tracking", 40, 0)
+
+
+def test_tasks_take_only_the_settings_they_declare():
+    from longctx.errors import LongCtxError
+    from longctx.eval.variants import parse_task_spec
+
+    with pytest.raises(ValueError, match=r"task 'niah_single' has no setting 'num_hops' \(its settings: depth\)"):
+        make_sample("niah_single", 400, 0, num_hops=5)
+    with pytest.raises(LongCtxError, match=r"--tasks: task 'niah_single' has no option 'num-hops' \(its options: "
+                                           r"depth\)"):
+        parse_task_spec("niah_single[num-hops=5]")
+    with pytest.raises(ValueError, match="task 'kv_retrieval' has no setting 'depth'"):
+        make_sample("kv_retrieval", 400, 0, depth=0.5)
+    assert make_sample("kv_retrieval", 400, 0, depth=None) == make_sample("kv_retrieval", 400, 0)
+
+
+def test_a_task_registers_like_a_method():
+    """A plug-in task is named by its path, with settings of its own."""
+    from longctx.eval.variants import parse_task_spec
+
+    spec = parse_task_spec("plugins.tasks:EchoNumber[value=17]")
+    assert (spec.task, spec.settings) == ("plugins.tasks:EchoNumber", {"value": 17})
+    sample = make_sample(spec.task, 120, 0, **spec.settings)
+    assert sample.answer == "17" and sample.prompt.endswith("The special magic number for date is")
+    assert is_correct(" 17", sample)

@@ -38,8 +38,8 @@ def test_methods_match_dense(tiny_model, model_name, nproc, length, methods, opt
         for method in methods:
             result = lm.run_ids(doc_ids, query_ids, max_new_tokens=6, method=method, return_hidden=True)
             assert relative_error(result, reference) <= TOLERANCE, method
-            assert result["tokens"] == reference["tokens"], method
-            assert result["plan"]["world"] == nproc
+            assert result.tokens == reference.tokens, method
+            assert result.plan["world"] == nproc
 
 
 def test_pool_serves_several_requests_and_rejects_bad_ones(tiny_model):

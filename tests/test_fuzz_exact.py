@@ -21,7 +21,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from helpers import relative_error, run_workers
-from longctx.comm import Comm
+from longctx.comm import ProcessGroupComm
 from longctx.compare import random_prompt
 from longctx.config import RunConfig
 from longctx.engine import Engine, Request
@@ -64,7 +64,7 @@ def fuzz_model(root, family, heads, kv_heads, head_dim):
 def dense_reference(path, doc_ids, query_ids):
     """Single-process dense engine result with hidden states (cached: cases share references)."""
     _, model = fuzz_model(*_key(path))
-    engine = Engine(model, Comm(), RunConfig(model=path, method="dense", nproc=1), torch.device("cpu"))
+    engine = Engine(model, ProcessGroupComm(), RunConfig(model=path, method="dense", nproc=1), torch.device("cpu"))
     return engine.run(Request(list(doc_ids), list(query_ids), NEW_TOKENS, "dense", True))
 
 
@@ -112,7 +112,7 @@ def check_equals_dense(root, family, shape, method, world, options, doc_len, que
     result = run_workers(model, config, Request(doc_ids, query_ids, NEW_TOKENS, method, True), world)
     error = relative_error(result, reference)
     assert error <= TOLERANCE, f"relative error {error:.2e}"
-    assert result["tokens"] == reference["tokens"]
+    assert result.tokens == reference.tokens
     return result
 
 
@@ -122,7 +122,7 @@ def check_equals_dense(root, family, shape, method, world, options, doc_len, que
 def test_exact_methods_equal_dense(fuzz_root, case, family, query_len, seed):
     shape, method, world, options, doc_len = case
     result = check_equals_dense(fuzz_root, family, shape, method, world, options, doc_len, query_len, seed)
-    assert sum(host["tokens"] for host in result["plan"]["hosts"]) == doc_len
+    assert sum(host["tokens"] for host in result.plan["hosts"]) == doc_len
 
 
 @fuzz_settings(APB_CASES)

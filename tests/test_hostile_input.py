@@ -142,7 +142,7 @@ def test_concurrent_requests_on_one_pool_are_refused_not_mixed(tiny_model):
 
         def second():
             try:
-                outcome["tokens"] = lm.run_ids([5] * 300, [6, 7], max_new_tokens=8)["tokens"]
+                outcome["tokens"] = lm.run_ids([5] * 300, [6, 7], max_new_tokens=8).tokens
             except LongCtxError as exc:
                 outcome["error"] = str(exc)
 
@@ -152,4 +152,4 @@ def test_concurrent_requests_on_one_pool_are_refused_not_mixed(tiny_model):
         assert "serving another request" in outcome.get("error", ""), outcome
         text = "".join(stream)
         assert stream.result is not None and text == stream.result.text
-        assert lm.run_ids([5] * 300, [6, 7], max_new_tokens=8)["tokens"] == alone["tokens"]
+        assert lm.run_ids([5] * 300, [6, 7], max_new_tokens=8).tokens == alone.tokens

@@ -14,6 +14,7 @@ from helpers import REPO
 from launch.spmd import SPMDLongContextLM, torchrun_env
 from launch.worker import init_worker, pick_dist_backend
 from longctx.config import RunConfig
+from longctx.engine import Request
 from longctx.errors import LongCtxError
 
 CUDA0 = torch.device("cuda", 0)
@@ -68,22 +69,21 @@ class _Rank0Says:
         return self.message
 
 
-class _NoTokenizer:
-    def __call__(self, *args, **kwargs):
-        raise AssertionError("only rank 0 tokenises")
-
-
 def _other_rank(message):
     lm = object.__new__(SPMDLongContextLM)
-    lm.rank, lm.comm, lm.tokenizer = 1, _Rank0Says(message), _NoTokenizer()
+    lm.rank, lm.comm = 1, _Rank0Says(message)
     return lm
 
 
-def test_spmd_ranks_other_than_0_take_rank_0s_ids():
-    lm = _other_rank(("ok", ([1, 5, 6], [7])))
-    assert lm._ids_from_rank0("its own text is not read", "?") == ([1, 5, 6], [7])
+def _never():
+    raise AssertionError("only rank 0 prepares a request")
+
+
+def test_spmd_ranks_other_than_0_take_rank_0s_request():
+    request = Request([1, 5, 6], [7])
+    assert _other_rank(("ok", request))._from_rank0(_never) is request
     with pytest.raises(LongCtxError, match="the document is empty"):
-        _other_rank(("error", "the document is empty"))._ids_from_rank0("text", "?")
+        _other_rank(("error", "the document is empty"))._from_rank0(_never)
 
 
 FACE = {"longctx/cli.py", "longctx/api.py", "longctx/demo.py", "longctx/compare.py"}

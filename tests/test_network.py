@@ -28,7 +28,7 @@ def test_two_jobs_at_once_on_one_machine(tiny_model):
     assert not errors, errors
     for (doc, question), result in zip(prompts, results):
         reference = dense_result(path, doc, question, max_new_tokens=3)
-        assert relative_error(result, reference) <= 1e-4 and result["tokens"] == reference["tokens"]
+        assert relative_error(result, reference) <= 1e-4 and result.tokens == reference.tokens
 
 
 def listening_addresses(pids):

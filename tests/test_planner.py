@@ -449,6 +449,24 @@ def test_cli_calibrate_saves_coefficients_the_planner_uses(tmp_path, capsys):
     assert report["estimate"]["costs"].startswith("calibrated on")
 
 
+def test_a_plug_in_method_calibrates_and_prices_a_coefficient_of_its_own(tmp_path, capsys):
+    """`plan --calibrate --method <plug-in>` measures the plug-in's own coefficient beside the
+    core's, the file keeps it, and its planner's estimates price its work with it."""
+    method, costs = "plugins.calibrated:CountingRing", tmp_path / "costs.json"
+    assert cli_main(["plan", "--calibrate", "--method", method, "--device", "cpu", "--layers", "2", "--hidden", "64",
+                     "--heads", "4", "--kv-heads", "2", "--head-dim", "16", "--intermediate", "128",
+                     "--calibrate-sizes", "32", "64", "--costs", str(costs), "--json"]) == 0
+    rate = json.loads(capsys.readouterr().out)["costs"]["copy_ns_per_row"]
+    assert rate > 0 and json.loads(costs.read_text())["cpu"]["copy_ns_per_row"] == rate
+    assert cli_main(["plan", "--method", method, "--device", "cpu", "--costs", str(costs), "--length", "1000",
+                     "--nproc", "2", "--balance", "equal", "--layers", "2", "--json"]) == 0
+    hosts = json.loads(capsys.readouterr().out)["plans"]["equal"]["hosts"]
+    assert [host["est_parts"]["method_ms"] for host in hosts] == [round(500 * rate * 2 * 1e-6, 4)] * 2
+    assert cli_main(["plan", "--method", "ring", "--device", "cpu", "--costs", str(costs), "--length", "1000",
+                     "--nproc", "2", "--json"]) == 0  # a method without work of its own shows none
+    assert "method_ms" not in json.loads(capsys.readouterr().out)["plans"]["equal"]["hosts"][0]["est_parts"]
+
+
 # ---------------------------------------------------------------------------------------------
 # The engine runs uneven plans; exact methods still equal dense
 
@@ -475,10 +493,10 @@ def test_exact_methods_on_uneven_plans_equal_dense(llama, method, world, options
     reference = dense_result(path, doc, question)
     result = run_workers(model, RunConfig(model=path, method=method, **options), Request(doc, question, 6, method, True),
                          world)
-    sizes = [host["tokens"] for host in result["plan"]["hosts"]]
+    sizes = [host["tokens"] for host in result.plan["hosts"]]
     assert len(set(sizes)) > 1 and sum(sizes) == 211, sizes  # the plan really is uneven
     assert relative_error(result, reference) <= 1e-4
-    assert result["tokens"] == reference["tokens"]
+    assert result.tokens == reference.tokens
 
 
 def test_apb_full_passing_on_a_balanced_plan_equals_dense(llama):
@@ -490,10 +508,10 @@ def test_apb_full_passing_on_a_balanced_plan_equals_dense(llama):
     config = RunConfig(model=path, method="apb", anchor_len=0, passing_ratio=1.0, balance="auto",
                        host_speeds=(0.5, 0.5, 4))
     result = run_workers(model, config, Request(doc, question, 6, "apb", True), 3)
-    plan = result["plan"]
+    plan = result.plan
     assert plan["balance"] == "auto" and plan["block_sizes"][2] > 101
     assert plan["passing_tokens"] == plan["block_sizes"][:2] + [0]
-    assert relative_error(result, reference) <= 1e-4 and result["tokens"] == reference["tokens"]
+    assert relative_error(result, reference) <= 1e-4 and result.tokens == reference.tokens
 
 
 def test_balanced_plans_on_a_real_worker_pool_equal_dense(tiny_model):
@@ -504,9 +522,9 @@ def test_balanced_plans_on_a_real_worker_pool_equal_dense(tiny_model):
     with LongContextLM(path, method="ring", nproc=2, balance="auto", host_speeds=(1, 0.25)) as lm:
         for method in ("ring", "ulysses", "plugins.uneven:UnevenAllGather"):
             result = lm.run_ids(doc, question, max_new_tokens=6, method=method, return_hidden=True)
-            sizes = [host["tokens"] for host in result["plan"]["hosts"]]
+            sizes = [host["tokens"] for host in result.plan["hosts"]]
             assert sizes[0] > sizes[1] and sum(sizes) == 233, (method, sizes)
             assert relative_error(result, reference) <= 1e-4, method
-            assert result["tokens"] == reference["tokens"], method
-            assert all(host["est_ms"] > 0 for host in result["plan"]["hosts"])
-    assert math.isfinite(result["plan"]["totals"]["critical_ms"])
+            assert result.tokens == reference.tokens, method
+            assert all(host["est_ms"] > 0 for host in result.plan["hosts"])
+    assert math.isfinite(result.plan["totals"]["critical_ms"])

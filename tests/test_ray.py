@@ -47,7 +47,7 @@ from longctx.config import RunConfig
 from longctx.engine import Request
 from longctx.errors import LongCtxError, WorkerError
 from longctx.models import load_tokenizer
-from longctx.request import encode_prompt
+from longctx.models.family import encode_prompt
 
 CLUSTER_CPUS = 4
 BIN = os.path.dirname(sys.executable)
@@ -372,11 +372,12 @@ def _compare_with_local(cluster, path, nproc, placement, monkeypatch, methods=ME
             lm.run_ids(doc, question, max_new_tokens=5)
     assert len(actors) == nproc
     for name in methods:
-        assert remote[name]["tokens"] == local[name]["tokens"], name
-        assert remote[name]["nproc"] == nproc
+        assert remote[name].tokens == local[name].tokens, name
+        assert remote[name].nproc == nproc
     for name in set(EXACT) & set(methods):
         for key in ("doc_hidden", "query_hidden"):
-            assert torch.allclose(remote[name][key], local[name][key], rtol=0, atol=HIDDEN_TOLERANCE), (name, key)
+            assert torch.allclose(getattr(remote[name], key), getattr(local[name], key), rtol=0,
+                                  atol=HIDDEN_TOLERANCE), (name, key)
     _assert_nothing_left(cluster)  # leaving the `with` block freed the actors and the placement group
 
 
@@ -459,7 +460,7 @@ def test_inside_a_placement_group_its_bundles_are_used(ray_cluster, tiny_model):
     def driver():
         with LongContextLM(path, method="burst", nproc=2, launcher="ray") as lm:
             groups = [entry for entry in placement_group_table().values() if entry["state"] != "REMOVED"]
-            return lm.run_ids(doc, question, max_new_tokens=3)["tokens"], len(groups)
+            return lm.run_ids(doc, question, max_new_tokens=3).tokens, len(groups)
 
     group = placement_group([{"CPU": 1.0}] * 3)
     try:
@@ -469,7 +470,7 @@ def test_inside_a_placement_group_its_bundles_are_used(ray_cluster, tiny_model):
         tokens, groups = ray.get(driver.options(scheduling_strategy=strategy,
                                                 runtime_env={"env_vars": {"PYTHONPATH": REPO}}).remote(), timeout=300)
         assert groups == 1  # only the caller's
-        assert tokens == dense_result(path, doc, question, max_new_tokens=3)["tokens"]
+        assert tokens == dense_result(path, doc, question, max_new_tokens=3).tokens
         assert [entry["state"] for entry in placement_group_table().values()].count("CREATED") == 1  # not removed
     finally:
         remove_placement_group(group)
@@ -558,5 +559,5 @@ def test_ray_job_submit_runs_longctx_generate(ray_cluster, tiny_model, tmp_path)
     payload = json.loads(lines[0])
     doc_ids, query_ids = encode_prompt(load_tokenizer(path), text, question)
     assert payload["nproc"] == 2 and payload["method"] == "burst"
-    assert payload["tokens"] == dense_result(path, doc_ids, query_ids, max_new_tokens=4)["tokens"]
+    assert payload["tokens"] == dense_result(path, doc_ids, query_ids, max_new_tokens=4).tokens
     _assert_nothing_left(ray_cluster)

@@ -74,7 +74,7 @@ def test_exact_cases_equal_dense(llama, world, options):
     with forward_passes(model) as passes:
         result = spava(path, model, doc, question, world, **options)
     assert relative_error(result, reference) <= TOLERANCE
-    assert result["tokens"] == reference["tokens"]
+    assert result.tokens == reference.tokens
     # the question ran in the prefill forward: no query pass, one forward per later token
     assert passes == {rank: NEW_TOKENS for rank in range(world)}
 
@@ -91,11 +91,11 @@ def test_fused_query_pass_equals_separate_exact_pass(llama, world, options):
         separate = spava(path, model, doc, question, world, fused_query=0, **sizes)
     assert fused_passes == {rank: NEW_TOKENS for rank in range(world)}  # prefill + decoding steps
     assert separate_passes == {rank: NEW_TOKENS + 1 for rank in range(world)}  # + the query pass
-    assert fused["plan"] == separate["plan"]
-    assert torch.allclose(fused["doc_hidden"], separate["doc_hidden"], atol=1e-6, rtol=0)
-    err = (fused["query_hidden"] - separate["query_hidden"]).norm() / separate["query_hidden"].norm()
+    assert fused.plan == separate.plan
+    assert torch.allclose(fused.doc_hidden, separate.doc_hidden, atol=1e-6, rtol=0)
+    err = (fused.query_hidden - separate.query_hidden).norm() / separate.query_hidden.norm()
     assert err <= 1e-5
-    assert fused["tokens"] == separate["tokens"]
+    assert fused.tokens == separate.tokens
 
 
 def test_approximate_run_is_close_and_reports(llama):
@@ -104,11 +104,11 @@ def test_approximate_run_is_close_and_reports(llama):
     reference = dense_result(path, doc, question)
     result = spava(path, model, doc, question, 4, anchor_len=32, passing_len=16)
     assert relative_error(result, reference) < 0.5
-    plan = result["plan"]
+    plan = result.plan
     assert plan["virtual_blocks"] == [[0, 7], [1, 6], [2, 5], [3, 4]]
     assert plan["passing_tokens"] == [16] * 7 + [0]
     per_token = 2 * 2 * 16 * 4  # K and V, 2 KV heads, head dim 16, fp32
-    assert result["stats"]["passing_bytes_per_layer"] == per_token * 16 * 7
+    assert result.stats.passing_bytes_per_layer == per_token * 16 * 7
 
 
 def planner(**options):

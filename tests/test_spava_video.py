@@ -15,14 +15,16 @@ import torch
 from approx_reference import TOLERANCE as REFERENCE_TOLERANCE
 from approx_reference import Spy, apb_errors, spava_errors
 from helpers import ThreadComm, relative_error, run_cli, run_workers
-from longctx.comm import Comm
+from longctx.comm import ProcessGroupComm
 from longctx.config import RunConfig
 from longctx.engine import Engine, Request
 from longctx.errors import LongCtxError
+from longctx.families.qwen2_5_vl import (encode_video, frame_shares, load_video, patchify, processor_settings,
+                                         video_prompt)
 from longctx.models import load_model, load_tokenizer
-from longctx.models.qwen_vl import encode_video, frame_shares, video_prompt
 from longctx.models.tiny import make_tiny_model
-from longctx.video import load_video, patchify, processor_settings, read_frames, sample_indices
+from longctx.request import Session
+from longctx.video import read_frames, sample_indices
 
 FRAMES = np.random.default_rng(0).integers(0, 256, (12, 50, 70, 3), dtype=np.uint8)
 TOLERANCE = 1e-4
@@ -109,7 +111,7 @@ def test_frame_parallel_encoder_equals_single_process(tiny_vl, world):
     video = load_video(FRAMES, path)  # 6 temporal patches
     pixels = torch.tensor(video.pixels)
     with torch.inference_mode():
-        reference = encode_video(model.model.visual, pixels, video.grid, Comm())
+        reference = encode_video(model.model.visual, pixels, video.grid, ProcessGroupComm())
         hub = {"world": world, "barrier": threading.Barrier(world, timeout=60), "slots": [None] * world}
         results = [None] * world
 
@@ -131,24 +133,21 @@ def test_each_worker_receives_only_its_frames_as_uint8(tiny_vl):
     (their float32 patches are the whole video's rows, bit for bit); the local launcher's
     message to each worker is then about an eighth (3 workers) of the whole float32 video."""
     from launch.local import _messages
-    from longctx.models import check_model_dir
-    from longctx.request import prepare_request
 
     path, _ = tiny_vl
     video = load_video(FRAMES, path)  # 6 temporal patches
     doc, question = video_prompt(load_tokenizer(path), video.grid, "what moves?")
-    request = prepare_request(RunConfig(model=path, method="spava", nproc=3), check_model_dir(path), doc, question,
-                              video=video)
-    parts = [request.for_rank(rank).video for rank in range(3)]
+    request = Session(RunConfig(model=path, method="spava", nproc=3)).prepare_ids(doc, question, media=video)
+    parts = [request.for_rank(rank).media for rank in range(3)]
     assert [part.patch_range for part in parts] == [(0, 2), (2, 4), (4, 6)]
     assert all(part.frames.dtype == np.uint8 for part in parts)
     assert np.array_equal(np.concatenate([part.pixels for part in parts]), video.pixels)
     whole_float = video.pixels.nbytes
     sizes = [len(message) for message in _messages(request, False, 3)]
     assert max(sizes) < whole_float / 12 + 4096, (sizes, whole_float)  # a third of the frames, a quarter of the bytes
-    whole = prepare_request(RunConfig(model=path, method="spava", nproc=3, frame_parallel=0), check_model_dir(path),
-                            doc, question, video=video)
-    assert whole.video_shares is None and whole.for_rank(2).video.patch_range == (0, 6)  # every worker encodes all
+    whole = Session(RunConfig(model=path, method="spava", nproc=3, frame_parallel=False)).prepare_ids(
+        doc, question, media=video)
+    assert whole.media_shares is None and whole.for_rank(2).media.patch_range == (0, 6)  # every worker encodes all
 
 
 def test_more_workers_than_temporal_patches_is_one_error():
@@ -169,7 +168,7 @@ def video_request(tiny_vl):
 
 def dense_video(path, model, doc, question, video, max_new_tokens=6):
     """The single-process dense engine's result on a video request (the reference)."""
-    engine = Engine(model, Comm(), RunConfig(model=path, method="dense", nproc=1), torch.device("cpu"))
+    engine = Engine(model, ProcessGroupComm(), RunConfig(model=path, method="dense", nproc=1), torch.device("cpu"))
     return engine.run(Request(doc, question, max_new_tokens, "dense", True, (), video))
 
 
@@ -193,9 +192,9 @@ def test_dense_engine_equals_transformers_own_forward(video_request, tiny_vl):
         output = reference_model(**inputs, output_hidden_states=True)
         generated = reference_model.generate(**inputs, max_new_tokens=6, do_sample=False)
     hidden = output.hidden_states[-1][0]
-    ours = torch.cat([result["doc_hidden"], result["query_hidden"]])
+    ours = torch.cat([result.doc_hidden, result.query_hidden])
     assert float((ours - hidden).norm() / hidden.norm()) <= 1e-5
-    assert result["tokens"] == generated[0, ids.shape[1]:].tolist()
+    assert result.tokens == generated[0, ids.shape[1]:].tolist()
 
 
 @pytest.mark.parametrize("method,world,options", [
@@ -211,7 +210,7 @@ def test_exact_methods_on_video_equal_dense(video_request, method, world, option
     reference = dense_video(*video_request)
     result = run_video(video_request, method, world, **options)
     assert relative_error(result, reference) <= TOLERANCE
-    assert result["tokens"] == reference["tokens"]
+    assert result.tokens == reference.tokens
 
 
 @pytest.mark.parametrize("method,world,options", [("spava", 3, {}), ("spava", 2, {"anchor_len": 6, "passing_len": 3}),
@@ -228,7 +227,7 @@ def test_approximate_runs_on_video_match_the_independent_reference(video_request
     indices = list(range(len(doc) + len(question)))
     errors = (spava_errors if method == "spava" else apb_errors)(spy, indices[: len(doc)], indices[len(doc) :])
     assert max(errors.values()) <= REFERENCE_TOLERANCE, errors
-    assert len(result["tokens"]) == 6
+    assert len(result.tokens) == 6
 
 
 @pytest.fixture(scope="module")
@@ -258,7 +257,7 @@ def test_cli_answers_a_video_with_spava_on_local_workers(tiny_vl, clip, nproc):
     doc, question = video_prompt(load_tokenizer(tiny_vl[0]), video.grid, "what moves?")
     reference = dense_video(tiny_vl[0], load_model(tiny_vl[0], torch.device("cpu"), torch.float32), doc, question,
                             video)
-    assert result["tokens"] == reference["tokens"]
+    assert result["tokens"] == reference.tokens
 
 
 
@@ -271,7 +270,7 @@ def test_cli_answers_a_video_with_spava_on_local_workers(tiny_vl, clip, nproc):
     ("workers", "8 temporal patches (frame pairs) after sampling, fewer than the 9 workers"),
     ("text_model", "a video needs a video-language model (qwen2_5_vl)"),
     ("no_video", "this is a video-language model (Qwen2.5-VL): give a video"),
-    ("unsupported", "a multimodal family longctx does not support; the supported video-language family is qwen2_5_vl"),
+    ("unsupported", "a multimodal family longctx does not support; the supported multimodal families are qwen2_5_vl"),
 ])
 def test_bad_video_input_is_one_error_line(tiny_vl, tiny_model, clip, tmp_path, capsys, case, needle):
     """Refused on the driver before any worker starts (so none can be left): the CLI's `main`

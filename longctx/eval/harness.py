@@ -3,7 +3,7 @@
     from longctx.eval.harness import evaluate
     report = evaluate("examples/models/needle-llama", ["niah_single", "niah_multikey"], 4096,
                       nproc=4, methods=["dense", "burst", "apb"], samples=50, seed=0)
-    print(format_report(report))
+    print(format_report(report.to_dict()))
 
 The samples are generated once with the model's tokenizer (`make_samples` at the requested
 prompt length) and every method answers the very same token ids; `is_correct` scores each
@@ -23,15 +23,17 @@ token (prefill + query). `longctx eval` is the CLI.
 import dataclasses
 import sys
 import time
+from dataclasses import dataclass, field
 
 from longctx.api import LongContextLM
 from longctx.baseline import HFSDPABaseline, speedup
-from longctx.config import RunConfig
+from longctx.config import RunConfig, method_owner
 from longctx.errors import LongCtxError
 from longctx.eval.tasks import is_correct, make_samples
 from longctx.eval.variants import parse_specs, parse_task_specs
-from longctx.models import check_model_dir, load_tokenizer
-from longctx.request import check_machine, encode_prompt, prepare_request, stop_ids, worker_count
+from longctx.models.family import encode_prompt
+from longctx.options import resolve
+from longctx.request import Session
 
 
 def build_samples(tasks, length, count, seed, tokenizer):
@@ -63,112 +65,217 @@ def _mean(values):
     return sum(values) / len(values) if values else None
 
 
+@dataclass
+class MethodColumn:
+    """One column of an evaluation: a method or variant (`label`), its own `options`, its
+    `workers`, and per sample (tasks in order) its correctness, answer text, first generated
+    token and prefill / query seconds."""
+
+    label: str
+    options: dict
+    workers: int
+    correct: dict = field(default_factory=dict)
+    predictions: dict = field(default_factory=dict)
+    first_tokens: dict = field(default_factory=dict)
+    prefill: list = field(default_factory=list)
+    query: list = field(default_factory=list)
+
+    def record(self, task, sample, text, result):
+        """Add one answered sample of `task` (its EngineResult `result`, decoded `text`)."""
+        self.correct.setdefault(task, []).append(is_correct(text, sample))
+        self.predictions.setdefault(task, []).append(text)
+        self.first_tokens.setdefault(task, []).append(result.tokens[0] if result.tokens else None)
+        self.prefill.append(result.prefill_s)
+        self.query.append(result.query_s)
+
+    def accuracy(self, task):
+        """Share of `task`'s samples answered correctly."""
+        return _mean(self.correct[task])
+
+    @property
+    def prefill_s(self):
+        """Mean prefill seconds over every sample."""
+        return _mean(self.prefill)
+
+    @property
+    def query_s(self):
+        """Mean query-pass seconds over every sample."""
+        return _mean(self.query)
+
+    @property
+    def ttft_s(self):
+        """Mean time to first token (prefill + query) over every sample."""
+        return _mean([p + q for p, q in zip(self.prefill, self.query)])
+
+
+@dataclass
+class HFTimes:
+    """HF SDPA on every sample: `seconds` and `argmax` (its next token) per task, their mean,
+    and what ran (threads, device, dtype)."""
+
+    seconds: dict
+    argmax: dict
+    threads: int
+    device: str
+    dtype: str
+
+    @property
+    def mean_s(self):
+        """Mean seconds per sample."""
+        return _mean([value for values in self.seconds.values() for value in values])
+
+    def to_dict(self):
+        """JSON-ready dict (the report's "hf_sdpa")."""
+        return {"mean_s": self.mean_s, "seconds": self.seconds, "argmax": self.argmax, "threads": self.threads,
+                "device": self.device, "dtype": self.dtype}
+
+
+@dataclass
+class EvalReport:
+    """What `evaluate` measured: the run's settings, one MethodColumn per method (the first is
+    the reference), the samples' expected answers and prompt lengths, HF SDPA's times (None
+    without the baseline). `to_dict` is its one JSON form (`longctx eval --json`), which
+    `format_report` renders as text."""
+
+    model: str
+    tasks: list
+    length: int
+    nproc: int
+    samples: int
+    seed: int
+    max_new_tokens: int
+    columns: list
+    expected: dict
+    prompt_tokens: dict
+    options: dict
+    hf_sdpa: HFTimes = None
+    wall_s: float = None
+
+    @property
+    def methods(self):
+        """The columns' labels, in order."""
+        return [column.label for column in self.columns]
+
+    @property
+    def reference(self):
+        """The first column's label."""
+        return self.columns[0].label
+
+    def speedup_vs_hf(self, column):
+        """HF SDPA's mean seconds / the column's mean time to first token (None without the baseline)."""
+        return speedup(self.hf_sdpa and self.hf_sdpa.mean_s, column.ttft_s)
+
+    def hf_token_disagreements(self, column):
+        """Samples whose first generated token is not HF SDPA's next token."""
+        return sum(a != b for task in self.tasks for a, b in zip(column.first_tokens[task], self.hf_sdpa.argmax[task]))
+
+    def to_dict(self):
+        """JSON-ready dict (see `evaluate` for its keys)."""
+        columns, tasks = self.columns, self.tasks
+        correct = {task: {column.label: column.correct[task] for column in columns} for task in tasks}
+        return {
+            "model": self.model,
+            "tasks": tasks,
+            "methods": self.methods,
+            "length": self.length,
+            "nproc": self.nproc,
+            "samples": self.samples,
+            "seed": self.seed,
+            "max_new_tokens": self.max_new_tokens,
+            "workers": {column.label: column.workers for column in columns},
+            "method_options": {column.label: column.options for column in columns},
+            "accuracy": {task: {column.label: column.accuracy(task) for column in columns} for task in tasks},
+            "mean_accuracy": {column.label: _mean([column.accuracy(task) for task in tasks]) for column in columns},
+            "prefill_s": {column.label: column.prefill_s for column in columns},
+            "query_s": {column.label: column.query_s for column in columns},
+            "ttft_s": {column.label: column.ttft_s for column in columns},
+            "hf_sdpa": self.hf_sdpa and self.hf_sdpa.to_dict(),
+            "speedup_vs_hf": {column.label: self.speedup_vs_hf(column) for column in columns},
+            "hf_token_disagreements": None if self.hf_sdpa is None else {
+                column.label: self.hf_token_disagreements(column) for column in columns},
+            "reference": self.reference,
+            "disagreements": disagreements(correct, self.methods, self.reference),
+            "correct": correct,
+            "predictions": {task: {column.label: column.predictions[task] for column in columns} for task in tasks},
+            "expected": self.expected,
+            "prompt_tokens": self.prompt_tokens,
+            "options": self.options,
+            "wall_s": self.wall_s,
+        }
+
+
 def evaluate(model_dir, tasks, length, nproc, methods, samples, seed=0, max_new_tokens=None,
              progress=False, baseline=True, **run_options):
-    """Run every method on the same samples of every task; returns the report dict.
+    """Run every method on the same samples of every task; returns an EvalReport.
 
     `tasks` / `methods`: lists or comma-separated strings; a method may be a variant with options
     of its own, `apb[compressor=random]`, a task one with generator settings of its own,
     `variable_tracking[num-hops=2]` (`longctx.eval.variants`), each reported under its label.
-    Methods with the same worker count and own options share one pool. `run_options` are RunConfig fields
-    (device, dtype, timeout_s, anchor_len, compressor, ...) for every pool. `progress` shows
-    a tqdm bar on stderr. `baseline` times HF SDPA on every sample before any pool starts.
-    Report keys: accuracy[task][method], mean_accuracy[method], prefill_s / query_s / ttft_s
-    [method] (means over all samples; ttft = prefill + query), correct[task][method]
-    (per-sample booleans), predictions[task][method], expected[task], workers[method],
-    disagreements[method] (samples scored differently from the first method), the run's
-    settings, and from the baseline (None without it): hf_sdpa (mean_s, per-sample seconds
-    and argmax tokens per task, threads, device, dtype), speedup_vs_hf[method] (hf_sdpa
-    mean_s / ttft_s) and hf_token_disagreements[method] (samples whose first generated token
-    is not HF's argmax).
+    Methods with the same worker count and own options share one pool. `run_options` are RunConfig
+    fields (device, dtype, timeout_s, ...) and options by name (anchor_len, compressor, ...,
+    resolved against the methods) for every pool. `progress` shows a tqdm bar on stderr.
+    `baseline` times HF SDPA on every sample before any pool starts.
+    JSON keys (`EvalReport.to_dict`): accuracy[task][method], mean_accuracy[method], prefill_s /
+    query_s / ttft_s [method] (means over all samples; ttft = prefill + query),
+    correct[task][method] (per-sample booleans), predictions[task][method], expected[task],
+    workers[method], disagreements[method] (samples scored differently from the first method),
+    the run's settings, and from the baseline (None without it): hf_sdpa (mean_s, per-sample
+    seconds and argmax tokens per task, threads, device, dtype), speedup_vs_hf[method]
+    (hf_sdpa mean_s / ttft_s) and hf_token_disagreements[method] (samples whose first
+    generated token is not HF's argmax).
     """
     task_specs = parse_task_specs(tasks)
     tasks = [spec.label for spec in task_specs]
     specs = {spec.label: spec for spec in parse_specs(methods)}
-    methods = list(specs)
-    base = RunConfig(model=model_dir, method=specs[methods[0]].method, nproc=nproc, **run_options).validate()
-    check_machine(base)
-    configs = {label: base.replace(method=spec.method, **spec.options).validate() for label, spec in specs.items()}
-    model_config = check_model_dir(model_dir)
-    workers = {label: worker_count(specs[label].method, configs[label], model_config) for label in methods}
-    tokenizer = load_tokenizer(model_dir)
+    base = RunConfig.for_methods([spec.method for spec in specs.values()], model=model_dir, nproc=nproc,
+                                 **run_options).validate()
+    session = Session(base)  # the machine, the model and its tokenizer, once
+    workers = {label: session.workers_for(spec.method) for label, spec in specs.items()}
+    tokenizer = session.tokenizer
     task_samples = build_samples(task_specs, length, samples, seed, tokenizer)
     ids = {task: [prompt_ids(tokenizer, sample) for sample in task_samples[task]] for task in tasks}
     if max_new_tokens is None:
         max_new_tokens = default_max_new_tokens(tokenizer, task_samples)
-    stop = stop_ids(tokenizer, model_config)
-    requests = {}  # every request is validated once, here, before any worker starts
-    for method in methods:
-        method_config = configs[method].replace(nproc=workers[method])
-        requests[method] = {task: [prepare_request(method_config, model_config, doc_ids, query_ids, max_new_tokens,
-                                                   specs[method].method, stop=stop)
-                                   for doc_ids, query_ids in ids[task]] for task in tasks}
-
-    correct = {task: {} for task in tasks}
-    predictions = {task: {} for task in tasks}
-    prefill, query = {method: [] for method in methods}, {method: [] for method in methods}
-    first_tokens = {task: {method: [] for method in methods} for task in tasks}
+    pools, requests = {}, {}  # every request is checked once, here, before any worker starts
+    for label, spec in specs.items():
+        key = _pool_key(spec, workers[label])
+        if key not in pools:
+            own = resolve(spec.options, [method_owner(spec.method)])
+            pools[key] = Session(base.replace(method=spec.method, nproc=workers[label], options=own))
+        requests[label] = {task: [pools[key].prepare_ids(doc_ids, query_ids, max_new_tokens, spec.method)
+                                  for doc_ids, query_ids in ids[task]] for task in tasks}
+    columns = {label: MethodColumn(label, spec.options, workers[label]) for label, spec in specs.items()}
     started = time.perf_counter()
-    bar = _progress_bar((len(methods) + bool(baseline)) * len(tasks) * samples, progress)
+    bar = _progress_bar((len(specs) + bool(baseline)) * len(tasks) * samples, progress)
     try:
         hf = _hf_baseline(model_dir, base, ids, bar) if baseline else None  # before any worker starts
-        for pool in dict.fromkeys(_pool_key(specs[method], workers[method]) for method in methods):
-            group = [method for method in methods if _pool_key(specs[method], workers[method]) == pool]
-            first = specs[group[0]]
-            with LongContextLM(model_dir, method=first.method, nproc=pool[0], **{**run_options, **first.options}) as lm:
-                for method in group:
-                    bar.set_description(method)
-                    warm_up = dataclasses.replace(requests[method][tasks[0]][0], max_new_tokens=1)
-                    lm.run(warm_up)  # lazy init, kernels; not timed
+        for key, pool in pools.items():
+            with LongContextLM.from_session(pool) as lm:
+                for label in (label for label, spec in specs.items() if _pool_key(spec, workers[label]) == key):
+                    bar.set_description(label)
+                    lm.run(dataclasses.replace(requests[label][tasks[0]][0], max_new_tokens=1))  # warm-up
                     for task in tasks:
-                        marks, texts = correct[task].setdefault(method, []), predictions[task].setdefault(method, [])
-                        for sample, request in zip(task_samples[task], requests[method][task]):
-                            raw = lm.run(request)
-                            text = tokenizer.decode(raw["tokens"], skip_special_tokens=True)
-                            texts.append(text)
-                            marks.append(is_correct(text, sample))
-                            prefill[method].append(raw["prefill_s"])
-                            query[method].append(raw["query_s"])
-                            first_tokens[task][method].append(raw["tokens"][0] if raw["tokens"] else None)
+                        for sample, request in zip(task_samples[task], requests[label][task]):
+                            result = lm.run(request)
+                            columns[label].record(task, sample, tokenizer.decode(result.tokens, skip_special_tokens=True),
+                                                  result)
                             bar.update(1)
     finally:
         bar.close()
+    return EvalReport(model=model_dir, tasks=tasks, length=length, nproc=nproc, samples=samples, seed=seed,
+                      max_new_tokens=max_new_tokens, columns=list(columns.values()),
+                      expected={task: [sample.answer for sample in task_samples[task]] for task in tasks},
+                      prompt_tokens={task: [len(d) + len(q) for d, q in ids[task]] for task in tasks},
+                      options=_shown_options(base, run_options),
+                      hf_sdpa=hf, wall_s=time.perf_counter() - started)
 
-    reference = methods[0]
-    accuracy = {task: {method: _mean(correct[task][method]) for method in methods} for task in tasks}
-    ttft = {method: _mean([p + q for p, q in zip(prefill[method], query[method])]) for method in methods}
-    return {
-        "model": model_dir,
-        "tasks": tasks,
-        "methods": methods,
-        "length": length,
-        "nproc": nproc,
-        "samples": samples,
-        "seed": seed,
-        "max_new_tokens": max_new_tokens,
-        "workers": workers,
-        "method_options": {label: specs[label].options for label in methods},
-        "accuracy": accuracy,
-        "mean_accuracy": {method: _mean([accuracy[task][method] for task in tasks]) for method in methods},
-        "prefill_s": {method: _mean(prefill[method]) for method in methods},
-        "query_s": {method: _mean(query[method]) for method in methods},
-        "ttft_s": ttft,
-        "hf_sdpa": hf,
-        "speedup_vs_hf": {method: speedup(hf and hf["mean_s"], ttft[method]) for method in methods},
-        "hf_token_disagreements": None if hf is None else {
-            method: sum(a != b for task in tasks for a, b in zip(first_tokens[task][method], hf["argmax"][task]))
-            for method in methods
-        },
-        "reference": reference,
-        "disagreements": disagreements(correct, methods, reference),
-        "correct": correct,
-        "predictions": predictions,
-        "expected": {task: [sample.answer for sample in task_samples[task]] for task in tasks},
-        "prompt_tokens": {task: [len(d) + len(q) for d, q in ids[task]] for task in tasks},
-        "options": {key: value if isinstance(value, (str, int, float, bool, type(None))) else str(value)
-                    for key, value in run_options.items()},
-        "wall_s": time.perf_counter() - started,
-    }
+
+def _shown_options(config, run_options):
+    """The run's settings as the report shows them: the run-wide ones given, then the options by
+    name (JSON values; others as text)."""
+    values = {**{key: value for key, value in run_options.items() if key != "options"}, **config.option_values()}
+    return {key: value if isinstance(value, (str, int, float, bool, type(None))) else str(value)
+            for key, value in values.items()}
 
 
 def _pool_key(spec, workers):
@@ -184,8 +291,8 @@ def disagreements(correct, methods, reference):
 
 
 def _hf_baseline(model_dir, config, ids, bar):
-    """HF SDPA on every sample of `ids` ({task: [(doc_ids, query_ids)]}): one untimed warm-up,
-    then one timed forward each. Returns the report's "hf_sdpa" dict."""
+    """HFTimes of HF SDPA on every sample of `ids` ({task: [(doc_ids, query_ids)]}): one untimed
+    warm-up, then one timed forward each."""
     bar.set_description("HF SDPA")
     seconds, argmax = {}, {}
     with HFSDPABaseline(model_dir, config.device, config.dtype) as hf:
@@ -196,9 +303,7 @@ def _hf_baseline(model_dir, config, ids, bar):
                 seconds[task].append(timing.median_s)
                 argmax[task].append(timing.argmax)
                 bar.update(1)
-    every = [value for values in seconds.values() for value in values]
-    return {"mean_s": _mean(every), "seconds": seconds, "argmax": argmax, "threads": timing.threads,
-            "device": timing.device, "dtype": timing.dtype}
+    return HFTimes(seconds, argmax, timing.threads, timing.device, timing.dtype)
 
 
 def _progress_bar(total, enabled):
@@ -208,8 +313,9 @@ def _progress_bar(total, enabled):
 
 
 def format_report(report):
-    """The report as a human-readable table: accuracy per task x method, then timings and the
-    speed-up against HF SDPA (when the baseline was measured)."""
+    """The report's JSON form (`EvalReport.to_dict`) as a human-readable table: accuracy per
+    task x method, then timings and the speed-up against HF SDPA (when the baseline was
+    measured)."""
     methods = report["methods"]
     width = max(9, *(len(method) + 1 for method in methods))
     label = max(15, *(len(task) + 1 for task in report["tasks"]))

@@ -36,18 +36,20 @@ fraction of the haystack; the other needles are spread at random. Values are num
 10..99, distinct within a sample. The question ends with an answer prefix, so a model's
 continuation of ``sample.prompt`` is the answer: one number, or for the multi-answer tasks
 the numbers in document order separated by commas.
-"""
 
-from __future__ import annotations
+Each task is a `Task` registered in `TASKS` by name (or named as a plug-in,
+"package.module:ClassName"); its `Settings` dataclass declares the generator settings a variant
+may set, so a setting the task does not take is refused.
+"""
 
 import random
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields, replace
 
 from longctx.eval import vocab
+from longctx.options import option
+from longctx.registry import load
 
-TASKS = ["niah_single", "niah_multikey", "niah_multivalue", "niah_multiquery", "kv_retrieval",
-         "variable_tracking"]
 
 
 @dataclass
@@ -193,92 +195,136 @@ def _key_list(keys: list[str]) -> str:
 
 # --------------------------------------------------------------------------- tasks
 
-def _niah(task: str, rng: random.Random, length: int, counter: _Counter, depth: float | None,
-          num_distractors: int, num_values: int, num_queries: int) -> Sample:
-    if task == "niah_single":
-        n_keys, n_vals = 1, 1
-    elif task == "niah_multikey":
-        n_keys, n_vals = 1 + num_distractors, 1
-    elif task == "niah_multivalue":
-        n_keys, n_vals = 1, num_values
-    else:  # niah_multiquery
-        n_keys, n_vals = num_queries, 1
-    keys = rng.sample(vocab.KEYS, n_keys)
-    values = _values(rng, n_keys * n_vals)
-    # needles in document order: (key, value, answers the question?)
-    if task == "niah_multivalue":
-        needles = [(keys[0], v, True) for v in values]
-    elif task == "niah_multikey":
-        needles = [(k, v, i == 0) for i, (k, v) in enumerate(zip(keys, values))]
-    else:
-        needles = [(k, v, True) for k, v in zip(keys, values)]
-    depths = sorted(rng.random() for _ in needles)
-    if depth is None:
-        order = list(range(len(needles)))
-        rng.shuffle(order)
-        placed = [(depths[j], needles[i]) for j, i in enumerate(order)]
-    else:
-        # the answering needle (the first in document order if several) sits at `depth`;
-        # the others go at random depths (answering ones after it).
-        first = next(i for i, n in enumerate(needles) if n[2])
-        rest = [n for i, n in enumerate(needles) if i != first]
-        placed = [(depth, needles[first])]
-        for n in rest:
-            d = rng.uniform(depth, 1.0) if n[2] else rng.random()
-            placed.append((d, n))
-    placed.sort(key=lambda p: p[0])
-    texts = [(d, vocab.NEEDLE.format(key=k, value=v)) for d, (k, v, _) in placed]
-    answering = [(k, v) for _, (k, v, a) in placed if a]
-    answers = [v for _, v in answering]
+@dataclass(frozen=True)
+class DepthSettings:
+    """Settings of every needle task (and variable_tracking): where the answer sits."""
 
-    if task in ("niah_single", "niah_multikey"):
-        question = vocab.Q_SINGLE.format(key=keys[0])
-    elif task == "niah_multivalue":
-        question = vocab.Q_MULTIVALUE.format(key=keys[0])
-    else:
-        question = vocab.Q_MULTIQUERY.format(keys=_key_list([k for k, _ in answering]))
-
-    fixed = counter.full(join_prompt(vocab.NIAH_INTRO, question)) + sum(
-        counter.pieces([t for _, t in texts]))
-    budget = length - fixed
-    if budget < 0:
-        raise ValueError(f"{task}: length {length} is shorter than the needles and question "
-                         f"({fixed} tokens)")
-    sentences = _filler(rng, budget, counter)
-    counts = counter.pieces(sentences) if counter.tok is not None else [
-        len(vocab.words_of(s)) for s in sentences]
-    haystack = _place(sentences, counts, texts)
-    document = f"{vocab.NIAH_INTRO} {haystack}"
-    first_depth = next(d for d, n in placed if n[2])
-    return Sample(task=task, document=document, question=question, answer=", ".join(answers),
-                  answers=answers, length=0, depth=first_depth)
+    depth: float = option(None, "fraction 0..1 (or 0..100 percent) of the document where the answering needle "
+                                "sits (default: random)")
 
 
-def _kv(rng: random.Random, length: int, counter: _Counter) -> Sample:
-    question_key_words = rng.sample(vocab.KEYS, 2)
-    qkey = "-".join(question_key_words)
-    question = vocab.Q_KV.format(key=qkey)
-    fixed = counter.full(join_prompt(vocab.KV_INTRO, question))
-    per_pair = counter.piece(vocab.KV_PAIR.format(key="a-b", value="123"))
-    n_pairs = max(1, (length - fixed) // per_pair)
-    keys = {qkey}
-    pairs = []
-    while len(pairs) < n_pairs - 1:
-        k = "-".join(rng.sample(vocab.KEYS, 2))
-        if k in keys:
-            continue
-        keys.add(k)
-        pairs.append(k)
-    values = [str(rng.randint(vocab.VALUE_MIN, vocab.VALUE_MAX)) for _ in pairs]
-    answer = _values(rng, 1)[0]
-    pos = rng.randint(0, len(pairs))
-    pairs.insert(pos, qkey)
-    values.insert(pos, answer)
-    body = " ".join(vocab.KV_PAIR.format(key=k, value=v) for k, v in zip(pairs, values))
-    document = f"{vocab.KV_INTRO} {body}"
-    depth = pos / max(1, len(pairs) - 1)
-    return Sample(task="kv_retrieval", document=document, question=question, answer=answer,
-                  answers=[answer], length=0, depth=depth)
+@dataclass(frozen=True)
+class MultiKeySettings(DepthSettings):
+    num_distractors: int = option(3, "needles with other keys")
+
+
+@dataclass(frozen=True)
+class MultiValueSettings(DepthSettings):
+    num_values: int = option(4, "needles with the asked key, each another value")
+
+
+@dataclass(frozen=True)
+class MultiQuerySettings(DepthSettings):
+    num_queries: int = option(4, "needles asked about in one question")
+
+
+@dataclass(frozen=True)
+class NoSettings:
+    """A task without generator settings."""
+
+
+@dataclass(frozen=True)
+class TrackingSettings(DepthSettings):
+    num_hops: int = option(3, "copy statements after each chain's value")
+    num_chains: int = option(2, "chains in the document (the first is asked)")
+
+
+class Task:
+    """A registered task (`TASKS`): its `name`, its generator settings (`Settings`, a dataclass
+    of `longctx.options.option` fields: what a variant like `variable_tracking[num-hops=1]` may
+    set) and `generate`, which makes one sample from a seeded `rng`."""
+
+    name = ""
+    Settings = NoSettings
+
+    def generate(self, rng: random.Random, length: int, counter: _Counter, settings) -> Sample:
+        """One sample of about `length` prompt tokens counted by `counter` (its `length`, seed and
+        index are filled in by `make_sample`)."""
+        raise NotImplementedError
+
+
+class NeedleTask(Task):
+    """A needle-in-a-haystack task: `shape(settings)` gives (keys, values per key), `answers(i)`
+    whether the needles of key i answer the question, `question(keys, answering)` the question
+    (`answering`: the answering (key, value) pairs in document order)."""
+
+    def __init__(self, name, settings, shape, answers, question):
+        self.name, self.Settings = name, settings
+        self.shape, self.answers, self.question = shape, answers, question
+
+    def generate(self, rng, length, counter, settings):
+        n_keys, n_vals = self.shape(settings)
+        keys = rng.sample(vocab.KEYS, n_keys)
+        values = _values(rng, n_keys * n_vals)
+        # needles in document order: (key, value, answers the question?)
+        needles = [(keys[i // n_vals], value, self.answers(i // n_vals)) for i, value in enumerate(values)]
+        depth = settings.depth
+        depths = sorted(rng.random() for _ in needles)
+        if depth is None:
+            order = list(range(len(needles)))
+            rng.shuffle(order)
+            placed = [(depths[j], needles[i]) for j, i in enumerate(order)]
+        else:
+            # the answering needle (the first in document order if several) sits at `depth`;
+            # the others go at random depths (answering ones after it).
+            first = next(i for i, n in enumerate(needles) if n[2])
+            rest = [n for i, n in enumerate(needles) if i != first]
+            placed = [(depth, needles[first])]
+            for n in rest:
+                d = rng.uniform(depth, 1.0) if n[2] else rng.random()
+                placed.append((d, n))
+        placed.sort(key=lambda p: p[0])
+        texts = [(d, vocab.NEEDLE.format(key=k, value=v)) for d, (k, v, _) in placed]
+        answering = [(k, v) for _, (k, v, a) in placed if a]
+        answers = [v for _, v in answering]
+        question = self.question(keys, answering)
+
+        fixed = counter.full(join_prompt(vocab.NIAH_INTRO, question)) + sum(
+            counter.pieces([t for _, t in texts]))
+        budget = length - fixed
+        if budget < 0:
+            raise ValueError(f"{self.name}: length {length} is shorter than the needles and question "
+                             f"({fixed} tokens)")
+        sentences = _filler(rng, budget, counter)
+        counts = counter.pieces(sentences) if counter.tok is not None else [
+            len(vocab.words_of(s)) for s in sentences]
+        haystack = _place(sentences, counts, texts)
+        document = f"{vocab.NIAH_INTRO} {haystack}"
+        first_depth = next(d for d, n in placed if n[2])
+        return Sample(task=self.name, document=document, question=question, answer=", ".join(answers),
+                      answers=answers, length=0, depth=first_depth)
+
+
+class KVRetrieval(Task):
+    """The whole document is ``<key1>-<key2>: <value>,`` pairs; one key is asked."""
+
+    name = "kv_retrieval"
+
+    def generate(self, rng, length, counter, settings):
+        question_key_words = rng.sample(vocab.KEYS, 2)
+        qkey = "-".join(question_key_words)
+        question = vocab.Q_KV.format(key=qkey)
+        fixed = counter.full(join_prompt(vocab.KV_INTRO, question))
+        per_pair = counter.piece(vocab.KV_PAIR.format(key="a-b", value="123"))
+        n_pairs = max(1, (length - fixed) // per_pair)
+        keys = {qkey}
+        pairs = []
+        while len(pairs) < n_pairs - 1:
+            k = "-".join(rng.sample(vocab.KEYS, 2))
+            if k in keys:
+                continue
+            keys.add(k)
+            pairs.append(k)
+        values = [str(rng.randint(vocab.VALUE_MIN, vocab.VALUE_MAX)) for _ in pairs]
+        answer = _values(rng, 1)[0]
+        pos = rng.randint(0, len(pairs))
+        pairs.insert(pos, qkey)
+        values.insert(pos, answer)
+        body = " ".join(vocab.KV_PAIR.format(key=k, value=v) for k, v in zip(pairs, values))
+        document = f"{vocab.KV_INTRO} {body}"
+        depth = pos / max(1, len(pairs) - 1)
+        return Sample(task=self.name, document=document, question=question, answer=answer,
+                      answers=[answer], length=0, depth=depth)
 
 
 def _segment_depths(rng: random.Random, count: int, start: float = 0.0) -> list[float]:
@@ -288,85 +334,124 @@ def _segment_depths(rng: random.Random, count: int, start: float = 0.0) -> list[
     return [start + width * (i + rng.uniform(0.15, 0.85)) for i in range(count)]
 
 
-def _vt(rng: random.Random, length: int, counter: _Counter, depth: float | None, num_hops: int,
-        num_chains: int) -> Sample:
-    if num_hops < 1 or num_chains < 1:
-        raise ValueError(f"variable_tracking needs num_hops >= 1 and num_chains >= 1 "
-                         f"(got {num_hops}, {num_chains})")
-    if num_chains * (num_hops + 1) > len(vocab.KEYS):
-        raise ValueError(f"variable_tracking: at most {len(vocab.KEYS)} variables "
-                         f"(num_chains * (num_hops + 1))")
-    names = rng.sample(vocab.KEYS, num_chains * (num_hops + 1))
-    values = _values(rng, num_chains)
-    statements = []  # (fraction of the document, text), every chain in order
-    for chain in range(num_chains):
-        keys = names[chain * (num_hops + 1): (chain + 1) * (num_hops + 1)]
-        if chain == 0 and depth is not None:
-            fractions = [depth] + _segment_depths(rng, num_hops, depth)
-        else:
-            fractions = _segment_depths(rng, num_hops + 1)
-        texts = [vocab.VT_VALUE.format(key=keys[0], value=values[chain])]
-        texts += [vocab.VT_COPY.format(key=key, source=source) for source, key in zip(keys, keys[1:])]
-        statements += list(zip(fractions, texts))
-        if chain == 0:
-            asked, first_depth = keys[-1], fractions[0]
-    statements.sort(key=lambda item: item[0])
-    question = vocab.Q_VT.format(key=asked)
-    counts = counter.pieces([text for _, text in statements])
-    intro = counter.full(vocab.VT_INTRO)
-    budget = length - counter.full(join_prompt(vocab.VT_INTRO, question)) - sum(counts)
-    if budget < 0:
-        raise ValueError(f"variable_tracking: length {length} is shorter than the statements and "
-                         f"question ({length - budget} tokens)")
-    sentences = _filler(rng, budget, counter)
-    filler_counts = counter.pieces(sentences)
-    filler, doc_len = sum(filler_counts), intro + sum(filler_counts) + sum(counts)
-    # a statement at document fraction f has f * doc_len tokens before it: the intro, the
-    # statements placed before it and the filler in between (never before an earlier one)
-    placed, before, share = [], 0, 0.0
-    for (fraction, text), count in zip(statements, counts):
-        if filler:
-            share = min(1.0, max(share, (fraction * doc_len - intro - before) / filler))
-        placed.append((share, text))
-        before += count
-    document = f"{vocab.VT_INTRO} {_place(sentences, filler_counts, placed)}"
-    return Sample(task="variable_tracking", document=document, question=question, answer=values[0],
-                  answers=[values[0]], length=0, depth=first_depth)
+class VariableTracking(Task):
+    """Chains of variable assignments across the document; the last variable of the first chain is asked."""
+
+    name = "variable_tracking"
+    Settings = TrackingSettings
+
+    def generate(self, rng, length, counter, settings):
+        depth, num_hops, num_chains = settings.depth, settings.num_hops, settings.num_chains
+        if num_hops < 1 or num_chains < 1:
+            raise ValueError(f"variable_tracking needs num_hops >= 1 and num_chains >= 1 "
+                             f"(got {num_hops}, {num_chains})")
+        if num_chains * (num_hops + 1) > len(vocab.KEYS):
+            raise ValueError(f"variable_tracking: at most {len(vocab.KEYS)} variables "
+                             f"(num_chains * (num_hops + 1))")
+        names = rng.sample(vocab.KEYS, num_chains * (num_hops + 1))
+        values = _values(rng, num_chains)
+        statements = []  # (fraction of the document, text), every chain in order
+        for chain in range(num_chains):
+            keys = names[chain * (num_hops + 1): (chain + 1) * (num_hops + 1)]
+            if chain == 0 and depth is not None:
+                fractions = [depth] + _segment_depths(rng, num_hops, depth)
+            else:
+                fractions = _segment_depths(rng, num_hops + 1)
+            texts = [vocab.VT_VALUE.format(key=keys[0], value=values[chain])]
+            texts += [vocab.VT_COPY.format(key=key, source=source) for source, key in zip(keys, keys[1:])]
+            statements += list(zip(fractions, texts))
+            if chain == 0:
+                asked, first_depth = keys[-1], fractions[0]
+        statements.sort(key=lambda item: item[0])
+        question = vocab.Q_VT.format(key=asked)
+        counts = counter.pieces([text for _, text in statements])
+        intro = counter.full(vocab.VT_INTRO)
+        budget = length - counter.full(join_prompt(vocab.VT_INTRO, question)) - sum(counts)
+        if budget < 0:
+            raise ValueError(f"variable_tracking: length {length} is shorter than the statements and "
+                             f"question ({length - budget} tokens)")
+        sentences = _filler(rng, budget, counter)
+        filler_counts = counter.pieces(sentences)
+        filler, doc_len = sum(filler_counts), intro + sum(filler_counts) + sum(counts)
+        # a statement at document fraction f has f * doc_len tokens before it: the intro, the
+        # statements placed before it and the filler in between (never before an earlier one)
+        placed, before, share = [], 0, 0.0
+        for (fraction, text), count in zip(statements, counts):
+            if filler:
+                share = min(1.0, max(share, (fraction * doc_len - intro - before) / filler))
+            placed.append((share, text))
+            before += count
+        document = f"{vocab.VT_INTRO} {_place(sentences, filler_counts, placed)}"
+        return Sample(task=self.name, document=document, question=question, answer=values[0],
+                      answers=[values[0]], length=0, depth=first_depth)
+
+
+def _single_key(keys, answering):
+    return vocab.Q_SINGLE.format(key=keys[0])
+
+
+TASKS = {task.name: task for task in (
+    NeedleTask("niah_single", DepthSettings, lambda s: (1, 1), lambda i: True, _single_key),
+    NeedleTask("niah_multikey", MultiKeySettings, lambda s: (1 + s.num_distractors, 1), lambda i: i == 0,
+               _single_key),
+    NeedleTask("niah_multivalue", MultiValueSettings, lambda s: (1, s.num_values), lambda i: True,
+               lambda keys, answering: vocab.Q_MULTIVALUE.format(key=keys[0])),
+    NeedleTask("niah_multiquery", MultiQuerySettings, lambda s: (s.num_queries, 1), lambda i: True,
+               lambda keys, answering: vocab.Q_MULTIQUERY.format(keys=_key_list([k for k, _ in answering]))),
+    KVRetrieval(),
+    VariableTracking(),
+)}
+
+
+def task_named(name: str) -> Task:
+    """The Task registered as `name`, or a plug-in Task class named "package.module:ClassName"
+    (instantiated). ValueError for an unknown name, LongCtxError for a plug-in that does not
+    import."""
+    if name in TASKS:
+        return TASKS[name]
+    if ":" in name:
+        return load("task", name, {})()
+    raise ValueError(f"unknown task {name!r}; choose from {', '.join(TASKS)}")
+
+
+def task_settings(task: Task, settings: dict):
+    """`task`'s Settings from `settings` (keywords; None values count as not given). ValueError
+    naming a setting the task does not declare."""
+    declared = {item.name for item in fields(task.Settings)}
+    given = {key: value for key, value in settings.items() if value is not None}
+    unknown = sorted(set(given) - declared)
+    if unknown:
+        raise ValueError(f"task {task.name!r} has no setting {unknown[0]!r} (its settings: "
+                         f"{', '.join(sorted(declared)) or 'none'})")
+    values = task.Settings(**given)
+    if getattr(values, "depth", None) is not None:
+        values = replace(values, depth=_norm_depth(values.depth))
+    return values
 
 
 def make_sample(task: str, length_tokens: int, seed: int, index: int = 0, tokenizer=None,
-                depth: float | None = None, num_distractors: int = 3, num_values: int = 4,
-                num_queries: int = 4, num_hops: int = 3, num_chains: int = 2) -> Sample:
-    """One sample; the same (task, length, seed, index, depth, tokenizer, counts) gives the same one.
+                **settings) -> Sample:
+    """One sample; the same (task, length, seed, index, tokenizer, settings) gives the same one.
 
-    `num_hops` / `num_chains` apply to variable_tracking (see the module docstring).
+    `settings` are the task's generator settings (its `Task.Settings`: depth, num_hops, ...;
+    see the module docstring); one the task does not declare is a ValueError.
     """
-    if task not in TASKS:
-        raise ValueError(f"unknown task {task!r}; choose from {', '.join(TASKS)}")
-    rng = random.Random(f"{task}/{length_tokens}/{seed}/{index}/{depth}")
+    spec = task_named(task)
+    values = task_settings(spec, settings)
+    rng = random.Random(f"{task}/{length_tokens}/{seed}/{index}/{settings.get('depth')}")
     counter = _Counter(tokenizer)
-    depth = _norm_depth(depth)
-    if task == "kv_retrieval":
-        s = _kv(rng, length_tokens, counter)
-    elif task == "variable_tracking":
-        s = _vt(rng, length_tokens, counter, depth, num_hops, num_chains)
-    else:
-        s = _niah(task, rng, length_tokens, counter, depth, num_distractors, num_values,
-                  num_queries)
+    s = spec.generate(rng, length_tokens, counter, values)
     s.length = counter.full(s.prompt)
     s.seed, s.index = seed, index
     return s
 
 
 def make_samples(task: str, length_tokens: int, count: int, seed: int = 0, tokenizer=None,
-                 depth: float | None = None, **kwargs) -> list[Sample]:
-    """``count`` samples of ``task`` at about ``length_tokens`` prompt tokens (see module doc).
-
-    ``depth`` (0..1 or 0..100 %) fixes the answering needle's depth; None draws it at random.
-    Extra keyword arguments: ``num_distractors``, ``num_values``, ``num_queries``,
-    ``num_hops``, ``num_chains``.
-    """
-    return [make_sample(task, length_tokens, seed, i, tokenizer, depth, **kwargs)
+                 **settings) -> list[Sample]:
+    """``count`` samples of ``task`` at about ``length_tokens`` prompt tokens (see module doc);
+    `settings` as for `make_sample` (``depth`` 0..1 or 0..100 % fixes the answering needle's
+    depth; None draws it at random)."""
+    return [make_sample(task, length_tokens, seed, i, tokenizer, **settings)
             for i in range(count)]
 
 

@@ -27,7 +27,8 @@ def _key_range(q_len, k_len, causal, anchor_len, prefix_len, start, stop):
     return lo, max(lo, hi)
 
 
-def reference_attention(q, k, v, *, causal, anchor_len=0, prefix_len=0, scale=None, chunk_scores=1 << 24):
+def reference_attention(q, k, v, *, causal, anchor_len=0, prefix_len=0, scale=None, softcap=None,
+                        chunk_scores=1 << 24):
     """Attention of `q` over `k`/`v` returning `(out, lse)`: the test oracle and the fallback.
 
     Shapes: q [B, Hq, Sq, D], k and v [B, Hkv, Sk, D] with Hq a multiple of Hkv (GQA: query
@@ -35,6 +36,8 @@ def reference_attention(q, k, v, *, causal, anchor_len=0, prefix_len=0, scale=No
     [B, Hq, Sq] float32 (natural log). Rows that see no key get out = 0 and lse = -inf.
     Mask rules: `causal` is bottom-right aligned (query i sees key j iff j <= i + Sk - Sq);
     queries with index < `anchor_len` additionally skip the first `prefix_len` keys (APB).
+    `softcap` (None: none) caps every scaled logit to `softcap * tanh(logit / softcap)` before
+    the softmax (Gemma 2's attention logit soft-capping); lse is then over the capped logits.
     Computes in float32 chunked over query rows (about `chunk_scores` scores per chunk, so
     memory stays O(chunk * Sk)); each chunk reads only the key range its rows can see, and
     masks inside that range.
@@ -58,6 +61,8 @@ def reference_attention(q, k, v, *, causal, anchor_len=0, prefix_len=0, scale=No
         if lo == hi:
             continue
         scores = torch.einsum("bhgqd,bhkd->bhgqk", qf[:, :, :, start:stop], kf[:, :, lo:hi]) * scale
+        if softcap is not None:
+            scores = softcap * torch.tanh(scores / softcap)
         visible = _visibility(q_len, k_len, causal, anchor_len, prefix_len, q.device, start, stop, lo, hi)
         scores = scores.masked_fill(~visible, float("-inf"))
         chunk_lse = torch.logsumexp(scores, dim=-1)

@@ -1,25 +1,45 @@
-"""Load a local Hugging Face causal LM and its tokenizer for longctx workers."""
+"""Load a local Hugging Face causal LM and its tokenizer for longctx workers.
+
+What differs between model families (the loading class, which sub-models use longctx's
+attention, the language model's config) comes from the family's adapter
+(`longctx.models.family.family_for`); this module names no family.
+"""
 
 import os
 
 import torch
 
 from longctx.errors import LongCtxError
-from longctx.models.attention import register_attention
-from longctx.models.qwen_vl import VIDEO_FAMILIES, is_video_model, video_model_class
+from longctx.models.attention import probe_attention, register_attention
+from longctx.models.family import family_for
 
 DTYPE_NAMES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
-def check_model_dir(path):
-    """Raise LongCtxError unless `path` is a local Hugging Face decoder-only causal-LM directory
-    or a supported video-language model (Qwen2.5-VL); returns its config (of a video-language
-    model: its language model's config, which holds the shape the planners read). Other
-    multimodal families are refused as unsupported. Encoder models that transformers also maps to a causal-LM class (BERT,
-    RoBERTa, ...: every type with a masked-LM head) and encoder-decoder models are refused."""
-    from transformers import AutoConfig, AutoModelForCausalLM
-    from transformers.models.auto.modeling_auto import (MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES,
-                                                        MODEL_FOR_MASKED_LM_MAPPING_NAMES)
+def check_model_dir(path, family=None):
+    """Raise LongCtxError unless `path` is a local Hugging Face model directory (config.json, no
+    code of its own) whose model family can run it (`ModelFamily.check_config`: the default
+    text adapter takes decoder-only causal LMs and refuses encoders, encoder-decoders and
+    multimodal families without an adapter); returns its language model's config (the shape
+    planners read). `family` names the adapter (None: the one the config's model type asks for).
+    """
+    adapter, config = model_family(path, family)
+    return adapter.language_config(config)
+
+
+def model_family(path, family=None):
+    """(ModelFamily adapter, whole config) of the model directory `path`, after the checks of
+    `check_model_dir`."""
+    config = read_model_config(path)
+    adapter = family_for(config, family)
+    adapter.check_config(config, path)
+    return adapter, config
+
+
+def read_model_config(path):
+    """The whole config of the model directory `path` (transformers' AutoConfig, local files
+    only, no code from the directory); LongCtxError (one line) for anything else."""
+    from transformers import AutoConfig
 
     if not path:
         raise LongCtxError("no model given (--model DIR)")
@@ -29,22 +49,9 @@ def check_model_dir(path):
         raise LongCtxError(f"{path!r} has no config.json: not a Hugging Face model directory")
     check_no_custom_code(path)
     try:
-        config = AutoConfig.from_pretrained(path, local_files_only=True, trust_remote_code=False)
+        return AutoConfig.from_pretrained(path, local_files_only=True, trust_remote_code=False)
     except (ValueError, OSError, KeyError) as exc:
         raise LongCtxError(f"cannot read the model config in {path!r}: {_first_line(exc)}") from None
-    if is_video_model(config):
-        return config.get_text_config()
-    if hasattr(config, "vision_config") or config.model_type in MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES:
-        raise LongCtxError(f"{path!r} holds a {config.model_type!r} model, a multimodal family longctx does not "
-                           f"support; the supported video-language family is {', '.join(VIDEO_FAMILIES)} "
-                           "(Qwen2.5-VL), or use a text-only causal LM")
-    if type(config) not in AutoModelForCausalLM._model_mapping:
-        raise LongCtxError(f"{path!r} holds a {config.model_type!r} model, which is not a causal LM")
-    if getattr(config, "is_encoder_decoder", False) or config.model_type in MODEL_FOR_MASKED_LM_MAPPING_NAMES:
-        raise LongCtxError(f"{path!r} holds a {config.model_type!r} model, an encoder (its causal-LM class runs "
-                           "the encoder as a decoder); longctx needs a decoder-only causal LM such as Llama, "
-                           "Qwen2 or Mistral")
-    return config
 
 
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle")
@@ -115,26 +122,26 @@ def quiet_libraries():
     transformers.utils.logging.disable_progress_bar()
 
 
-def load_model(path, device, dtype):
-    """Load the causal LM at `path` on `device` in `dtype`, in eval mode, using longctx attention.
+def load_model(path, device, dtype, family=None):
+    """Load the model at `path` on `device` in `dtype`, in eval mode, using longctx attention.
 
-    A video-language model (Qwen2.5-VL) loads with its own class; its language model uses
-    longctx attention and its vision encoder SDPA (the encoder runs outside any worker context).
+    The family's adapter (`family`: its name, None: by the config) gives the loading class and
+    which sub-models use longctx attention (a video-language model's vision encoder keeps
+    SDPA). The model is refused here, in one line, when its attention asks for a feature
+    longctx does not implement (`probe_attention`).
     """
-    from transformers import AutoModelForCausalLM
-
-    video = is_video_model(check_model_dir(path))
+    adapter, _ = model_family(path, family)
     check_weights(path)
-    model_class = video_model_class() if video else AutoModelForCausalLM
     quiet_libraries()
     try:
-        model = model_class.from_pretrained(path, dtype=dtype, local_files_only=True, use_safetensors=True,
-                                            trust_remote_code=False)
+        model = adapter.model_class().from_pretrained(path, dtype=dtype, local_files_only=True, use_safetensors=True,
+                                                      trust_remote_code=False)
     except (ValueError, OSError, KeyError, RuntimeError) as exc:
         raise LongCtxError(f"cannot load the model in {path!r}: {_first_line(exc)}") from None
-    name = register_attention()
-    model.set_attn_implementation({"text_config": name, "vision_config": "sdpa"} if video else name)
-    return model.to(device).eval()
+    model.set_attn_implementation(adapter.attention_implementation(register_attention()))
+    model = model.to(device).eval()
+    probe_attention(adapter.decoder(model))
+    return model
 
 
 def load_tokenizer(path):

@@ -6,9 +6,16 @@ import os
 import torch
 
 from longctx.errors import LongCtxError
+from longctx.registry import family_class, family_names
 
-FAMILIES = ("llama", "qwen2", "qwen3", "mistral", "qwen2_5_vl")
+TEXT_FAMILIES = ("llama", "qwen2", "qwen3", "mistral")
 SPECIAL_TOKENS = ("<s>", "</s>", "<pad>")
+
+
+def tiny_families():
+    """Families `make_tiny_model` writes: TEXT_FAMILIES, then the registered model families
+    whose adapter writes a tiny model (`ModelFamily.write_tiny`)."""
+    return [*TEXT_FAMILIES, *(name for name in family_names() if family_class(name).tiny_tokens is not None)]
 
 
 def _byte_tokenizer(extra=()):
@@ -59,23 +66,22 @@ def make_tiny_model(out_dir, family="llama", hidden=64, layers=2, heads=4, kv_he
                     max_positions=32768, intermediate=None, max_pixels=None):
     """Write a random-weight `family` model and its byte-level tokenizer to `out_dir`.
 
-    `intermediate` is the MLP width (default 2 * hidden); `max_pixels` (qwen2_5_vl only) the
-    video processor's pixel bound per frame (default: `write_tiny_model`'s).
+    `family` is one of `tiny_families()`; `intermediate` is the MLP width (default 2 * hidden);
+    `max_pixels` (a video family's) the video processor's pixel bound per frame (default: the
+    family's).
     The result loads with AutoModelForCausalLM / AutoTokenizer.from_pretrained; weights are
     scaled so activations stay well-conditioned in fp32. Returns `out_dir`.
     """
     from transformers import AutoModelForCausalLM, PreTrainedTokenizerFast
 
-    if family not in FAMILIES:
-        raise LongCtxError(f"unknown model family {family!r}; choose one of {', '.join(FAMILIES)}")
+    if family not in tiny_families():
+        raise LongCtxError(f"unknown model family {family!r}; choose one of {', '.join(tiny_families())}")
     if heads % kv_heads or hidden % heads:
         raise LongCtxError("heads must divide hidden size and kv_heads must divide heads")
-    if family == "qwen2_5_vl":
-        from longctx.models.qwen_vl import VISION_TOKENS, write_tiny_model
-
-        sizes = {} if max_pixels is None else {"max_pixels": max_pixels}
-        write_tiny_model(out_dir, _byte_tokenizer(VISION_TOKENS), hidden, layers, heads, kv_heads, seed,
-                         max_positions, intermediate, **sizes)
+    if family not in TEXT_FAMILIES:
+        adapter = family_class(family)(family)
+        adapter.write_tiny(out_dir, _byte_tokenizer(adapter.tiny_tokens), hidden, layers, heads, kv_heads, seed,
+                           max_positions, intermediate, max_pixels)
         return _mark(out_dir, family, seed)
     tokenizer = PreTrainedTokenizerFast(
         tokenizer_object=_byte_tokenizer(), bos_token="<s>", eos_token="</s>", pad_token="<pad>"

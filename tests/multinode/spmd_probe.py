@@ -1,5 +1,5 @@
 """Run under torchrun on every rank: each method of --methods on the same seeded token ids, in
-one process group; rank 0 saves {method: engine result with hidden states} to --out
+one process group; rank 0 saves {method: EngineResult with hidden states} to --out
 (torch.save). Used by test_torchrun_nodes.py to compare a multi-node job with single-process
 references."""
 
@@ -24,8 +24,7 @@ def main():
     doc_ids, query_ids = random_prompt(len(lm.tokenizer), args.length, 5, seed=11)
     results = {}
     for method in args.methods.split(","):
-        raw = lm.engine.run(Request(doc_ids, query_ids, args.new_tokens, method, return_hidden=True))
-        results[method] = {key: raw[key] for key in ("tokens", "doc_hidden", "query_hidden", "plan", "nproc")}
+        results[method] = lm.engine.run(Request(doc_ids, query_ids, args.new_tokens, method, return_hidden=True))
     if lm.rank == 0:
         torch.save({"doc_ids": doc_ids, "query_ids": query_ids, "results": results}, args.out)
     lm.close()

@@ -31,7 +31,8 @@ import pytest
 
 from helpers import REPO, dense_result
 from longctx.models import check_model_dir, load_tokenizer
-from longctx.request import encode_prompt, stop_ids
+from longctx.models.family import encode_prompt
+from longctx.request import stop_ids
 
 MODEL = "examples/models/needle-llama"  # relative: resolved or shipped, never each node's own guess
 DOC = "examples/data/haystack.txt"
@@ -148,7 +149,7 @@ def _reference_tokens():
     path = os.path.join(REPO, MODEL)
     tokenizer = load_tokenizer(path)
     doc_ids, query_ids = encode_prompt(tokenizer, open(os.path.join(REPO, DOC)).read(), QUESTION)
-    tokens = dense_result(path, doc_ids, query_ids, max_new_tokens=3)["tokens"]
+    tokens = dense_result(path, doc_ids, query_ids, max_new_tokens=3).tokens
     stops = set(stop_ids(tokenizer, check_model_dir(path)))
     end = next((index + 1 for index, token in enumerate(tokens) if token in stops), len(tokens))
     return tokens[:end]

@@ -62,14 +62,14 @@ def test_every_method_across_two_nodes_equals_its_single_machine_reference(bed, 
     doc, query, results = saved["doc_ids"], saved["query_ids"], saved["results"]
     reference = dense_result(path, doc, query, max_new_tokens=4)
     for method in EXACT:
-        assert results[method]["nproc"] == 4
-        assert results[method]["tokens"] == reference["tokens"], method
+        assert results[method].nproc == 4
+        assert results[method].tokens == reference.tokens, method
         assert relative_error(results[method], reference) <= TOLERANCE, method
     model = load_model(path, torch.device("cpu"), torch.float32)
     local_apb = run_workers(model, RunConfig(model=path, method="apb", nproc=4),
                             Request(doc, query, 4, "apb", return_hidden=True), 4)
-    assert results["apb"]["plan"] == local_apb["plan"]
-    assert results["apb"]["tokens"] == local_apb["tokens"]
+    assert results["apb"].plan == local_apb.plan
+    assert results["apb"].tokens == local_apb.tokens
     assert relative_error(results["apb"], local_apb) <= APB_TOLERANCE
     assert bed["a"].pids() == [] and bed["b"].pids() == []
 

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from burst.allgather import AllGatherAttention, AllGatherPlanner
 from burst.ring import RingAttention, RingOptions, RingPlanner
 from burst.ulysses import UlyssesAttention, UlyssesPlanner
-from longctx.config import option
+from longctx.options import option
 
 
 def random_sizes(doc_len, world, seed=0):

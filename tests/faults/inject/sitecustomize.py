@@ -38,18 +38,18 @@ def _install(kind, phase, rank):
 
     load_model = loading.load_model
 
-    def faulty_load(path, device, dtype):
+    def faulty_load(path, device, dtype, family=None):
         import torch.distributed as dist
 
         if phase == "load" and dist.is_initialized() and dist.get_rank() == rank:
             _fail(kind)
-        return load_model(path, device, dtype)
+        return load_model(path, device, dtype, family)
 
     loading.load_model = models.load_model = faulty_load
     attend = engine.WorkerContext.attend
     calls = {}
 
-    def faulty_attend(self, layer, q, k, v, scale):
+    def faulty_attend(self, layer, q, k, v, call):
         if self.rank == rank:
             layers = self.method.planner.shape.layers if self.method.planner.shape else 2
             key = (self.phase.name, layer)
@@ -59,7 +59,7 @@ def _install(kind, phase, rank):
                     _fail(kind)
             elif layer == 0 and ((phase == "query" and calls[key] == 1) or (phase == "decode" and calls[key] == 2)):
                 _fail(kind)
-        return attend(self, layer, q, k, v, scale)
+        return attend(self, layer, q, k, v, call)
 
     engine.WorkerContext.attend = faulty_attend
 

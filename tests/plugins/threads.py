@@ -1,0 +1,85 @@
+"""A launcher outside longctx (`--launcher plugins.threads:ThreadLauncher`): the workers are
+threads of the driver process meeting at a barrier (`helpers.ThreadComm`). It registers like a
+method: a class with `name`, `runs_here`, `Options` (its `--barrier-timeout` flag) and the
+`longctx.launcher.Launcher` methods, named by its path with no edit inside longctx."""
+
+import copy
+import queue
+import threading
+from dataclasses import dataclass
+
+import torch
+
+from helpers import ThreadComm
+from launch.replies import run_to_end
+from longctx.engine import Engine
+from longctx.models import load_model, resolve_dtype
+from longctx.options import option
+
+
+@dataclass(frozen=True)
+class ThreadOptions:
+    """The thread launcher's option."""
+
+    barrier_timeout: float = option(60.0, "threads launcher: seconds a worker thread waits at a collective",
+                                    minimum=1)
+
+
+class ThreadLauncher:
+    """`config.nproc` engine workers as threads of this process (CPU), each with its own copy of
+    the model."""
+
+    name = "threads"
+    runs_here = True
+    Options = ThreadOptions
+
+    @classmethod
+    def worker_config(cls, config):
+        """The workers run here, on the CPU."""
+        return config.replace(device="cpu")
+
+    def __init__(self, config):
+        self.world = config.nproc
+        timeout = config.options_for(ThreadLauncher).barrier_timeout
+        device = torch.device("cpu")
+        model = load_model(config.model, device, resolve_dtype(config.dtype, device), config.family)
+        self._hub = {"world": self.world, "barrier": threading.Barrier(self.world, timeout=timeout),
+                     "slots": [None] * self.world}
+        self._engines = [Engine(copy.deepcopy(model), ThreadComm(rank, self._hub), config, device)
+                         for rank in range(self.world)]
+
+    def run(self, request):
+        """Rank 0's EngineResult of `request`."""
+        return run_to_end(self.stream(request))
+
+    def stream(self, request):
+        """Yield rank 0's tokens as they are decided; return its EngineResult."""
+        tokens, results, errors = queue.Queue(), [None] * self.world, []
+
+        def work(rank):
+            try:
+                results[rank] = self._engines[rank].run(request, on_token=tokens.put if rank == 0 else None)
+            except BaseException as exc:  # the first failure is raised below; the others are released
+                errors.append(exc)
+                self._hub["barrier"].abort()
+            finally:
+                if rank == 0:
+                    tokens.put(None)
+
+        threads = [threading.Thread(target=work, args=(rank,)) for rank in range(self.world)]
+        for thread in threads:
+            thread.start()
+        yield from iter(tokens.get, None)
+        for thread in threads:
+            thread.join()
+        if errors:
+            raise errors[0]
+        return results[0]
+
+    def abort(self):
+        """Nothing runs between requests."""
+        self._engines = []
+
+    def close(self):
+        """As `abort`."""
+        self.abort()
