@@ -53,8 +53,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 from longctx.eval.video_needles import (  # noqa: E402
     COLOURS, SYMBOLS, VIDEO_TASKS, Needle, draw_needle, haystack, make_video_sample, video_words)
 from longctx.eval.tokenizer import SPECIALS, build_tokenizers_object  # noqa: E402
-from longctx.models.qwen_vl import VISION_TOKENS, _mrope_section  # noqa: E402
-from longctx.video import patchify  # noqa: E402
+from longctx.families.qwen2_5_vl import VISION_TOKENS, _mrope_section, patchify  # noqa: E402
 
 FRAME = 28
 PROCESSOR = {"patch_size": 14, "merge_size": 2, "temporal_patch_size": 2, "min_pixels": FRAME * FRAME,
@@ -342,7 +341,7 @@ def prompt_positions(model, ids, is_video, grid, seconds, after_video):
 def clip_batch(model, tok, samples, rng):
     """(inputs_embeds [B, S, d], position_ids [3, B, S], labels [B, S]) of prompt + answer + </s>
     for samples of equal prompt length; vision embeddings by the frozen tower."""
-    from longctx.models.qwen_vl import video_prompt
+    from longctx.families.qwen2_5_vl import video_prompt
 
     embed = model.get_input_embeddings()
     rows, positions, labels = [], [], []
@@ -422,9 +421,8 @@ def evaluate(model, tok, length, samples, seed, answer=answer_of):
 
 def hf_answer(model, tok, sample, model_dir):
     """The greedy answer word of transformers' own forward (`pixel_values_videos`, its own
-    M-RoPE positions) on the sample's clip processed by `longctx.video.load_video`."""
-    from longctx.models.qwen_vl import video_prompt
-    from longctx.video import load_video
+    M-RoPE positions) on the sample's clip processed by the family adapter's `load_video`."""
+    from longctx.families.qwen2_5_vl import load_video, video_prompt
 
     video = load_video(sample.frames, model_dir, source_fps=sample.fps)
     doc, query = video_prompt(tok, video.grid, sample.question)
@@ -438,7 +436,7 @@ def hf_answer(model, tok, sample, model_dir):
 
 
 def save(model, tok, out):
-    """Model (sdpa), tokenizer and the processor config `longctx.video` reads."""
+    """Model (sdpa), tokenizer and the processor config the family adapter reads."""
     model.config._attn_implementation = "sdpa"
     model.config.text_config._attn_implementation = "sdpa"
     model.save_pretrained(out)

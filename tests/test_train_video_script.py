@@ -64,7 +64,7 @@ def test_attention_targets_name_the_needles():
 def _layer_scores(built, sample, after_video=False, seconds=1.0):
     """Post-RoPE q/k of layers 0 and 1 on `sample` (its prompt) through the model's own rotary."""
     tok, model, language = built
-    from longctx.models.qwen_vl import video_prompt
+    from longctx.families.qwen2_5_vl import video_prompt
 
     grid = (len(sample.frames) // 2, 2, 2)
     doc, query = video_prompt(tok, grid, sample.question)
@@ -111,7 +111,7 @@ def test_lookups_do_not_depend_on_time(built):
     (its temporal positions) and wherever the text after the video is placed."""
     tok, model, language = built
     sample = make_video_sample("video_counting", 300, seed=2)
-    from longctx.models.qwen_vl import video_prompt
+    from longctx.families.qwen2_5_vl import video_prompt
 
     grid = (len(sample.frames) // 2, 2, 2)
     doc, query = video_prompt(tok, grid, sample.question)

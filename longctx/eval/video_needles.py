@@ -25,7 +25,7 @@ Three tasks (VNBench's three kinds), answers in a small closed vocabulary (`answ
 Every question ends with "answer :", so a model's continuation is the answer word. A needle
 starts at a random frame, needles at least `2 * event_frames` frames apart and clear of the
 clip's first and last frames. ``length`` is the prompt's token count as a Qwen2.5-VL video
-prompt (`longctx.models.qwen_vl.video_prompt`): BOS, `<|vision_start|>`, one token per 28 x 28
+prompt (`longctx.families.qwen2_5_vl.video_prompt`): BOS, `<|vision_start|>`, one token per 28 x 28
 pixels of each frame pair (`tokens_per_pair`), `<|vision_end|>`, the question; the clip gets
 as many frame pairs as fill the requested length. The question's tokens are counted with the
 given tokenizer, or as words (what the word-level tokenizer of `longctx.eval.tokenizer` makes).
