@@ -99,10 +99,10 @@ class LongContextLM:
         self._launcher = launcher_class(self.config.launcher)(self.config)
 
     def prepare(self, document=None, question="", max_new_tokens=32, method=None, video=None, num_frames=None,
-                fps=None, video_fps=None, return_hidden=False):
+                fps=None, video_fps=None, return_hidden=False, max_pixels=None, max_frames=None):
         """The checked Request of a document (or a video: see `generate`) and a question;
         `generate_prepared` / `stream_prepared` send it without checking again."""
-        prompt = Prompt(document, question, video, num_frames, fps, video_fps)
+        prompt = Prompt(document, question, video, num_frames, fps, video_fps, max_pixels, max_frames)
         return self.session.prepare(prompt, max_new_tokens, method, return_hidden)
 
     def prepare_ids(self, doc_ids, query_ids, max_new_tokens=32, method=None, return_hidden=False):
@@ -110,21 +110,23 @@ class LongContextLM:
         return self.session.prepare_ids(doc_ids, query_ids, max_new_tokens, method, return_hidden)
 
     def generate(self, document=None, question="", max_new_tokens=32, method=None, video=None, num_frames=None,
-                 fps=None, video_fps=None):
+                 fps=None, video_fps=None, max_pixels=None, max_frames=None):
         """Answer `question` about `document`, or about `video` with a video-language model
         (Qwen2.5-VL): a file path (PyAV), frames [T, H, W, 3] uint8 or a list of frames
-        (`video_fps` frames per second, default 1), sampled to `num_frames` or `fps`.
-        Returns a GenerationResult (greedy decoding); `doc_tokens` counts the video's tokens."""
+        (`video_fps` frames per second, default 2 as qwen-vl-utils assumes), sampled to
+        `num_frames` or `fps` (at least 4 frames, at most `max_frames`), each frame resized to at
+        most `max_pixels` (None: the model's processor settings). Returns a GenerationResult
+        (greedy decoding); `doc_tokens` counts the video's tokens."""
         return self.generate_prepared(self.prepare(document, question, max_new_tokens, method, video, num_frames,
-                                                   fps, video_fps))
+                                                   fps, video_fps, max_pixels=max_pixels, max_frames=max_frames))
 
     def stream(self, document=None, question="", max_new_tokens=32, method=None, video=None, num_frames=None,
-               fps=None, video_fps=None):
+               fps=None, video_fps=None, max_pixels=None, max_frames=None):
         """Like `generate`, but returns a TokenStream: iterate it for the answer's text as it is
         decoded; its `result` is the GenerationResult afterwards. The request is checked here,
         before anything is sent."""
         return self.stream_prepared(self.prepare(document, question, max_new_tokens, method, video, num_frames, fps,
-                                                 video_fps))
+                                                 video_fps, max_pixels=max_pixels, max_frames=max_frames))
 
     def generate_prepared(self, request):
         """The GenerationResult of a Request made by this pool's session."""
