@@ -113,3 +113,24 @@ def test_cpu_methods_smoke(tmp_path):
     assert all(row["seconds"] > 0 and row["frames"] == 64 for row in video)
     dense = next(row for row in video if row["method"] == "dense")
     assert dense["same_first_token_as_hf"]  # the engine's video path agrees with transformers' forward
+
+
+def test_spava_speed_smoke(tmp_path):
+    """The video workload's table: spava, burst and apb at 2, 4, 8 simulated hosts against HF SDPA
+    timed on the same clock, and the cumulative ablation chain at 8 hosts as the reference defines
+    it (each step keeps the previous ones' options)."""
+    report, stdout = _run("spava_speed.py", tmp_path / "spava.json")
+    hf_s = report["hf_sdpa"]["median_s"]
+    assert {(row["method"], row["hosts"]) for row in report["methods"]} == {
+        (method, hosts) for method in ("spava", "burst", "apb") for hosts in (2, 4, 8)}
+    for row in report["methods"] + report["ablation"]:
+        assert row["speedup_vs_hf"] == pytest.approx(hf_s / row["seconds"])
+        assert len(row["host_compute_s"]) == row["hosts"] and row["forwards"][0] == "vision encoder"
+    steps = report["ablation"]
+    assert [step["options"] for step in steps][-1] == {"overlap": False, "anchor_sharding": False, "fused_query": False,
+                                                       "layout": "contiguous", "frame_parallel": False}
+    assert all(set(a["options"]) <= set(b["options"]) for a, b in zip(steps, steps[1:]))
+    assert [len(step["forwards_s"]) for step in steps] == [2, 2, 2, 3, 3, 3]  # nf adds the query pass
+    assert steps[-1]["host_received_mb"][0] < steps[-2]["host_received_mb"][0]  # nv: no embeddings to gather
+    assert set(report["spava_over_at_8_hosts"]) == {"burst", "apb"} and "ablation chain" in stdout
+    assert (tmp_path / "spava.png").is_file()

@@ -88,6 +88,10 @@ class Qwen25VLFamily(ModelFamily):
 
         return Qwen2_5_VLForConditionalGeneration
 
+    def encoder(self, model):
+        """The vision tower (`model.model.visual`)."""
+        return model.model.visual
+
     def attention_implementation(self, name):
         """longctx attention for the language model, SDPA for the vision encoder (it runs outside
         any worker context)."""

@@ -119,6 +119,10 @@ class ModelFamily:
         """The decoder stack the prefill runs (returns `last_hidden_state`)."""
         return model.base_model
 
+    def encoder(self, model):
+        """The media encoder a prefill runs before the decoder (a vision tower), or None (text)."""
+        return None
+
     def prefill_inputs(self, model, ctx, request):
         """Model keywords of this worker's prefill rows (`ctx.method.local_inputs` decides which
         tokens, at which positions); may keep per-request state in `ctx.inputs`."""
