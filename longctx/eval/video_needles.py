@@ -22,7 +22,8 @@ Three tasks (VNBench's three kinds), answers in a small closed vocabulary (`answ
     ``num_needles`` (default 1-5 at random) needles; "how many symbols were shown ?".
     Answer: the count.
 
-Every question ends with "answer :", so a model's continuation is the answer word. A needle
+Every question ends with "answer :", so a model's continuation is the answer word; it is
+scored on its first word (`longctx.eval.tasks.is_correct`). A needle
 starts at a random frame, needles at least `2 * event_frames` frames apart and clear of the
 clip's first and last frames. ``length`` is the prompt's token count as a Qwen2.5-VL video
 prompt (`longctx.families.qwen2_5_vl.video_prompt`): BOS, `<|vision_start|>`, one token per 28 x 28

@@ -88,6 +88,15 @@ class Qwen25VLFamily(ModelFamily):
 
         return Qwen2_5_VLForConditionalGeneration
 
+    def hf_inputs(self, model, input_ids, media):
+        """transformers' own video inputs of `media` (a whole video's VideoPatches): its patches,
+        grid, seconds per temporal patch and the token types that mark the video's rows."""
+        device = input_ids.device
+        return {"pixel_values_videos": torch.from_numpy(media.pixels).to(device),
+                "video_grid_thw": torch.tensor([media.grid], device=device),
+                "second_per_grid_ts": torch.tensor([media.seconds_per_patch], device=device),
+                "mm_token_type_ids": 2 * (input_ids == model.config.video_token_id).int()}
+
     def encoder(self, model):
         """The vision tower (`model.model.visual`)."""
         return model.model.visual

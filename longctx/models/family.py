@@ -113,6 +113,11 @@ class ModelFamily:
         """The `set_attn_implementation` argument that gives the language model attention `name`."""
         return name
 
+    def hf_inputs(self, model, input_ids, media):
+        """Keywords beside `input_ids` [1, S] that give the model's own forward `media` (the
+        Hugging Face baseline of a request with media); default: none."""
+        return {}
+
     # -- the workers (the engine)
 
     def decoder(self, model):

@@ -1,0 +1,49 @@
+"""`longctx eval` on the video needle tasks: a tiny random Qwen2.5-VL (answers are noise), the
+samples' clips through the family adapter, HF SDPA's own forward of each clip as the baseline,
+exact methods answering sample for sample like dense, first-word scoring."""
+
+import json
+import os
+
+import pytest
+
+from longctx.errors import LongCtxError
+from longctx.eval.harness import evaluate
+from longctx.eval.tasks import is_correct, make_sample
+from longctx.models.tiny import make_tiny_model
+
+
+@pytest.fixture(scope="module")
+def tiny_vl_28(tmp_path_factory):
+    """A random Qwen2.5-VL whose processor keeps 28 x 28 frames (one token per frame pair, as the
+    tasks count)."""
+    path = make_tiny_model(str(tmp_path_factory.mktemp("vl28")), "qwen2_5_vl", seed=2)
+    config = os.path.join(path, "preprocessor_config.json")
+    with open(config) as handle:
+        settings = json.load(handle)
+    settings.update(min_pixels=28 * 28, max_pixels=28 * 28)
+    with open(config, "w") as handle:
+        json.dump(settings, handle)
+    return path
+
+
+def test_video_tasks_through_eval(tiny_vl_28):
+    methods = "dense,burst,spava[anchor-len=0,passing-len=100000],spava"
+    report = evaluate(tiny_vl_28, "video_retrieval,video_counting[num-needles=2]", 160, nproc=2, methods=methods,
+                      samples=2, seed=3).to_dict()
+    assert report["tasks"] == ["video_retrieval", "video_counting[num-needles=2]"]
+    for task in report["tasks"]:
+        assert report["prompt_tokens"][task] == [160, 160]  # the clip fills the requested length
+        predictions = report["predictions"][task]
+        assert predictions["burst"] == predictions["dense"]  # exact methods answer like dense
+        assert predictions["spava[anchor-len=0,passing-len=100000]"] == predictions["dense"]
+    assert report["expected"]["video_counting[num-needles=2]"] == ["2", "2"]
+    assert report["hf_token_disagreements"]["dense"] == 0  # HF's own forward of the clip: same next token
+    assert report["hf_sdpa"]["mean_s"] > 0 and report["workers"]["dense"] == 1
+
+
+def test_first_word_scoring_and_modality_errors(tiny_model):
+    sample = make_sample("video_retrieval", 120, 0, 0)
+    assert is_correct(f" {sample.answer} and more", sample) and not is_correct(f" more {sample.answer}", sample)
+    with pytest.raises(LongCtxError, match="a video needs a video-language model"):
+        evaluate(tiny_model("llama"), "video_counting", 120, nproc=2, methods="dense", samples=1, baseline=False)
