@@ -12,7 +12,7 @@ import json
 import sys
 
 from longctx.config import (DefaultsHelpFormatter, add_launcher_arguments, add_request_arguments,
-                            add_run_arguments, config_from_args)
+                            add_run_arguments, add_video_arguments, config_from_args)
 from longctx.errors import LongCtxError
 from longctx.eval.tasks import TASKS
 from longctx.models.tiny import tiny_families
@@ -38,6 +38,9 @@ def _add_compare(sub, argv):
     parser.add_argument("--max-new-tokens", type=int, default=8,
                         help="greedy tokens compared (dense and the methods stop alike at the end token)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the random token ids")
+    video = add_video_arguments(parser, "compare on this video and --question instead of random token ids "
+                                        "(a video-language model; --length is then the video's)")
+    video.add_argument("--question", default="What happens in this video?", help="the question about --video")
     parser.add_argument("--no-baseline", action="store_true",
                         help="skip timing Hugging Face's SDPA forward of the same tokens (no speed-ups then)")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
@@ -171,17 +174,22 @@ def cmd_generate(args):
 def cmd_compare(args):
     """`longctx compare`: each method against dense, and its time against HF SDPA."""
     from longctx.compare import compare_methods
+    from longctx.request import Prompt, check_question
 
     config = config_from_args(args)
     methods = [name.strip() for name in args.methods.split(",") if name.strip()]
     if not methods:
         raise LongCtxError("--methods is empty")
+    video = None
+    if args.video is not None:
+        video = Prompt(question=check_question(args.question), video=args.video, num_frames=args.frames,
+                       fps=args.fps, max_pixels=args.max_pixels, max_frames=args.max_frames)
     report = compare_methods(config, methods, args.length, args.query_len, args.max_new_tokens, args.seed,
-                             baseline_repeats=0 if args.no_baseline else 3)
+                             baseline_repeats=0 if args.no_baseline else 3, video=video)
     if args.json:
         print(json.dumps(report))
         return
-    print(f"{args.length} document tokens + {args.query_len} question tokens on {config.nproc} workers; "
+    print(f"{report['length']} document tokens + {report['query_len']} question tokens on {config.nproc} workers; "
           f"dense tokens {report['reference']['tokens']}")
     print(f"{'method':<10} {'hidden rel err':>14} {'logits max err':>14} {'tokens':>7} {'prefill s':>9} "
           f"{'1st token s':>11} {'x HF':>6}")

@@ -47,3 +47,22 @@ def test_first_word_scoring_and_modality_errors(tiny_model):
     assert is_correct(f" {sample.answer} and more", sample) and not is_correct(f" more {sample.answer}", sample)
     with pytest.raises(LongCtxError, match="a video needs a video-language model"):
         evaluate(tiny_model("llama"), "video_counting", 120, nproc=2, methods="dense", samples=1, baseline=False)
+
+
+def test_compare_takes_a_video(tiny_vl_28):
+    """`longctx compare --video`: the methods against dense on a clip (exact settings: the same
+    tokens, hidden states within float32 error), HF SDPA timed on the same clip."""
+    import numpy as np
+
+    from longctx.compare import compare_methods
+    from longctx.config import RunConfig
+    from longctx.request import Prompt
+
+    frames = np.random.default_rng(5).integers(0, 256, (40, 28, 28, 3), dtype=np.uint8)
+    video = Prompt(question="how many symbols were shown ? answer :", video=frames, max_frames=24, fps=1.0)
+    config = RunConfig.for_methods(["burst", "spava"], model=tiny_vl_28, nproc=2, anchor_len=0, passing_len=10**6)
+    report = compare_methods(config, ["burst", "spava"], length=0, max_new_tokens=3, baseline_repeats=1, video=video)
+    assert report["media"] == "video 10x2x2 patches" and report["length"] == 13  # 20 frames at 1 of 2 fps
+    for row in report["results"]:
+        assert row["tokens_match"] and row["hidden_rel_err"] < 1e-5, row
+    assert report["hf_sdpa"]["tokens"] == report["length"] + report["query_len"]
