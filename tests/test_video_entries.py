@@ -1,6 +1,7 @@
-"""`longctx eval` on the video needle tasks: a tiny random Qwen2.5-VL (answers are noise), the
-samples' clips through the family adapter, HF SDPA's own forward of each clip as the baseline,
-exact methods answering sample for sample like dense, first-word scoring."""
+"""Videos through every entry a text request takes, on a tiny random Qwen2.5-VL (answers are
+noise): `longctx eval` on the video needle tasks (clips through the family adapter, HF SDPA's own
+forward of each clip as the baseline, exact methods answering like dense, first-word scoring),
+`longctx compare --video` and the torchrun entry with per-request sampling options."""
 
 import json
 import os
@@ -66,3 +67,41 @@ def test_compare_takes_a_video(tiny_vl_28):
     for row in report["results"]:
         assert row["tokens_match"] and row["hidden_rel_err"] < 1e-5, row
     assert report["hf_sdpa"]["tokens"] == report["length"] + report["query_len"]
+
+
+@pytest.mark.slow
+def test_torchrun_entry_answers_a_video_like_generate(tiny_vl_28, tmp_path):
+    """The torchrun entry takes --video with --fps / --max-frames / --max-pixels as `generate`
+    does: spava (exact settings) on 2 torchrun ranks gives dense's tokens on one local worker."""
+    import shutil
+    import subprocess
+    import sys
+
+    import numpy as np
+
+    from helpers import REPO, run_cli
+
+    av = pytest.importorskip("av")
+    clip = str(tmp_path / "clip.mp4")
+    with av.open(clip, "w") as container:
+        stream = container.add_stream("mpeg4", rate=4)
+        stream.width, stream.height, stream.pix_fmt = 56, 56, "yuv420p"
+        for frame in np.random.default_rng(1).integers(0, 256, (40, 56, 56, 3), dtype=np.uint8):
+            for packet in stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    request = ["--model", tiny_vl_28, "--video", clip, "--fps", "2", "--max-frames", "12", "--max-pixels", "784",
+               "--question", "what?", "--max-new-tokens", "3", "--json"]
+    dense = run_cli("generate", *request, "--method", "dense")
+    assert dense.returncode == 0, dense.stderr[-2000:]
+    expected = json.loads(dense.stdout.strip().splitlines()[-1])
+    assert expected["doc_tokens"] == 3 + 6  # 12 frames of 28 x 28: 6 frame pairs, one token each
+    torchrun = shutil.which("torchrun", path=os.path.dirname(sys.executable))
+    proc = subprocess.run([torchrun, "--standalone", "--nproc_per_node", "2", "-m", "launch.torchrun", *request,
+                           "--method", "spava", "--anchor-len", "0", "--passing-len", "100000"],
+                          capture_output=True, text=True, timeout=300, env=dict(os.environ, PYTHONPATH=REPO),
+                          cwd=REPO)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    payload = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert payload["tokens"] == expected["tokens"] and payload["nproc"] == 2
