@@ -85,28 +85,6 @@ def clock_of(args):
     return (time.thread_time, 1) if args.clock == "cpu" else (time.perf_counter, os.cpu_count() or 1)
 
 
-def time_hf(model_dir, doc_ids, query_ids, video, repeats, clock):
-    """Transformers' own SDPA forward of the video prompt (vision encoder + language model),
-    `logits_to_keep=1`, timed by `clock` after one untimed warm-up: {seconds, median_s, tokens, argmax}."""
-    from transformers import Qwen2_5_VLForConditionalGeneration
-
-    model = Qwen2_5_VLForConditionalGeneration.from_pretrained(model_dir, dtype=torch.float32,
-                                                               attn_implementation="sdpa").eval()
-    ids = torch.tensor([list(doc_ids) + list(query_ids)])
-    inputs = dict(input_ids=ids, pixel_values_videos=torch.tensor(video.pixels),
-                  video_grid_thw=torch.tensor([video.grid]), second_per_grid_ts=torch.tensor([video.seconds_per_patch]),
-                  mm_token_type_ids=2 * (ids == model.config.video_token_id).int(), use_cache=False, logits_to_keep=1)
-    seconds = []
-    with torch.inference_mode():
-        for index in range(repeats + 1):
-            start = clock()
-            logits = model(**inputs).logits
-            if index:
-                seconds.append(clock() - start)
-    return {"seconds": seconds, "median_s": sorted(seconds)[len(seconds) // 2], "tokens": ids.shape[1],
-            "argmax": int(logits[0, -1].argmax())}
-
-
 def simulate(model, config, doc_ids, query_ids, video, hosts, link, repeats, clock):
     """(median modelled seconds, details of the median run) of `config` on `hosts` simulated hosts."""
     device = next(model.parameters()).device
@@ -131,7 +109,7 @@ def run(args, model_dir, progress=print):
     video = load_video(prefill_suite.video_frames(args.frames, args.side), model_dir, source_fps=2.0)
     doc_ids, query_ids = video_prompt(load_tokenizer(model_dir), video.grid, prefill_suite.VIDEO_QUESTION)
     progress(f"{args.frames} frames, {len(doc_ids)} prompt tokens: HF SDPA (vision encoder + language model)")
-    hf = time_hf(model_dir, doc_ids, query_ids, video, args.repeats, clock)
+    hf = prefill_suite.time_hf_video(model_dir, doc_ids, query_ids, video, args.repeats, clock, threads)
     model = load_model(model_dir, torch.device("cpu"), torch.float32)
     link = Link(gb_per_s=args.gb_per_s, latency_us=args.latency_us)
     simulate(model, RunConfig(model=model_dir, method="spava"), doc_ids, query_ids, video, 2, link, 1, clock)  # warm-up
