@@ -115,6 +115,7 @@ def test_cpu_methods_smoke(tmp_path):
     assert dense["same_first_token_as_hf"]  # the engine's video path agrees with transformers' forward
 
 
+@pytest.mark.slow
 def test_spava_speed_smoke(tmp_path):
     """The video workload's table: spava, burst and apb at 2, 4, 8 simulated hosts against HF SDPA
     timed on the same clock, and the cumulative ablation chain at 8 hosts as the reference defines

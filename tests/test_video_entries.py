@@ -28,6 +28,7 @@ def tiny_vl_28(tmp_path_factory):
     return path
 
 
+@pytest.mark.slow
 def test_video_tasks_through_eval(tiny_vl_28):
     methods = "dense,burst,spava[anchor-len=0,passing-len=100000],spava"
     report = evaluate(tiny_vl_28, "video_retrieval,video_counting[num-needles=2]", 160, nproc=2, methods=methods,
@@ -50,6 +51,7 @@ def test_first_word_scoring_and_modality_errors(tiny_model):
         evaluate(tiny_model("llama"), "video_counting", 120, nproc=2, methods="dense", samples=1, baseline=False)
 
 
+@pytest.mark.slow
 def test_compare_takes_a_video(tiny_vl_28):
     """`longctx compare --video`: the methods against dense on a clip (exact settings: the same
     tokens, hidden states within float32 error), HF SDPA timed on the same clip."""
