@@ -100,26 +100,74 @@ class ThreadComm:
 
 def run_workers(model, config, request, world):
     """Run `request` on `world` worker threads; returns rank 0's engine result."""
-    hub = {"world": world, "barrier": threading.Barrier(world, timeout=120), "slots": [None] * world}
-    models = [copy.deepcopy(model) for _ in range(world)]  # forward hooks must not be shared
-    results, errors = [None] * world, []
+    hub = _hub(world)
+    engines = [Engine(copy.deepcopy(model), ThreadComm(rank, hub), config.replace(nproc=world), torch.device("cpu"))
+               for rank in range(world)]  # forward hooks must not be shared: one model copy per worker
+    return _on_threads(engines, hub, request)
+
+
+def _hub(world):
+    return {"world": world, "barrier": threading.Barrier(world, timeout=120), "slots": [None] * world}
+
+
+def _on_threads(engines, hub, request):
+    """Run `request` on every engine, one thread each; returns rank 0's result."""
+    results, errors = [None] * len(engines), []
 
     def work(rank):
         try:
-            engine = Engine(models[rank], ThreadComm(rank, hub), config.replace(nproc=world), torch.device("cpu"))
-            results[rank] = engine.run(request)
+            results[rank] = engines[rank].run(request.for_rank(rank))
         except BaseException as exc:  # surface the first failure, release the others
             errors.append(exc)
             hub["barrier"].abort()
 
-    threads = [threading.Thread(target=work, args=(rank,)) for rank in range(world)]
+    threads = [threading.Thread(target=work, args=(rank,)) for rank in range(len(engines))]
     for thread in threads:
         thread.start()
     for thread in threads:
         thread.join()
     if errors:
+        hub["barrier"].reset()
         raise errors[0]
     return results[0]
+
+
+class ThreadLauncher:
+    """A `longctx.launcher.Launcher` plug-in (`launcher="helpers:ThreadLauncher"`) whose workers
+    are threads of this process over `ThreadComm`, each keeping its Engine (and so its document
+    cache) between requests: the Python API's whole path without process start-up."""
+
+    name = "threads"
+    runs_here = True
+    Options = None
+
+    @classmethod
+    def worker_config(cls, config):
+        """`config` itself."""
+        return config
+
+    def __init__(self, config):
+        self.world = config.nproc
+        model = load_model(config.model, torch.device("cpu"), torch.float32)
+        self._hub = _hub(self.world)
+        self._engines = [Engine(copy.deepcopy(model), ThreadComm(rank, self._hub), config, torch.device("cpu"))
+                         for rank in range(self.world)]
+
+    def run(self, request):
+        """Rank 0's EngineResult of `request`."""
+        return _on_threads(self._engines, self._hub, request)
+
+    def stream(self, request):
+        """`run`, yielding the generated tokens once it has finished."""
+        result = self.run(request)
+        yield from result.tokens
+        return result
+
+    def abort(self):
+        """Drop the engines."""
+        self._engines = []
+
+    close = abort
 
 
 def marked_processes(marker):
