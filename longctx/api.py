@@ -39,15 +39,17 @@ __all__ = ["LongContextLM", "SPMDLongContextLM", "GenerationResult", "TokenStrea
 class TokenStream:
     """The answer's text as it is generated (`LongContextLM.stream`): iterating yields text
     pieces, each as soon as its tokens are decided (a piece waits while it would end inside a
-    multi-byte character); `result` is the GenerationResult once the iteration has ended.
+    multi-byte character); `result` is the GenerationResult once the iteration has ended,
+    `tokens` the ids received so far, `lookup` what the document cache did (a
+    `longctx.doc_cache.Lookup`, None without a cache).
     Breaking off early (or `close`) cancels the request: the workers stop before the next token."""
 
     def __init__(self, events, tokenizer, request, lookup=None):
-        self._events, self._tokenizer, self._request, self._lookup = events, tokenizer, request, lookup
-        self.result = None
+        self._events, self._tokenizer, self._request, self.lookup = events, tokenizer, request, lookup
+        self.result, self.tokens = None, []
 
     def __iter__(self):
-        tokens, shown = [], ""
+        tokens, shown = self.tokens, ""
         try:
             while True:
                 try:
@@ -61,7 +63,7 @@ class TokenStream:
                     yield piece
         finally:
             self.close()
-        self.result = _generation(raw, self._tokenizer, self._request, self._lookup)
+        self.result = _generation(raw, self._tokenizer, self._request, self.lookup)
         if self.result.text.startswith(shown) and len(self.result.text) > len(shown):
             yield self.result.text[len(shown):]
 
