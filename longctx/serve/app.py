@@ -3,7 +3,8 @@
 Routes: `GET /v1/models`, `POST /v1/chat/completions`, `POST /v1/completions` (the question as
 `prompt`, the document in an extra `document` field, the way vLLM takes its own parameters),
 `GET /health` (never behind the API key), `GET /metrics` (Prometheus text). Extra body fields of
-longctx: `method` (a per-request method the workers allow) and `document`. Every error is one
+longctx: `method` (a per-request method the workers allow), `document`, and `ignore_eos` (as vLLM's:
+generate `max_tokens` tokens whatever the model's end token). Every error is one
 OpenAI-style JSON object `{"error": {"message", "type", "code"}}`: 400 for a bad body (unknown
 fields, wrong types, out-of-range values: one message naming the field), 401 for a missing or
 wrong API key, 404 for an unknown model, 413 for a body over the size limit, 429 with
@@ -15,6 +16,7 @@ import json
 import queue
 import time
 import uuid
+from dataclasses import replace
 from typing import List, Literal, Optional, Union
 
 from fastapi import Depends, FastAPI, Request
@@ -68,6 +70,7 @@ class Generation(Strict):
     n: int = Field(1, ge=1, le=1)
     user: Optional[str] = None
     method: Optional[str] = None
+    ignore_eos: bool = False
 
 
 class ChatBody(Generation):
@@ -204,17 +207,23 @@ def create_app(pool, metrics, settings, lifespan=None):
         stops = [body.stop] if isinstance(body.stop, str) else list(body.stop or [])
         if len(stops) > 4 or not all(stops):
             raise LongCtxError("stop: at most 4 non-empty strings")
+        if body.ignore_eos:
+            request = replace(request, stop_ids=())
         return Job(request, sampling, tuple(stops))
 
     async def next_event(job, request):
-        """The job's next event, or None after cancelling it when the client went away."""
+        """The job's next event, or None after cancelling it when the client went away (checked
+        at least every POLL_S, also while events keep coming)."""
         while True:
-            try:
-                return await asyncio.to_thread(job.events.get, True, POLL_S)
-            except queue.Empty:
+            if time.monotonic() - job.checked >= POLL_S:
+                job.checked = time.monotonic()
                 if await request.is_disconnected():
                     job.cancel()
                     return None
+            try:
+                return await asyncio.to_thread(job.events.get, True, POLL_S)
+            except queue.Empty:
+                continue
 
     async def events(job, request, first, answer, endpoint):
         event, outcome = first, "cancelled"

@@ -57,6 +57,7 @@ class Job:
     sampling: object = None
     stop: tuple = ()
     arrived: float = field(default_factory=time.monotonic)
+    checked: float = field(default_factory=time.monotonic)  # when the handler last saw its client there
     events: "queue.Queue" = field(default_factory=queue.Queue)
     cancelled: threading.Event = field(default_factory=threading.Event)
 
