@@ -288,7 +288,9 @@ class Engine:
         position = len(request.doc_ids) + len(request.query_ids)
         draw = Sampler(request.sampling) if ctx.rank == 0 else None
         while len(tokens) < request.max_new_tokens:
-            token, cancelled = self.comm.broadcast_object((draw(logits), cancelled) if draw else None, src=0)
+            # other ranks offer their own greedy pick: what a simulated host (which receives its own) decodes
+            mine = (draw(logits), cancelled) if draw else (int(torch.argmax(logits)), False)
+            token, cancelled = self.comm.broadcast_object(mine, src=0)
             if cancelled:
                 break
             tokens.append(token)
