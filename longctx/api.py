@@ -9,6 +9,10 @@ long documents with any registered method:
         for piece in lm.stream(document, question):   # text as it is decoded
             print(piece, end="", flush=True)
 
+    with LongContextLM("path/to/model", method="burst", nproc=4, cache_gib=2) as lm:
+        lm.generate(document, question)             # prefill; every worker keeps its K/V shard
+        again = lm.generate(document, other_question)   # only the query pass (again.cached_tokens)
+
     with LongContextLM("path/to/qwen2.5-vl", method="spava", nproc=4) as lm:   # video questions
         result = lm.generate(video="clip.mp4", question="What happens?", num_frames=64)
 

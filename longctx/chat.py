@@ -58,7 +58,14 @@ def encode_chat(tokenizer, messages):
 
 
 def _render(tokenizer, messages, generation_prompt):
-    return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=generation_prompt)
+    """The template's text of `messages`; LongCtxError (its first line) when the template refuses
+    them (templates raise on role orders their model does not take)."""
+    try:
+        return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=generation_prompt)
+    except Exception as exc:  # jinja2's TemplateError and the template's own raise_exception
+        lines = str(exc).strip().splitlines()
+        raise LongCtxError(f"the chat template refused the messages: {lines[0] if lines else type(exc).__name__}") \
+            from None
 
 
 def _ids(tokenizer, text):

@@ -156,11 +156,12 @@ class DocumentIndex:
         if not cacheable:
             return self._miss("uncached", None)
         if question_dependent:
-            match = next((entry for entry in self.entries.values() if entry.scope == scope and
-                          entry.tokens == tuple(doc_ids)), None)
-            if match is not None and match.question == tuple(query_ids):
+            same_document = [entry for entry in self.entries.values()
+                             if entry.scope == scope and entry.tokens == tuple(doc_ids)]
+            match = next((entry for entry in same_document if entry.question == tuple(query_ids)), None)
+            if match is not None:
                 return self._hit(match, len(doc_ids), len(doc_ids))
-            reason = "question" if match is not None else self._new_reason(scope, doc_ids)
+            reason = "question" if same_document else self._new_reason(scope, doc_ids)
             return self._admit(scope, doc_ids, plan, tuple(query_ids), reason)
         best, best_len = None, 0
         for entry in self.entries.values():

@@ -86,6 +86,7 @@ def test_apb_hits_only_on_the_same_question(tiny_model):
         assert lm.documents.counters["misses"]["question"] == 1
         same = lm.generate_prepared(lm.prepare_ids(doc, question, 4))
         assert (same.cache, same.cached_tokens) == ("hit", len(doc))
+        assert lm.generate_prepared(lm.prepare_ids(doc, other, 4)).cache == "hit"  # both questions are cached
         assert same.tokens == fresh(lm, doc, question, "apb").tokens
 
 
