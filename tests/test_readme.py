@@ -118,6 +118,7 @@ def test_readme_command_runs_as_written(case, tmp_path):
             assert " DIFF " not in proc.stdout, proc.stdout  # exact methods: the same tokens as dense
 
 
+@pytest.mark.slow
 def test_readme_serving_examples_run_as_written(tmp_path):
     """The "Serving" section's `readme-test-serve` blocks: the `longctx serve` command runs in the
     background until it answers /health; the curl command and the openai snippet then run as
