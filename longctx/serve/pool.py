@@ -187,7 +187,9 @@ class Pool:
                           lookup.cached_tokens if lookup else 0, lookup.reason if lookup else None,
                           *((result.prefill_s, result.query_s, result.decode_s) if result else ()))
         self.metrics.served(outcome, first_s, (lm.documents.counters["evictions"] - evictions) if lm.documents else 0)
-        log.info("request: queued %.3f s, cache %s (%d of %d tokens reused), first token %s, %d tokens, %s",
-                 waited, outcome.cache, outcome.cached_tokens, outcome.prompt_tokens,
+        phases = ("prefill %.3f s, query %.3f s, decode %.3f s" % (result.prefill_s, result.query_s, result.decode_s)
+                  if result else "stopped early")
+        log.info("request: queued %.3f s, cache %s (%d of %d tokens reused), %s, first token %s, %d tokens, %s",
+                 waited, outcome.cache, outcome.cached_tokens, outcome.prompt_tokens, phases,
                  "-" if first_s is None else f"{first_s:.3f} s", outcome.completion_tokens, reason)
         job.events.put(("done", outcome))
