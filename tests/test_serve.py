@@ -18,7 +18,7 @@ import httpx
 import openai
 import pytest
 
-from helpers import REPO, TESTS, assert_none_left
+from helpers import REPO, TESTS, assert_none_left, run_cli
 from longctx.eval.tasks import is_correct, make_sample
 from longctx.models import load_tokenizer
 
@@ -222,3 +222,11 @@ def test_load_eight_clients_half_follow_ups(server):
     latencies.sort()
     print(f"time to first token over 200 requests: p50 {latencies[100]:.3f} s, p99 {latencies[197]:.3f} s")
     assert metric(server, "longctx_cache_hits_total") >= 96
+
+
+def test_generate_chat_renders_the_template():
+    """`longctx generate --chat`: the document as the system message, the question as the user's."""
+    proc = run_cli("generate", "--model", MODEL, "--method", "dense", "--chat", "--max-new-tokens", "3",
+                   "--doc", os.path.join(REPO, "examples", "data", "haystack.txt"), "--question", QUESTION)
+    assert proc.returncode == 0, proc.stderr
+    assert "answer: 42" in proc.stdout
