@@ -98,76 +98,44 @@ class ThreadComm:
         return torch.cat([parts[source][self.rank] for source in range(self.world)]).clone()
 
 
-def run_workers(model, config, request, world):
-    """Run `request` on `world` worker threads; returns rank 0's engine result."""
-    hub = _hub(world)
-    engines = [Engine(copy.deepcopy(model), ThreadComm(rank, hub), config.replace(nproc=world), torch.device("cpu"))
-               for rank in range(world)]  # forward hooks must not be shared: one model copy per worker
-    return _on_threads(engines, hub, request)
-
-
-def _hub(world):
-    return {"world": world, "barrier": threading.Barrier(world, timeout=120), "slots": [None] * world}
-
-
-def _on_threads(engines, hub, request):
-    """Run `request` on every engine, one thread each; returns rank 0's result."""
+def start_workers(engines, hub, request, on_token=None, on_done=None):
+    """Run `request` on every engine of `engines` (rank r's, meeting at `hub`'s barrier) in a
+    thread of its own; rank 0 passes each generated token to `on_token` and calls `on_done` when
+    it ends. Returns `finish()`: it waits for every thread and returns rank 0's EngineResult,
+    or raises the first failure (which aborts the barrier, so no thread is left waiting).
+    Who calls it: `run_workers`, the plug-in launcher `plugins.threads`."""
     results, errors = [None] * len(engines), []
 
     def work(rank):
         try:
-            results[rank] = engines[rank].run(request.for_rank(rank))
+            results[rank] = engines[rank].run(request, on_token=on_token if rank == 0 else None)
         except BaseException as exc:  # surface the first failure, release the others
             errors.append(exc)
             hub["barrier"].abort()
+        finally:
+            if rank == 0 and on_done is not None:
+                on_done()
 
     threads = [threading.Thread(target=work, args=(rank,)) for rank in range(len(engines))]
     for thread in threads:
         thread.start()
-    for thread in threads:
-        thread.join()
-    if errors:
-        hub["barrier"].reset()
-        raise errors[0]
-    return results[0]
+
+    def finish():
+        for thread in threads:
+            thread.join()
+        if errors:
+            raise errors[0]
+        return results[0]
+
+    return finish
 
 
-class ThreadLauncher:
-    """A `longctx.launcher.Launcher` plug-in (`launcher="helpers:ThreadLauncher"`) whose workers
-    are threads of this process over `ThreadComm`, each keeping its Engine (and so its document
-    cache) between requests: the Python API's whole path without process start-up."""
-
-    name = "threads"
-    runs_here = True
-    Options = None
-
-    @classmethod
-    def worker_config(cls, config):
-        """`config` itself."""
-        return config
-
-    def __init__(self, config):
-        self.world = config.nproc
-        model = load_model(config.model, torch.device("cpu"), torch.float32)
-        self._hub = _hub(self.world)
-        self._engines = [Engine(copy.deepcopy(model), ThreadComm(rank, self._hub), config, torch.device("cpu"))
-                         for rank in range(self.world)]
-
-    def run(self, request):
-        """Rank 0's EngineResult of `request`."""
-        return _on_threads(self._engines, self._hub, request)
-
-    def stream(self, request):
-        """`run`, yielding the generated tokens once it has finished."""
-        result = self.run(request)
-        yield from result.tokens
-        return result
-
-    def abort(self):
-        """Drop the engines."""
-        self._engines = []
-
-    close = abort
+def run_workers(model, config, request, world):
+    """Run `request` on `world` worker threads; returns rank 0's engine result."""
+    hub = {"world": world, "barrier": threading.Barrier(world, timeout=120), "slots": [None] * world}
+    engines = [Engine(copy.deepcopy(model), ThreadComm(rank, hub), config.replace(nproc=world), torch.device("cpu"))
+               for rank in range(world)]  # a model copy each: forward hooks must not be shared
+    return start_workers(engines, hub, request)()
 
 
 def marked_processes(marker):

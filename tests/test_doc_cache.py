@@ -33,7 +33,7 @@ def assert_same(result, reference):
 
 @pytest.mark.parametrize("nproc", [1, 2, 3, 4])
 def test_follow_up_equals_fresh(tiny_model, nproc):
-    """Through the Python API on worker threads (`helpers.ThreadLauncher`: the engines keep
+    """Through the Python API on worker threads (`plugins.threads`: the engines keep
     their caches between requests as worker processes do)."""
     model_dir = tiny_model("llama")
     doc, first = random_prompt(256, 96 + 7 * nproc, 5, seed=nproc)
@@ -41,7 +41,7 @@ def test_follow_up_equals_fresh(tiny_model, nproc):
     turn, third = random_prompt(256, 9, 4, seed=80 + nproc)
     turn2, fourth = random_prompt(256, 7, 5, seed=90 + nproc)
     with LongContextLM(model_dir, method=METHODS[nproc][0], nproc=nproc, cache_gib=1,
-                       launcher="helpers:ThreadLauncher") as lm:
+                       launcher="plugins.threads:ThreadLauncher") as lm:
         for method in METHODS[nproc]:
             missed = lm.generate_prepared(lm.prepare_ids(doc, first, 4, method))
             assert (missed.cache, missed.cached_tokens) == ("new", 0)
@@ -63,7 +63,8 @@ def test_eviction_then_prefill_again(tiny_model):
     model_dir = tiny_model("llama")
     doc_a, question = random_prompt(256, 120, 5, seed=7)
     doc_b, _ = random_prompt(256, 120, 5, seed=8)
-    with LongContextLM(model_dir, method="burst", nproc=2, cache_gib=1, launcher="helpers:ThreadLauncher") as lm:
+    with LongContextLM(model_dir, method="burst", nproc=2, cache_gib=1,
+                       launcher="plugins.threads:ThreadLauncher") as lm:
         index = lm.documents
         index.budget_bytes = index.row_bytes * 100  # one 120-token document (60 tokens a worker), not two
         lm.run_ids(doc_a, question, 4)
@@ -79,7 +80,8 @@ def test_apb_hits_only_on_the_same_question(tiny_model):
     model_dir = tiny_model("llama")
     doc, question = random_prompt(256, 160, 5, seed=11)
     _, other = random_prompt(256, 4, 5, seed=12)
-    with LongContextLM(model_dir, method="apb", nproc=2, cache_gib=1, launcher="helpers:ThreadLauncher") as lm:
+    with LongContextLM(model_dir, method="apb", nproc=2, cache_gib=1,
+                       launcher="plugins.threads:ThreadLauncher") as lm:
         lm.run_ids(doc, question, 4)
         missed = lm.generate_prepared(lm.prepare_ids(doc, other, 4))
         assert (missed.cache, missed.cached_tokens) == ("question", 0)
