@@ -26,6 +26,7 @@ torchrun: every rank constructs it and calls `generate` with the same arguments.
 
 import threading
 
+from launch.replies import relay
 from launch.spmd import SPMDLongContextLM
 from dataclasses import replace
 
@@ -73,8 +74,13 @@ class TokenStream:
 
 
     def close(self):
-        """Cancel the request if it is still running (the workers stop before the next token)."""
+        """Cancel the request if it is still running (the workers stop before the next token);
+        `result` then holds what they had generated, when the launcher reports it."""
         self._events.close()
+
+    def cancelled_with(self, raw):
+        """Keep the EngineResult of the cancelled request as `result`."""
+        self.result = _generation(raw, self._tokenizer, self._request, self.lookup)
 
 
 def _generation(result, tokenizer, request, lookup=None):
@@ -166,7 +172,9 @@ class LongContextLM:
         except BaseException:
             self._busy.release()
             raise
-        return TokenStream(self._release_after(events, lookup, request), self.tokenizer, request, lookup)
+        stream = TokenStream(None, self.tokenizer, request, lookup)
+        stream._events = self._release_after(events, lookup, request, stream.cancelled_with)
+        return stream
 
     def _cached(self, request):
         """(the Request to send, the document cache's Lookup or None): with a cache, the request
@@ -202,12 +210,13 @@ class LongContextLM:
             raise LongCtxError("this LongContextLM is serving another request (from another thread, or a "
                                "stream not read to its end); use one LongContextLM per thread")
 
-    def _release_after(self, events, lookup=None, request=None):
+    def _release_after(self, events, lookup=None, request=None, cancelled_with=None):
         """Pass `events` on; the pool is free again when they end (or the reader stops: the
-        request is cancelled), and the document cache learns how they ended."""
+        request is cancelled, and `cancelled_with` receives the EngineResult the launcher
+        returns for it, when it returns one), and the document cache learns how they ended."""
         ok = False
         try:
-            result = yield from events
+            result = yield from relay(events, stopped=cancelled_with)
             ok = True
             return result
         except GeneratorExit:  # the reader stopped and the workers finished the cancelled request

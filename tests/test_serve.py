@@ -156,6 +156,7 @@ def test_full_queue_answers_429_with_retry_after(server):
 
 def test_a_client_that_goes_away_cancels_its_request(server):
     before = metric(server, 'longctx_requests_total{endpoint="/v1/chat/completions",outcome="cancelled"')
+    decoded = metric(server, "longctx_decoded_tokens_total")
     stream = ask(server, max_tokens=400, stream=True, extra_body={"ignore_eos": True})  # ~10 s unless cancelled
     next(iter(stream))
     stream.close()
@@ -164,6 +165,7 @@ def test_a_client_that_goes_away_cancels_its_request(server):
         assert time.monotonic() < deadline, "the request was not cancelled"
         time.sleep(0.2)
     assert ask(server).choices[0].message.content.strip() == "42"
+    assert metric(server, "longctx_decoded_tokens_total") - decoded < 100  # the workers stopped early
 
 
 def test_a_killed_worker_fails_its_request_and_the_pool_restarts(server):

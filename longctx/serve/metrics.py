@@ -29,7 +29,7 @@ class Histogram:
 class Metrics:
     """What `/metrics` exports: requests by endpoint and outcome, queue depth, time to first token
     and prefill histograms, document cache hits / misses by reason / evictions, prompt tokens
-    prefilled vs reused, pool restarts. Thread-safe (the request thread and the handlers)."""
+    prefilled vs reused, tokens decoded, pool restarts. Thread-safe (the request thread and the handlers)."""
 
     def __init__(self):
         self._lock = threading.Lock()
@@ -41,6 +41,7 @@ class Metrics:
         self.cache_misses = {}
         self.evictions = 0
         self.tokens = {"prefilled": 0, "reused": 0}
+        self.decoded = 0
         self.restarts = 0
 
     def request(self, endpoint, outcome):
@@ -64,6 +65,7 @@ class Metrics:
             self.evictions += evictions
             self.tokens["reused"] += outcome.cached_tokens
             self.tokens["prefilled"] += outcome.prompt_tokens - outcome.cached_tokens
+            self.decoded += outcome.completion_tokens
 
     def restarted(self):
         """Count one restart of the worker pool."""
@@ -95,6 +97,8 @@ class Metrics:
                     "# HELP longctx_prompt_tokens_total Prompt tokens prefilled vs reused from the cache.",
                     "# TYPE longctx_prompt_tokens_total counter"]
             out += [f'longctx_prompt_tokens_total{{kind="{kind}"}} {count}' for kind, count in self.tokens.items()]
+            out += ["# HELP longctx_decoded_tokens_total Tokens the workers decoded (cancelled requests' too).",
+                    "# TYPE longctx_decoded_tokens_total counter", f"longctx_decoded_tokens_total {self.decoded}"]
             out += ["# HELP longctx_pool_restarts_total Worker pools started again after a failure.",
                     "# TYPE longctx_pool_restarts_total counter", f"longctx_pool_restarts_total {self.restarts}"]
         return "\n".join(out) + "\n"

@@ -31,7 +31,8 @@ class QueueFull(Exception):
 
 @dataclass
 class Outcome:
-    """How a job ended: the answer `text` (cut at a stop string), its token count, why it ended
+    """How a job ended: the answer `text` (cut at a stop string), the tokens the workers decoded
+    for it (a cancelled request's too), why it ended
     ("stop": the model's end token or a stop string; "length": `max_tokens`; "cancelled"),
     the prompt's token counts and what the document cache did, and the engine's timings
     (None when the request was cancelled before they were known)."""
@@ -183,7 +184,7 @@ class Pool:
             last = stream.tokens[-1:] if stream.tokens else []
             reason = "stop" if last and last[0] in request.stop_ids else "length"
         lookup = stream.lookup
-        outcome = Outcome(text, len(stream.tokens), reason, len(request.doc_ids) + len(request.query_ids),
+        outcome = Outcome(text, len(result.tokens) if result else len(stream.tokens), reason, len(request.doc_ids) + len(request.query_ids),
                           lookup.cached_tokens if lookup else 0, lookup.reason if lookup else None,
                           *((result.prefill_s, result.query_s, result.decode_s) if result else ()))
         self.metrics.served(outcome, first_s, (lm.documents.counters["evictions"] - evictions) if lm.documents else 0)
