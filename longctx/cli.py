@@ -23,8 +23,31 @@ def _add_generate(sub, argv):
     parser = sub.add_parser("generate", help="answer a question about a long document or a video")
     add_run_arguments(parser, argv=argv)
     add_request_arguments(parser)
+    parser.add_argument("--chat", action="store_true",
+                        help="render the prompt with the model's chat template: the document as the system "
+                             "message, the question as the user's")
     add_launcher_arguments(parser, argv)
     parser.set_defaults(func=cmd_generate)
+
+
+def _add_serve(sub, argv):
+    parser = sub.add_parser("serve", help="an OpenAI-compatible server with a distributed document cache")
+    add_run_arguments(parser, argv=argv)
+    add_launcher_arguments(parser, argv)
+    parser.add_argument("--host", default="127.0.0.1", help="address to bind (0.0.0.0: every interface)")
+    parser.add_argument("--port", type=int, default=8000, help="TCP port")
+    parser.add_argument("--api-key", default=None,
+                        help="require 'Authorization: Bearer KEY' on every endpoint but /health")
+    parser.add_argument("--max-queue", type=int, default=16,
+                        help="requests that may wait for the workers; more are refused with 429")
+    parser.add_argument("--cache-gib", type=float, default=None,
+                        help="per-worker budget of cached document K/V (default: half of what each worker "
+                             "has left after its weights; 0: no cache)")
+    parser.add_argument("--max-tokens", type=int, default=64, help="answer tokens when a request sets none")
+    parser.add_argument("--max-body-mb", type=float, default=64, help="largest request body accepted")
+    parser.add_argument("--served-model-name", default=None, help="model name clients use (default: the "
+                                                                    "model directory's name)")
+    parser.set_defaults(func=cmd_serve)
 
 
 def _add_compare(sub, argv):
@@ -130,7 +153,7 @@ def build_parser(argv=None):
     sub = parser.add_subparsers(dest="command", required=True,
                                 parser_class=functools.partial(argparse.ArgumentParser,
                                                                formatter_class=DefaultsHelpFormatter))
-    for add in (_add_generate, _add_compare, _add_eval, _add_tiny_model, _add_demo, _add_plan, _add_methods):
+    for add in (_add_generate, _add_serve, _add_compare, _add_eval, _add_tiny_model, _add_demo, _add_plan, _add_methods):
         add(sub, argv)
     return parser
 
@@ -147,7 +170,15 @@ def cmd_generate(args):
     session = Session(config, adapt_workers=True)
     if session.note:
         print(f"longctx: {session.note}", file=sys.stderr)
-    request = session.prepare(prompt, args.max_new_tokens)
+    if args.chat:
+        from longctx.chat import encode_chat
+
+        if prompt.video is not None:
+            raise LongCtxError("--chat renders text prompts; a video prompt takes the model family's own layout")
+        messages = [{"role": "system", "content": prompt.document}, {"role": "user", "content": prompt.question}]
+        request = session.prepare_ids(*encode_chat(session.tokenizer, messages), args.max_new_tokens)
+    else:
+        request = session.prepare(prompt, args.max_new_tokens)
     with LongContextLM.from_session(session) as lm:
         if args.json:
             payload = lm.generate_prepared(request).to_dict()
@@ -166,6 +197,19 @@ def cmd_generate(args):
           f"{result.doc_tokens} tokens, question {result.question_tokens} tokens")
     print(f"prefill {result.prefill_s:.3f} s ({result.prefill_tokens_per_s:,.0f} tok/s), "
           f"query {result.query_s:.3f} s, decode {result.decode_s:.3f} s for {len(result.tokens)} tokens")
+
+
+def cmd_serve(args):
+    """`longctx serve`: the OpenAI-compatible server (`longctx.serve`) until SIGTERM or Ctrl-C."""
+    try:
+        from longctx.serve.server import serve
+    except ImportError as exc:
+        raise LongCtxError(f"longctx serve needs the serve extra (pip install -e .[serve]): {exc}") from None
+    if args.max_queue < 1:
+        raise LongCtxError(f"--max-queue must be at least 1 (got {args.max_queue})")
+    serve(config_from_args(args), host=args.host, port=args.port, api_key=args.api_key, cache_gib=args.cache_gib,
+          max_queue=args.max_queue, max_tokens=args.max_tokens, max_body_mb=args.max_body_mb,
+          served_name=args.served_model_name)
 
 
 def cmd_compare(args):

@@ -97,6 +97,7 @@ class SpavaAttention(Method):
     the question's exact attention fused into the prefill forward."""
 
     name = "spava"
+    kv_depends_on_question = True  # the question's queries choose each block's passing keys
     Options = SpavaOptions
     Planner = SpavaPlanner
     Stats = PassingStats

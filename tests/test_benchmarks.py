@@ -113,3 +113,20 @@ def test_cpu_methods_smoke(tmp_path):
     assert all(row["seconds"] > 0 and row["frames"] == 64 for row in video)
     dense = next(row for row in video if row["method"] == "dense")
     assert dense["same_first_token_as_hf"]  # the engine's video path agrees with transformers' forward
+
+
+@pytest.mark.slow
+def test_serve_cache_smoke(tmp_path):
+    report, stdout = _run("serve_cache.py", tmp_path / "serve.json")
+    assert report["smoke"] and "shared" in report["shared_machine"] and report["load_average_before"]
+    rows = report["rows"]
+    for length in {row["length"] for row in rows}:
+        at = {(row["mode"], row["request"]): row for row in rows if row["length"] == length}
+        hf_s = at[("measured", "hf-sdpa fresh")]["seconds"]
+        assert set(at) == {("measured", "hf-sdpa fresh"), ("local workers", "fresh"), ("local workers", "follow-up"),
+                           ("simulated", "fresh"), ("simulated", "follow-up")}
+        for row in at.values():
+            assert row["speedup_vs_hf"] == pytest.approx(hf_s / row["seconds"])
+        assert at[("local workers", "follow-up")]["speedup_vs_fresh"] == pytest.approx(
+            at[("local workers", "fresh")]["seconds"] / at[("local workers", "follow-up")]["seconds"])
+    assert "| tokens | HF SDPA fresh |" in stdout and (tmp_path / "serve.png").exists()
