@@ -11,11 +11,13 @@ import functools
 import json
 import sys
 
+from longctx.answer_lines import summary_lines
 from longctx.config import (DefaultsHelpFormatter, add_launcher_arguments, add_request_arguments,
                             add_run_arguments, config_from_args)
 from longctx.errors import LongCtxError
 from longctx.eval.tasks import TASKS
 from longctx.models.tiny import tiny_families
+from longctx.options import declarations
 from longctx.registry import method_names
 
 
@@ -121,6 +123,8 @@ def _add_plan(sub, argv):
 
 def _add_methods(sub, argv):
     parser = sub.add_parser("methods", help="list the registered methods")
+    parser.add_argument("--json", action="store_true",
+                        help="print one JSON object: each method's name, class, summary and options")
     parser.set_defaults(func=cmd_methods)
 
 
@@ -159,13 +163,7 @@ def cmd_generate(args):
         for piece in stream:
             print(piece, end="", flush=True)
         print()
-    result = stream.result
-    media = request.media
-    print(f"method {result.method} on {result.nproc} worker{'s' if result.nproc != 1 else ''}: "
-          f"{'document' if media is None else media.describe() + ','} "
-          f"{result.doc_tokens} tokens, question {result.question_tokens} tokens")
-    print(f"prefill {result.prefill_s:.3f} s ({result.prefill_tokens_per_s:,.0f} tok/s), "
-          f"query {result.query_s:.3f} s, decode {result.decode_s:.3f} s for {len(result.tokens)} tokens")
+    print("\n".join(summary_lines(stream.result, request.media)))
 
 
 def cmd_compare(args):
@@ -291,16 +289,27 @@ def _calibrate(args, device, shape):
 
 
 def cmd_methods(args):
-    """`longctx methods`: list the registered names."""
-    from longctx.registry import method_names
+    """`longctx methods`: the registered method names, one per line, or with --json one object
+    {"methods": [{"name", "class", "summary" (its docstring's first line), "options" (flags)}]}."""
+    from longctx.registry import method_class
 
-    print("\n".join(method_names()))
+    rows = []
+    for name in method_names():
+        cls = method_class(name)
+        options = [] if cls.Options is None else [declared.flag for declared in declarations(cls.Options)]
+        rows.append({"name": name, "class": f"{cls.__module__}:{cls.__qualname__}",
+                     "summary": (cls.__doc__ or "").strip().splitlines()[0] if cls.__doc__ else "",
+                     "options": options})
+    if args.json:
+        print(json.dumps({"methods": rows}))
+        return
+    print("\n".join(row["name"] for row in rows))
 
 
 def main(argv=None):
     """Entry point of the `longctx` console script; returns the exit status."""
-    args = build_parser(argv).parse_args(argv)
     try:
+        args = build_parser(argv).parse_args(argv)
         args.func(args)
     except LongCtxError as exc:
         print(f"longctx: error: {exc}", file=sys.stderr)

@@ -197,14 +197,15 @@ def add_run_arguments(parser, *, with_method=True, model_required=True, defaults
 
 def _owners(make, table, names):
     """Owners (made by `make`) of everything registered in `table` and of the plug-ins among
-    `names` that import (a name that does not is reported where it is used)."""
+    `names`. A plug-in that does not import is a LongCtxError here, before argument parsing
+    could blame its options ("unrecognized arguments: --uneven-seed")."""
     owners = []
-    for name in dict.fromkeys([*table, *(name for name in names if ":" in name)]):
+    for name in table:
         try:
             owners.append(make(name))
-        except LongCtxError:
+        except LongCtxError:  # reported where it is used
             continue
-    return owners
+    return owners + [make(name) for name in dict.fromkeys(names) if ":" in name and name not in table]
 
 
 def named(argv, flags):
