@@ -15,6 +15,7 @@ from longctx.answer_lines import summary_lines
 from longctx.config import (DefaultsHelpFormatter, add_launcher_arguments, add_request_arguments,
                             add_run_arguments, config_from_args)
 from longctx.errors import LongCtxError
+from longctx.models.hub import resolve_model
 from longctx.eval.tasks import TASKS
 from longctx.models.tiny import tiny_families
 from longctx.options import declarations
@@ -310,6 +311,8 @@ def main(argv=None):
     """Entry point of the `longctx` console script; returns the exit status."""
     try:
         args = build_parser(argv).parse_args(argv)
+        if getattr(args, "model", None):  # a Hub id becomes its cached snapshot's directory, once
+            args.model, args.revision = resolve_model(args.model, getattr(args, "revision", None)), None
         args.func(args)
     except LongCtxError as exc:
         print(f"longctx: error: {exc}", file=sys.stderr)

@@ -30,7 +30,7 @@ def dense_reference(config, doc_ids, query_ids, max_new_tokens, stop=()):
     states. `stop` are the ids that end generation: pass the ones the compared methods get
     (`LongContextLM.stop_ids`) so that the reference stops where they do."""
     device = resolve_device(config.device)
-    model = load_model(config.model, device, resolve_dtype(config.dtype, device))
+    model = load_model(config.model, device, resolve_dtype(config.dtype, device), config.family, config.rope_scaling)
     engine = Engine(model, ProcessGroupComm(), config.replace(method="dense", nproc=1), device)
     return engine.run(Request(doc_ids, query_ids, max_new_tokens, "dense", True, tuple(stop)))
 
@@ -59,7 +59,7 @@ def compare_methods(config, methods, length, query_len=8, max_new_tokens=8, seed
     ref_hidden = torch.cat([reference.doc_hidden, reference.query_hidden])
     baseline = None
     if baseline_repeats:
-        with HFSDPABaseline(config.model, config.device, config.dtype) as hf:
+        with HFSDPABaseline(config.model, config.device, config.dtype, config.rope_scaling) as hf:
             baseline = hf.time(doc_ids, query_ids, baseline_repeats)
     hf_s = baseline.median_s if baseline else None
     owns_lm = lm is None

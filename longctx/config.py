@@ -12,6 +12,8 @@ from dataclasses import dataclass, field, fields
 
 from longctx.errors import LongCtxError
 from longctx.kernels import BACKENDS
+from longctx.models.hub import resolve_model
+from longctx.models.positions import parse_rope_scaling
 from longctx.options import Owner, add_option_arguments, build, options_from_args, resolve
 from longctx.registry import (LAUNCHERS, METHODS, family_class, family_names, launcher_class, launcher_names,
                               method_class)
@@ -60,7 +62,10 @@ class RunConfig:
     or a plug-in path); `worker_env` holds (NAME, VALUE) pairs set in every worker's
     environment (a dict is accepted): the only driver-side variables a Ray worker gets besides
     the job's runtime_env; `family` the model-family adapter (`longctx.models.family`; None: the
-    one the model's config asks for).
+    one the model's config asks for). `model` is a local directory or a Hugging Face Hub id,
+    which `validate` resolves to its cached snapshot at `revision` (`longctx.models.hub`);
+    `rope_scaling` (transformers' rope dict) and `max_model_len` extend and bound the model's
+    positions (`longctx.models.positions`).
 
     `options` holds the methods' and the launcher's own options, resolved to their
     declarations (`longctx.options`); an owner reads its own with `options_for`. Keywords that
@@ -85,6 +90,9 @@ class RunConfig:
     launcher: str = "local"
     worker_env: tuple = ()
     family: str = None
+    revision: str = None
+    rope_scaling: dict = None
+    max_model_len: int = None
     options: dict = field(default_factory=dict)
 
     def __init__(self, **values):
@@ -127,6 +135,13 @@ class RunConfig:
         """Raise LongCtxError naming the first bad setting; returns self."""
         if self.nproc < 1:
             raise LongCtxError(f"--nproc must be at least 1 (got {self.nproc})")
+        if self.model:
+            self.model, self.revision = resolve_model(self.model, self.revision), None
+        if self.rope_scaling is not None and not isinstance(self.rope_scaling, dict):
+            raise LongCtxError(f"rope_scaling must be a dict such as {{'rope_type': 'yarn', 'factor': 4.0}} "
+                               f"(got {self.rope_scaling!r})")
+        if self.max_model_len is not None and self.max_model_len < 1:
+            raise LongCtxError(f"--max-model-len must be at least 1 (got {self.max_model_len})")
         for name, allowed in (("device", DEVICES), ("dtype", DTYPES), ("dist_backend", DIST_BACKENDS)):
             if getattr(self, name) not in allowed:
                 raise LongCtxError(f"--{name.replace('_', '-')} must be one of {', '.join(allowed)}")
@@ -168,8 +183,10 @@ def add_run_arguments(parser, *, with_method=True, model_required=True, defaults
     torchrun entry, whose world size is torchrun's)."""
     defaults = {"method": "burst", "nproc": 2, "balance": BALANCE_DEFAULT, **(defaults or {})}
     parser.add_argument("--model", required=model_required, default=None,
-                        help="local Hugging Face causal-LM directory" if model_required else
-                        "model directory (only its config is read; no weights)")
+                        help="Hugging Face causal-LM: a local directory or a Hub id (org/name, from the cache "
+                             "under HF_HOME, downloaded unless HF_HUB_OFFLINE=1; safetensors only, no code)"
+                        if model_required else "model directory or Hub id (only its config is read; no weights)")
+    add_model_arguments(parser)
     if with_method:
         parser.add_argument("--method", default=defaults["method"], help="prefill method (see `longctx methods`)")
     if with_nproc:
@@ -192,6 +209,20 @@ def add_run_arguments(parser, *, with_method=True, model_required=True, defaults
                              "as package.module:ClassName)")
     add_planner_arguments(parser, defaults["balance"])
     add_option_arguments(parser, _owners(method_owner, METHODS, named(argv, ("--method", "--methods"))))
+    return parser
+
+
+def add_model_arguments(parser):
+    """Add --revision, --rope-scaling and --max-model-len (what a run makes of the model)."""
+    parser.add_argument("--revision", default=None,
+                        help="with a Hub id: the branch, tag or commit to use (default: main)")
+    parser.add_argument("--rope-scaling", type=parse_rope_scaling, default=None, metavar="JSON",
+                        help="RoPE scaling applied to the model's config, transformers' rope dict, e.g. "
+                             "'{\"rope_type\": \"yarn\", \"factor\": 4.0, \"original_max_position_embeddings\": 32768}' "
+                             "(its positions times the factor become the limit)")
+    parser.add_argument("--max-model-len", type=int, default=None, metavar="TOKENS",
+                        help="longest request (document + question + new tokens); default: the model's positions, "
+                             "times the --rope-scaling factor")
     return parser
 
 

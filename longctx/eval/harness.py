@@ -295,7 +295,7 @@ def _hf_baseline(model_dir, config, ids, bar):
     warm-up, then one timed forward each."""
     bar.set_description("HF SDPA")
     seconds, argmax = {}, {}
-    with HFSDPABaseline(model_dir, config.device, config.dtype) as hf:
+    with HFSDPABaseline(model_dir, config.device, config.dtype, config.rope_scaling) as hf:
         for task, pairs in ids.items():
             seconds[task], argmax[task] = [], []
             for doc_ids, query_ids in pairs:
