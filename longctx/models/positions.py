@@ -9,12 +9,18 @@ The request limit is `--max-model-len` when given, else the model's positions
 (`max_position_embeddings`) times the scaling factor when one is given (vLLM's rule), else the
 model's positions. `--max-model-len` past that is refused: it would run positions the model
 was neither trained nor scaled for.
+
+RoPE types whose frequencies follow the length of each forward ("dynamic" NTK, "longrope") are
+refused: every worker runs a forward of its own share, so they would rotate the same position
+differently on different workers, and differently from one forward over the whole request.
 """
 
 import argparse
 import json
 
 from longctx.errors import LongCtxError
+
+LENGTH_DEPENDENT = ("dynamic", "longrope")  # transformers' `dynamic_rope_update` types
 
 
 def parse_rope_scaling(text):
@@ -50,6 +56,10 @@ def apply_rope_scaling(config, rope_scaling):
     if given["rope_type"] not in known:
         raise LongCtxError(f"--rope-scaling: unknown rope_type {given['rope_type']!r}; transformers knows "
                            f"{', '.join(known)}")
+    if given["rope_type"] in LENGTH_DEPENDENT:
+        raise LongCtxError(f"--rope-scaling: rope_type {given['rope_type']!r} changes its frequencies with the length "
+                           "of each forward, which differs between longctx's workers (each runs its own share), so "
+                           "it would not be exact; use \"yarn\", \"linear\" or \"llama3\"")
     own = getattr(config, "rope_parameters", None) or {}
     if not isinstance(own, dict) or "rope_type" not in own and any(isinstance(v, dict) for v in own.values()):
         raise LongCtxError(f"--rope-scaling: this model ({config.model_type}) keeps per-layer rope parameters, "
