@@ -98,7 +98,8 @@ def _exit_with_driver():
 def _serve(rank, world, port, config, conn):
     """Worker process body: start up, then answer ("run", request, stream) messages until ("stop",).
 
-    With `stream`, rank 0 sends ("token", id) for each generated token before its ("ok", result).
+    With `stream`, rank 0 sends ("layer", (done, total)) after each prefill layer and ("token",
+    id) for each generated token before its ("ok", result).
     """
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the driver's to handle
     _exit_with_driver()
@@ -114,7 +115,8 @@ def _serve(rank, world, port, config, conn):
                 break
             _, request, stream = message
             on_token = (lambda token: conn.send(("token", token))) if stream and rank == 0 else None
-            result = engine.run(request, on_token=on_token)
+            on_layer = (lambda done, total: conn.send(("layer", (done, total)))) if stream and rank == 0 else None
+            result = engine.run(request, on_token=on_token, on_layer=on_layer)
             conn.send(("ok", result if rank == 0 else None))
         shutdown_worker()
     except LongCtxError as exc:
@@ -200,6 +202,7 @@ class LocalLauncher:
     name = "local"
     runs_here = True
     Options = None
+    on_layer = None  # the driver's progress hook: on_layer(done, total) for each prefill layer of a stream
 
     @classmethod
     def worker_config(cls, config):
@@ -263,6 +266,10 @@ class LocalLauncher:
                             kind, payload = conn.recv()
                         except EOFError:
                             kind, payload = "died", describe_exit(proc)
+                        if kind == "layer":
+                            if stream and self.on_layer is not None:
+                                self.on_layer(*payload)
+                            continue
                         if kind == "token":
                             if stream:
                                 try:

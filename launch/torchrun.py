@@ -22,7 +22,7 @@ import sys
 from launch.interfaces import interface_address, source_address
 from launch.local import describe_exception
 from launch.spmd import SPMDLongContextLM
-from longctx.answer_lines import summary_lines
+from longctx.answer_lines import answer_notes, summary_lines
 from longctx.config import DefaultsHelpFormatter, add_request_arguments, add_run_arguments, config_from_args
 from longctx.errors import CollectiveError, LongCtxError
 from longctx.request import prompt_from_args
@@ -68,7 +68,9 @@ def main(argv=None):
             print(json.dumps(payload))
         else:
             print(f"answer: {result.text}")
-            print("\n".join(summary_lines(result, lm.last_request.media)))
+            print("\n".join(summary_lines(result, lm.last_request.media)), flush=True)
+            for note in answer_notes(result, lm.last_request, lm.tokenizer, lm.session.stop_ids):
+                print(f"longctx: note: {note}", file=sys.stderr)
     return 0
 
 

@@ -130,9 +130,13 @@ class LongContextLM:
         """The GenerationResult of a Request made by this pool's session."""
         return _generation(self.run(request), self.tokenizer, request)
 
-    def stream_prepared(self, request):
-        """The TokenStream of a Request made by this pool's session."""
+    def stream_prepared(self, request, on_layer=None):
+        """The TokenStream of a Request made by this pool's session. `on_layer(done, total)` is
+        called after each prefill layer of rank 0 (the progress hook, `longctx.progress`; only
+        launchers that forward it, the local one, call it)."""
         self._claim()
+        if hasattr(self._launcher, "on_layer"):
+            self._launcher.on_layer = on_layer
         try:
             events = self._launcher.stream(request)
         except BaseException:

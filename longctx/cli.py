@@ -11,13 +11,14 @@ import functools
 import json
 import sys
 
-from longctx.answer_lines import summary_lines
+from longctx.answer_lines import answer_notes, summary_lines
 from longctx.config import (DefaultsHelpFormatter, add_launcher_arguments, add_request_arguments,
                             add_run_arguments, config_from_args)
 from longctx.errors import LongCtxError
 from longctx.models.hub import resolve_model
 from longctx.eval.tasks import TASKS
 from longctx.models.tiny import tiny_families
+from longctx.progress import PrefillProgress, shown
 from longctx.options import declarations
 from longctx.registry import method_names
 
@@ -153,18 +154,30 @@ def cmd_generate(args):
     if session.note:
         print(f"longctx: {session.note}", file=sys.stderr)
     request = session.prepare(prompt, args.max_new_tokens)
-    with LongContextLM.from_session(session) as lm:
-        if args.json:
-            payload = lm.generate_prepared(request).to_dict()
-            payload["answer"] = payload.pop("text")
-            print(json.dumps(payload))
-            return
-        stream = lm.stream_prepared(request)
-        print("answer: ", end="", flush=True)
-        for piece in stream:
-            print(piece, end="", flush=True)
-        print()
-    print("\n".join(summary_lines(stream.result, request.media)))
+    progress = PrefillProgress(len(request.doc_ids), enabled=not args.json and shown(args.quiet))
+    progress.starting(session.config.nproc)
+    try:
+        with LongContextLM.from_session(session) as lm:
+            if args.json:
+                payload = lm.generate_prepared(request).to_dict()
+                payload["answer"] = payload.pop("text")
+                print(json.dumps(payload))
+                return
+            stream = lm.stream_prepared(request, on_layer=progress.layer)
+            started = False
+            for piece in stream:
+                if not started:  # the first token is decided: the answer begins
+                    progress.close()
+                    print("answer: ", end="", flush=True)
+                    started = True
+                print(piece, end="", flush=True)
+            progress.close()
+            print("" if started else "answer:")
+    finally:
+        progress.close()
+    print("\n".join(summary_lines(stream.result, request.media)), flush=True)
+    for note in answer_notes(stream.result, request, session.tokenizer, session.stop_ids):
+        print(f"longctx: note: {note}", file=sys.stderr)
 
 
 def cmd_compare(args):

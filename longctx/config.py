@@ -317,6 +317,8 @@ def add_request_arguments(parser):
     parser.add_argument("--max-new-tokens", type=int, default=32,
                         help="at most this many answer tokens (greedy; stops early at the model's end token)")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
+    parser.add_argument("--quiet", action="store_true",
+                        help="no progress line on stderr (it is shown only on a terminal, never with --json)")
     return parser
 
 

@@ -20,6 +20,7 @@ from longctx.cache import KVCache
 from longctx.errors import LongCtxError
 from longctx.features import Kernels, with_sinks
 from longctx.models.family import family_for
+from longctx.progress import layer_hooks
 from longctx.registry import get_method
 from longctx.results import EngineResult, RequestStats
 
@@ -132,14 +133,16 @@ class Engine:
             self._methods[name] = get_method(name, self.config)
         return self._methods[name]
 
-    def run(self, request, on_token=None):
+    def run(self, request, on_token=None, on_layer=None):
         """Prefill, query pass and greedy decoding; returns an EngineResult (complete on rank 0).
 
         `on_token(token_id)`, called on rank 0 only, receives each generated token as soon as
         it is decided (before the next decoding step): the streaming hook of the launchers.
+        `on_layer(done, total)` is called after each decoder layer of the prefill
+        (`longctx.progress.layer_hooks`): the progress hook.
         """
         with torch.inference_mode():
-            return self.answer(self.prefill(request), request, on_token)
+            return self.answer(self.prefill(request, on_layer), request, on_token)
 
     def context(self, request):
         """The WorkerContext of `request` on this worker: its method, plan and kernels."""
@@ -167,10 +170,11 @@ class Engine:
         plan = method.planner.plan(len(request.doc_ids), len(request.query_ids), self.comm.world)
         return self.comm.broadcast_object(plan, src=0)
 
-    def prefill(self, request):
-        """The prefill forward of `request` on this worker; returns its Prefilled."""
+    def prefill(self, request, on_layer=None):
+        """The prefill forward of `request` on this worker; returns its Prefilled. `on_layer`:
+        see `run`."""
         ctx = self.context(request)
-        with torch.inference_mode():
+        with torch.inference_mode(), layer_hooks(self.family.decoder(self.model), on_layer):
             (hidden, doc_hidden), seconds = self._timed(lambda: self._prefill(ctx, request))
         return Prefilled(ctx, hidden, doc_hidden, seconds)
 
