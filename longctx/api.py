@@ -71,7 +71,9 @@ def _generation(result, tokenizer, request):
 class LongContextLM:
     """A pool of workers serving one model; use as a context manager or call `close()`.
 
-    `model` is a local Hugging Face causal-LM directory; `method` the default method;
+    `model` is a local Hugging Face causal-LM directory or a Hub id (`revision=` picks a branch,
+    tag or commit; `longctx.models.hub`); `rope_scaling=` / `max_model_len=` extend and bound its
+    positions (`longctx.models.positions`); `method` the default method;
     `launcher` how workers come to exist (`longctx.registry.LAUNCHERS`: "local" processes,
     "ray" actors on a Ray cluster, or a plug-in); other keyword arguments are RunConfig fields
     (device, dtype, layout, timeout_s, ...) and the method's and launcher's own options

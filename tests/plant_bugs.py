@@ -86,6 +86,14 @@ BUGS = {
         "check_memory(runner.planner, plan, self.model_config.vocab_size, max_new_tokens,\n"
         "                         resolve_device_type(self.worker_config.device), local_workers=self.local_workers)",
         "None", ("tests/test_memory.py",)),
+    "rope-scaling-dropped": Bug(
+        "workers build the model from its saved config: --rope-scaling reaches the checks, not the rotary embedding",
+        "longctx/models/loading.py", "from_pretrained(path, config=config, dtype=dtype,", "from_pretrained(path, dtype=dtype,",
+        ("tests/test_rope_scaling.py",)),
+    "sigint-ignored": Bug(
+        "the local launcher ignores SIGINT while it spawns (the old way): a Ctrl-C then is lost",
+        "launch/local.py", "previous = signal.signal(signal.SIGINT, lambda signum, frame: held.append(signum))",
+        "previous = signal.signal(signal.SIGINT, signal.SIG_IGN)", ("tests/test_interrupt_startup.py",)),
 }
 
 
