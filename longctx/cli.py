@@ -240,7 +240,8 @@ def cmd_demo(args):
 
     if args.repeats < 1:
         raise LongCtxError(f"--repeats must be at least 1 (got {args.repeats})")
-    report = run_demo(nproc=args.nproc, model=args.model, method=args.method, repeats=args.repeats)
+    report = run_demo(nproc=args.nproc, model=args.model and resolve_model(args.model), method=args.method,
+                      repeats=args.repeats)
     print(json.dumps(report) if args.json else report["text"])
 
 
@@ -324,8 +325,6 @@ def main(argv=None):
     """Entry point of the `longctx` console script; returns the exit status."""
     try:
         args = build_parser(argv).parse_args(argv)
-        if getattr(args, "model", None):  # a Hub id becomes its cached snapshot's directory, once
-            args.model, args.revision = resolve_model(args.model, getattr(args, "revision", None)), None
         args.func(args)
     except LongCtxError as exc:
         print(f"longctx: error: {exc}", file=sys.stderr)

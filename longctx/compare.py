@@ -52,6 +52,7 @@ def compare_methods(config, methods, length, query_len=8, max_new_tokens=8, seed
     """
     if lm is not None and baseline_repeats:
         raise ValueError("compare_methods: time the HF baseline before starting `lm` (baseline_repeats=0)")
+    config.resolve_model()
     session = lm.session if lm is not None else Session(config.replace(method=methods[0]))
     model_config, stop = session.model_config, session.stop_ids  # what the methods stop at
     doc_ids, query_ids = random_prompt(model_config.vocab_size, length, query_len, seed)

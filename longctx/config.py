@@ -63,7 +63,7 @@ class RunConfig:
     environment (a dict is accepted): the only driver-side variables a Ray worker gets besides
     the job's runtime_env; `family` the model-family adapter (`longctx.models.family`; None: the
     one the model's config asks for). `model` is a local directory or a Hugging Face Hub id,
-    which `validate` resolves to its cached snapshot at `revision` (`longctx.models.hub`);
+    which `resolve_model` resolves to its cached snapshot at `revision` (`longctx.models.hub`);
     `rope_scaling` (transformers' rope dict) and `max_model_len` extend and bound the model's
     positions (`longctx.models.positions`).
 
@@ -135,8 +135,6 @@ class RunConfig:
         """Raise LongCtxError naming the first bad setting; returns self."""
         if self.nproc < 1:
             raise LongCtxError(f"--nproc must be at least 1 (got {self.nproc})")
-        if self.model:
-            self.model, self.revision = resolve_model(self.model, self.revision), None
         if self.rope_scaling is not None and not isinstance(self.rope_scaling, dict):
             raise LongCtxError(f"rope_scaling must be a dict such as {{'rope_type': 'yarn', 'factor': 4.0}} "
                                f"(got {self.rope_scaling!r})")
@@ -159,6 +157,15 @@ class RunConfig:
                 raise LongCtxError(f"--host-speeds must be positive numbers (got {','.join(map(str, speeds))})")
         for owner in self.owners():
             self.options_for(owner.cls)
+        return self
+
+    def resolve_model(self):
+        """Resolve a Hub id in `model` to the directory of its cached snapshot at `revision`
+        (`longctx.models.hub`: downloaded first unless offline); returns self. Called where the
+        model is first opened (`longctx.request.Session`, compare, eval), after the run's other
+        checks, so that a bad option is reported before any look-up."""
+        if self.model:
+            self.model, self.revision = resolve_model(self.model, self.revision), None
         return self
 
     def pool_options(self):

@@ -173,6 +173,7 @@ class Session:
         self.local_workers = (config.nproc if launcher.runs_here else 0) if local_workers is None else local_workers
         if self.local_workers:
             check_machine(config)
+        config.resolve_model()  # a Hub id: its cached snapshot's directory from here on
         self.family, whole_config = model_family(config.model, config.family, config.rope_scaling)
         self.model_config = self.family.language_config(whole_config)
         self.position_limit = position_limit(self.model_config, config.rope_scaling, config.max_model_len)

@@ -69,14 +69,14 @@ def test_hub_id_resolves_from_the_cache_at_a_revision(offline):
     from longctx.config import RunConfig
     from longctx.errors import LongCtxError
 
-    assert RunConfig(model="org/tiny").validate().model == offline["main"]
-    assert RunConfig(model="org/tiny", revision="v2").validate().model == offline["v2"]  # a tag
-    assert RunConfig(model="org/tiny", revision=V2).validate().model == offline["v2"]  # a commit
-    with pytest.raises(LongCtxError, match="'org/tiny' at revision 'v3' is not in the Hugging Face cache .* "
-                                           "HF_HUB_OFFLINE is set"):
-        RunConfig(model="org/tiny", revision="v3").validate()
+    assert RunConfig(model="org/tiny").validate().resolve_model().model == offline["main"]
+    assert RunConfig(model="org/tiny", revision="v2").validate().resolve_model().model == offline["v2"]  # a tag
+    assert RunConfig(model="org/tiny", revision=V2).validate().resolve_model().model == offline["v2"]  # a commit
+    with pytest.raises(LongCtxError, match="'org/tiny' at revision 'v3' is no local directory and not in the "
+                                           "Hugging Face cache .* HF_HUB_OFFLINE is set"):
+        RunConfig(model="org/tiny", revision="v3").resolve_model()
     with pytest.raises(LongCtxError, match="names a Hub revision, but --model .* is a local directory"):
-        RunConfig(model=offline["main"], revision="v2").validate()
+        RunConfig(model=offline["main"], revision="v2").resolve_model()
 
 
 def test_hub_id_gets_the_checks_of_a_local_directory(offline):
@@ -86,7 +86,7 @@ def test_hub_id_gets_the_checks_of_a_local_directory(offline):
 
     for model, needle in (("org/coded", "ships Python code (modeling_tiny.py)"),
                           ("org/pickled", "holds its weights as pickle files (pytorch_model.bin)"),
-                          ("org/absent", "'org/absent' is not in the Hugging Face cache")):
+                          ("org/absent", "'org/absent' is no local directory and not in the Hugging Face cache")):
         with pytest.raises(LongCtxError, match=needle.replace("(", r"\(").replace(")", r"\)")):
             Session(RunConfig(model=model, nproc=1, method="dense"))
 

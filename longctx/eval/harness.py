@@ -230,6 +230,7 @@ def evaluate(model_dir, tasks, length, nproc, methods, samples, seed=0, max_new_
     base = RunConfig.for_methods([spec.method for spec in specs.values()], model=model_dir, nproc=nproc,
                                  **run_options).validate()
     session = Session(base)  # the machine, the model and its tokenizer, once
+    model_dir = base.model  # a Hub id resolved to its snapshot by the session
     workers = {label: session.workers_for(spec.method) for label, spec in specs.items()}
     tokenizer = session.tokenizer
     task_samples = build_samples(task_specs, length, samples, seed, tokenizer)

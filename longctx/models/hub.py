@@ -49,10 +49,12 @@ def resolve_model(model, revision=None):
                            "private or gated one needs `hf auth login`)") from None
     except LocalEntryNotFoundError:
         if constants.HF_HUB_OFFLINE:
-            raise LongCtxError(f"model {model!r}{at} is not in the Hugging Face cache ({constants.HF_HUB_CACHE}) and "
-                               "HF_HUB_OFFLINE is set: download it once online, or name a local directory") from None
-        raise LongCtxError(f"model {model!r}{at} is not in the Hugging Face cache ({constants.HF_HUB_CACHE}) and the "
-                           "Hub cannot be reached; is this machine online?") from None
+            raise LongCtxError(f"model {model!r}{at} is no local directory and not in the Hugging Face cache "
+                               f"({constants.HF_HUB_CACHE}), and HF_HUB_OFFLINE is set: download it once online, or "
+                               "name a local directory") from None
+        raise LongCtxError(f"model {model!r}{at} is no local directory and not in the Hugging Face cache "
+                           f"({constants.HF_HUB_CACHE}), and the Hub cannot be reached; is this machine online?") \
+            from None
     except (HfHubHTTPError, OSError, ValueError) as exc:
         text = str(exc).strip().splitlines()
         raise LongCtxError(f"cannot fetch model {model!r}{at} from the Hugging Face Hub: "
