@@ -214,7 +214,6 @@ def needle_demo(model_dir, nproc=4, method="apb", data_dir=SHIPPED_DATA, repeats
     dense, dense_correct, _ = runs["dense"]
     ratio, dense_ratio = speedup(baseline.median_s, result.ttft_s), speedup(baseline.median_s, dense.ttft_s)
     agrees = bool(dense.tokens) and dense.tokens[0] == baseline.argmax
-    rate = result.doc_tokens / max(result.prefill_s, 1e-9)
     lines = [
         f"longctx demo: {_shown(model_dir)} on the shipped haystack "
         f"({result.doc_tokens} document + {result.question_tokens} question tokens)",
@@ -222,7 +221,7 @@ def needle_demo(model_dir, nproc=4, method="apb", data_dir=SHIPPED_DATA, repeats
         f"{method} on {describe_workers(result.nproc)} (started in {startup_s:.1f} s): "
         f"answer {result.text.strip()!r}, expected {answer!r} -> {'correct' if correct else 'WRONG'}",
         f"  time to first token {result.ttft_s:.3f} s, {describe_speedup(ratio)} ({baseline.median_s:.3f} s)",
-        f"  prefill {result.prefill_s:.3f} s ({rate:,.0f} tok/s) + query {result.query_s:.3f} s; "
+        f"  prefill {result.prefill_s:.3f} s ({result.prefill_tokens_per_s:,.0f} tok/s) + query {result.query_s:.3f} s; "
         f"decode {result.decode_s:.3f} s for {len(result.tokens)} token(s)",
         f"  plan: {describe_plan(result.plan)}",
         f"longctx dense on 1 worker: answer {dense.text.strip()!r} -> {'correct' if dense_correct else 'WRONG'}; "

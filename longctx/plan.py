@@ -15,6 +15,11 @@ from dataclasses import dataclass, field
 
 from longctx.errors import LongCtxError
 
+# The per-host sizes every plan's JSON form lists, whatever the method (0 unless the method's host
+# plan reports them in `details`), so `--json` output keeps one shape and the keys it always had.
+REPORTED_SIZES = {"anchor_len": 0, "passing_len": 0}
+
+
 @dataclass(frozen=True)
 class Span:
     """Global token positions range(start, stop, step) held by one host."""
@@ -142,7 +147,8 @@ class Plan:
         }
 
     def summary(self):
-        """A JSON-ready description: per-host spans, sizes and estimates, plus totals."""
+        """A JSON-ready description: per-host spans, sizes (`REPORTED_SIZES` and the method's
+        `HostPlan.details`) and estimates, plus totals."""
         return {
             "method": self.method,
             "layout": self.layout,
@@ -155,6 +161,7 @@ class Plan:
                     "rank": host.rank,
                     "tokens": host.num_tokens,
                     "spans": [[span.start, span.stop, span.step] for span in host.spans],
+                    **REPORTED_SIZES,
                     **host.details(),
                     "est_ms": host.est_ms,
                     "est_parts": host.est_parts,

@@ -98,28 +98,44 @@ class ThreadComm:
         return torch.cat([parts[source][self.rank] for source in range(self.world)]).clone()
 
 
-def run_workers(model, config, request, world):
-    """Run `request` on `world` worker threads; returns rank 0's engine result."""
-    hub = {"world": world, "barrier": threading.Barrier(world, timeout=120), "slots": [None] * world}
-    models = [copy.deepcopy(model) for _ in range(world)]  # forward hooks must not be shared
-    results, errors = [None] * world, []
+def start_workers(engines, hub, request, on_token=None, on_done=None):
+    """Run `request` on every engine of `engines` (rank r's, meeting at `hub`'s barrier) in a
+    thread of its own; rank 0 passes each generated token to `on_token` and calls `on_done` when
+    it ends. Returns `finish()`: it waits for every thread and returns rank 0's EngineResult,
+    or raises the first failure (which aborts the barrier, so no thread is left waiting).
+    Who calls it: `run_workers`, the plug-in launcher `plugins.threads`."""
+    results, errors = [None] * len(engines), []
 
     def work(rank):
         try:
-            engine = Engine(models[rank], ThreadComm(rank, hub), config.replace(nproc=world), torch.device("cpu"))
-            results[rank] = engine.run(request)
+            results[rank] = engines[rank].run(request, on_token=on_token if rank == 0 else None)
         except BaseException as exc:  # surface the first failure, release the others
             errors.append(exc)
             hub["barrier"].abort()
+        finally:
+            if rank == 0 and on_done is not None:
+                on_done()
 
-    threads = [threading.Thread(target=work, args=(rank,)) for rank in range(world)]
+    threads = [threading.Thread(target=work, args=(rank,)) for rank in range(len(engines))]
     for thread in threads:
         thread.start()
-    for thread in threads:
-        thread.join()
-    if errors:
-        raise errors[0]
-    return results[0]
+
+    def finish():
+        for thread in threads:
+            thread.join()
+        if errors:
+            raise errors[0]
+        return results[0]
+
+    return finish
+
+
+def run_workers(model, config, request, world):
+    """Run `request` on `world` worker threads; returns rank 0's engine result."""
+    hub = {"world": world, "barrier": threading.Barrier(world, timeout=120), "slots": [None] * world}
+    engines = [Engine(copy.deepcopy(model), ThreadComm(rank, hub), config.replace(nproc=world), torch.device("cpu"))
+               for rank in range(world)]  # a model copy each: forward hooks must not be shared
+    return start_workers(engines, hub, request)()
 
 
 def marked_processes(marker):

@@ -94,6 +94,23 @@ BUGS = {
         "the local launcher ignores SIGINT while it spawns (the old way): a Ctrl-C then is lost",
         "launch/local.py", "previous = signal.signal(signal.SIGINT, lambda signum, frame: held.append(signum))",
         "previous = signal.signal(signal.SIGINT, signal.SIG_IGN)", ("tests/test_interrupt_startup.py",)),
+    "sinks-dropped": Bug(
+        "the model's attention sinks (gpt-oss) dropped: the method's output returned as if it had none",
+        "longctx/engine.py", "        if call.sinks is None:\n            return out", "        return out",
+        ("tests/test_attention_features.py",)),
+    "softcap-dropped": Bug(
+        "logit soft-capping (Gemma 2) not passed to the kernel by ctx.kernels.attention",
+        "longctx/features.py", "scale=scale,\n                                 softcap=self.softcap, backend=self.backend)",
+        "scale=scale,\n                                 softcap=None, backend=self.backend)",
+        ("tests/test_attention_features.py",)),
+    "option-by-name": Bug(
+        "options stored by their name, not their declaration: apb's and spava's --anchor-len one field again",
+        "longctx/options.py", 'return f"{self.owner.__module__}.{self.owner.__qualname__}.{self.name}"',
+        "return self.name", ("tests/test_options.py",)),
+    "length-check": Bug(
+        "the request path no longer checks the length against the model's positions",
+        "longctx/request.py", "check_lengths(self.position_limit, len(doc_ids), len(query_ids), max_new_tokens)",
+        "None", ("tests/test_hostile_input.py",)),
 }
 
 

@@ -418,6 +418,22 @@ def test_cli_plan_json_and_single_balance(capsys):
     assert list(report["plans"]) == ["auto"] and report["estimate"]["host_speeds"] == [1, 2, 1]
 
 
+HOST_KEYS = ["rank", "tokens", "spans", "anchor_len", "passing_len", "est_ms", "est_parts"]
+
+
+@pytest.mark.parametrize("method", ["dense", "ring", "burst", "ulysses", "allgather", "apb", "star", "spava"])
+def test_every_plans_json_hosts_have_the_same_keys(method, capsys):
+    """`longctx plan --json` keeps one per-host shape for every method (the keys it always had;
+    a method without an anchor or passing block reports 0 for both)."""
+    nproc = 1 if method == "dense" else 4
+    assert cli_main(["plan", "--method", method, "--length", "8192", "--nproc", str(nproc), "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    for plan in report["plans"].values():
+        assert [list(host) for host in plan["hosts"]] == [HOST_KEYS] * nproc
+        if method in ("dense", "ring", "burst", "ulysses", "allgather"):
+            assert {(host["anchor_len"], host["passing_len"]) for host in plan["hosts"]} == {(0, 0)}
+
+
 def test_cli_plan_reads_a_model_config_and_explains_bad_input(capsys):
     assert cli_main(["plan", "--model", os.path.join(REPO, "examples", "models", "needle-llama"), "--method", "burst",
                      "--layout", "striped", "--length", "1000", "--nproc", "4"]) == 0

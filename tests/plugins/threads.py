@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 import torch
 
-from helpers import ThreadComm
+from helpers import ThreadComm, start_workers
 from launch.replies import run_to_end
 from longctx.engine import Engine
 from longctx.models import load_model, resolve_dtype
@@ -55,27 +55,10 @@ class ThreadLauncher:
 
     def stream(self, request):
         """Yield rank 0's tokens as they are decided; return its EngineResult."""
-        tokens, results, errors = queue.Queue(), [None] * self.world, []
-
-        def work(rank):
-            try:
-                results[rank] = self._engines[rank].run(request, on_token=tokens.put if rank == 0 else None)
-            except BaseException as exc:  # the first failure is raised below; the others are released
-                errors.append(exc)
-                self._hub["barrier"].abort()
-            finally:
-                if rank == 0:
-                    tokens.put(None)
-
-        threads = [threading.Thread(target=work, args=(rank,)) for rank in range(self.world)]
-        for thread in threads:
-            thread.start()
+        tokens = queue.Queue()
+        finish = start_workers(self._engines, self._hub, request, on_token=tokens.put, on_done=lambda: tokens.put(None))
         yield from iter(tokens.get, None)
-        for thread in threads:
-            thread.join()
-        if errors:
-            raise errors[0]
-        return results[0]
+        return finish()
 
     def abort(self):
         """Nothing runs between requests."""
