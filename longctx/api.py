@@ -55,8 +55,15 @@ class TokenStream:
                 if text.startswith(shown) and not text.endswith("\ufffd") and len(text) > len(shown):
                     piece, shown = text[len(shown):], text
                     yield piece
-        finally:
+        except GeneratorExit:  # the reader stopped: the request finishes without it
             self._events.close()
+            raise
+        except BaseException as exc:  # Ctrl-C (or a failure) while decoding here: stop the workers too
+            try:
+                self._events.throw(exc)
+            except BaseException:
+                pass
+            raise
         self.result = _generation(raw, self._tokenizer, self._request)
         if self.result.text.startswith(shown) and len(self.result.text) > len(shown):
             yield self.result.text[len(shown):]
