@@ -122,6 +122,7 @@ class APBAttention(Method):
     """APB (Huang et al.): anchor with the question + compressed passing blocks; `star` subclasses it."""
 
     name = "apb"
+    kv_depends_on_question = True
     Options = APBOptions
     Planner = APBPlanner
     Stats = PassingStats

@@ -19,4 +19,5 @@ class StarAttention(APBAttention):
     """StarAttention (Acharya et al.) on APB's machinery: anchor = first block, no passing blocks, no compressor."""
 
     name = "star"
+    kv_depends_on_question = False  # the anchor holds document tokens only
     Planner = StarPlanner

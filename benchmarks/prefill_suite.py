@@ -71,15 +71,16 @@ def video_frames(count, side, seed=0):
     return np.random.default_rng(seed).integers(0, 256, (count, side, side, 3), dtype=np.uint8)
 
 
-def time_hf_video(model_dir, doc_ids, query_ids, video, repeats=1):
+def time_hf_video(model_dir, doc_ids, query_ids, video, repeats=1, clock=time.perf_counter, threads=None):
     """Transformers' own SDPA forward of the Qwen2.5-VL at `model_dir` over the video prompt
     (`doc_ids` + `query_ids`, `video` a VideoPatches): vision encoder and language model, one
-    process, every thread, `logits_to_keep=1`, after one untimed warm-up. Returns
-    {seconds, median_s, tokens, argmax}. Call it while no worker pool is alive."""
+    process, `threads` torch threads (None: every core), `logits_to_keep=1`, timed by `clock`
+    after one untimed warm-up. Returns {seconds, median_s, tokens, argmax}. Call it while no
+    worker pool is alive."""
     import torch
     from transformers import Qwen2_5_VLForConditionalGeneration
 
-    torch.set_num_threads(os.cpu_count() or 1)
+    torch.set_num_threads(threads or os.cpu_count() or 1)
     model = Qwen2_5_VLForConditionalGeneration.from_pretrained(model_dir, dtype=torch.float32,
                                                                attn_implementation="sdpa").eval()
     ids = torch.tensor([list(doc_ids) + list(query_ids)])
@@ -89,10 +90,10 @@ def time_hf_video(model_dir, doc_ids, query_ids, video, repeats=1):
     seconds = []
     with torch.inference_mode():
         for index in range(repeats + 1):
-            start = time.perf_counter()
+            start = clock()
             logits = model(**inputs).logits
             if index:
-                seconds.append(time.perf_counter() - start)
+                seconds.append(clock() - start)
     return {"seconds": seconds, "median_s": statistics.median(seconds), "tokens": ids.shape[1],
             "argmax": int(logits[0, -1].argmax())}
 

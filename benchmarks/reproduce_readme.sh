@@ -12,9 +12,10 @@
 # planner       "Planner": equal vs balanced APB on 4 local workers     ~5 min
 # plan          "Planner": the 128K / 8-host estimate                   seconds
 # ablation      "When passing matters": APB's ablation on vt-llama      ~15 min
+# spava-speed   "Spava, measured": the speed table and the ablation     ~25 min (loaded machine)
 set -euo pipefail
 cd "$(dirname "$0")/.."
-NAME=${1:?usage: benchmarks/reproduce_readme.sh demo|dense|eval|speed|planner|plan|ablation [OUT]}
+NAME=${1:?usage: benchmarks/reproduce_readme.sh demo|dense|eval|speed|planner|plan|ablation|spava-speed [OUT]}
 OUT=${2:-/tmp/longctx-readme}
 mkdir -p "$OUT"
 BIN=${VENV:-.venv}/bin
@@ -33,6 +34,7 @@ case "$NAME" in
   plan)    "$BIN/longctx" plan --method apb --length 131072 --nproc 8 --device cuda | tee "$OUT/plan.txt" ;;
   ablation) "$BIN/python" benchmarks/apb_ablation.py --retaining-heads benchmarks/results/vt_llama_heads.safetensors \
              --out "$OUT/apb_ablation_vt_llama.json" ;;
-  *)       echo "unknown figure '$NAME'; choose demo, dense, eval, speed, planner, plan or ablation" >&2; exit 2 ;;
+  spava-speed) "$BIN/python" benchmarks/spava_speed.py --out "$OUT/spava_speed.json" ;;
+  *)       echo "unknown figure '$NAME'; choose demo, dense, eval, speed, planner, plan, ablation or spava-speed" >&2; exit 2 ;;
 esac
 echo "results in $OUT"

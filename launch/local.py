@@ -99,7 +99,9 @@ def _serve(rank, world, port, config, conn):
     """Worker process body: start up, then answer ("run", request, stream) messages until ("stop",).
 
     With `stream`, rank 0 sends ("layer", (done, total)) after each prefill layer and ("token",
-    id) for each generated token before its ("ok", result).
+    id) for each generated token before its ("ok", result), and a ("cancel",) from the driver
+    cancels the request before its next token (`_streamer`); a cancel that arrives after its
+    request ended is ignored.
     """
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the driver's to handle; then let it through
     signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})  # (blocked since the spawn: `_spawning`)
@@ -114,8 +116,10 @@ def _serve(rank, world, port, config, conn):
             message = conn.recv()
             if message[0] == "stop":
                 break
+            if message[0] == "cancel":
+                continue
             _, request, stream = message
-            on_token = (lambda token: conn.send(("token", token))) if stream and rank == 0 else None
+            on_token = _streamer(conn) if stream and rank == 0 else None
             on_layer = (lambda done, total: conn.send(("layer", (done, total)))) if stream and rank == 0 else None
             result = engine.run(request, on_token=on_token, on_layer=on_layer)
             conn.send(("ok", result if rank == 0 else None))
@@ -126,6 +130,16 @@ def _serve(rank, world, port, config, conn):
         _report(conn, ("collective-error", describe_exception(exc)))
     except BaseException as exc:  # report anything, then exit: the driver stops the others
         _report(conn, ("error", describe_exception(exc)))
+
+
+def _streamer(conn):
+    """Rank 0's token callback for a streamed request: sends ("token", id) to the driver and
+    returns True (cancel) once the driver has sent ("cancel",)."""
+    def on_token(token):
+        conn.send(("token", token))
+        return conn.poll() and conn.recv()[0] == "cancel"
+
+    return on_token
 
 
 def _report(conn, message):
@@ -259,7 +273,8 @@ class LocalLauncher:
     def stream(self, request):
         """Send `request` to every worker; a generator yielding each generated token id (from
         rank 0) as soon as it is decided, whose return value is rank 0's EngineResult. A reader
-        that stops early leaves the request to finish without it; the pool stays usable."""
+        that stops early (closes it) cancels the request: the workers stop before the next
+        token and `close` returns once they have; the pool stays usable."""
         return rank0(self._send(request, stream=True))
 
     def _send(self, request, stream):
@@ -297,8 +312,9 @@ class LocalLauncher:
                             if stream:
                                 try:
                                     yield payload
-                                except GeneratorExit:  # the reader stopped: finish without it
+                                except GeneratorExit:  # the reader stopped: cancel, collect the end
                                     stream = False
+                                    self._conns[0].send(("cancel",))
                             continue
                         if kind != expected:
                             self._fail(*self._root_cause(rank, kind, payload, waiting))

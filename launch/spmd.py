@@ -44,10 +44,10 @@ class SPMDLongContextLM:
         self.last_request = None  # the Request of the latest `generate` (its media describe the prompt)
 
     def generate(self, document=None, question="", max_new_tokens=32, method=None, video=None, num_frames=None,
-                 fps=None, video_fps=None):
+                 fps=None, video_fps=None, max_pixels=None, max_frames=None):
         """Same contract as LongContextLM.generate; call it on every rank (only rank 0's
         arguments are read)."""
-        prompt = Prompt(document, question, video, num_frames, fps, video_fps)
+        prompt = Prompt(document, question, video, num_frames, fps, video_fps, max_pixels, max_frames)
         request = self._from_rank0(lambda: self.session.prepare(prompt, max_new_tokens, method))
         self.last_request = request
         result = self.engine.run(request)

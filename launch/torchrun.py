@@ -48,7 +48,8 @@ def main(argv=None):
         lm = SPMDLongContextLM(config.model, method=config.method, **config.pool_options())
         try:
             result = lm.generate(prompt.document, prompt.question, args.max_new_tokens, video=prompt.video,
-                                 num_frames=prompt.num_frames, fps=prompt.fps)
+                                 num_frames=prompt.num_frames, fps=prompt.fps, max_pixels=prompt.max_pixels,
+                                 max_frames=prompt.max_frames)
         finally:
             lm.close()
     except (LongCtxError, OSError) as exc:  # bad input: every rank has the same error

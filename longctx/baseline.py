@@ -24,6 +24,7 @@ import torch
 
 from longctx.errors import LongCtxError
 from longctx.models import model_family, resolve_device, resolve_dtype
+from longctx.models.family import family_for
 from longctx.models.loading import quiet_libraries
 
 NAME = "HF SDPA"
@@ -58,14 +59,13 @@ class HFSDPABaseline:
     `longctx.models.positions`) is applied to the config as the workers apply it."""
 
     def __init__(self, model_dir, device="auto", dtype="auto", rope_scaling=None):
-        from transformers import AutoModelForCausalLM
 
-        _, config = model_family(model_dir, rope_scaling=rope_scaling)
+        family, config = model_family(model_dir, rope_scaling=rope_scaling)
         self.device = resolve_device(device)
         self.dtype = resolve_dtype(dtype, self.device)
         quiet_libraries()
         try:
-            model = AutoModelForCausalLM.from_pretrained(model_dir, config=config, dtype=self.dtype,
+            model = family.model_class().from_pretrained(model_dir, config=config, dtype=self.dtype,
                                                          attn_implementation="sdpa", local_files_only=True)
         except (ValueError, OSError, KeyError, RuntimeError) as exc:
             lines = str(exc).strip().splitlines()
@@ -85,8 +85,9 @@ class HFSDPABaseline:
         baseline._warm = False
         return baseline
 
-    def time(self, doc_ids, query_ids, repeats=1, warmup=None):
-        """Time `repeats` (>= 1) forwards of `doc_ids + query_ids`; returns a BaselineTiming.
+    def time(self, doc_ids, query_ids, repeats=1, warmup=None, media=None):
+        """Time `repeats` (>= 1) forwards of `doc_ids + query_ids` (with the family's `media`, a
+        video: its encoder runs inside the timed forward); returns a BaselineTiming.
 
         One untimed forward first when `warmup` is True, or by default (None) on this
         object's first call only. Every forward runs with `os.cpu_count()` torch threads (the
@@ -98,18 +99,19 @@ class HFSDPABaseline:
         if not ids:
             raise LongCtxError("the baseline got no tokens")
         input_ids = torch.tensor([ids], device=self.device)
+        extra = {} if media is None else family_for(self.model.config).hf_inputs(self.model, input_ids, media)
         threads = os.cpu_count() or 1
         saved = torch.get_num_threads()
         torch.set_num_threads(threads)
         try:
             if warmup or (warmup is None and not self._warm):
-                self._forward(input_ids)
+                self._forward(input_ids, extra)
                 self._warm = True
             seconds = []
             for _ in range(repeats):
                 self._sync()
                 start = time.perf_counter()
-                logits = self._forward(input_ids)
+                logits = self._forward(input_ids, extra)
                 self._sync()
                 seconds.append(time.perf_counter() - start)
         finally:
@@ -118,13 +120,13 @@ class HFSDPABaseline:
                               device=str(self.device), dtype=str(self.dtype).removeprefix("torch."),
                               tokens=len(ids), argmax=int(logits[0, -1].argmax()))
 
-    def _forward(self, input_ids):
+    def _forward(self, input_ids, extra):
         previous = self.model.config._attn_implementation
         if previous != "sdpa":
             self.model.set_attn_implementation("sdpa")
         try:
             with torch.inference_mode():
-                return self.model(input_ids=input_ids, use_cache=False, logits_to_keep=1).logits
+                return self.model(input_ids=input_ids, use_cache=False, logits_to_keep=1, **extra).logits
         finally:
             if previous != "sdpa":
                 self.model.set_attn_implementation(previous)

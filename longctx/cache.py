@@ -30,6 +30,19 @@ class KVCache:
         self._values[layer][:, :, length : length + extra] = values
         self._lengths[layer] = length + extra
 
+    def truncate(self, length):
+        """Keep every layer's first `length` tokens (the rest is rolled back); ValueError when a
+        layer holds fewer."""
+        for layer, current in self._lengths.items():
+            if current < length:
+                raise ValueError(f"layer {layer} holds {current} tokens, fewer than {length}")
+            self._lengths[layer] = length
+
+    def nbytes(self):
+        """Bytes of the tokens held (not counting spare capacity)."""
+        return sum((self._keys[layer][:, :, :length].numel() + self._values[layer][:, :, :length].numel())
+                   * self._keys[layer].element_size() for layer, length in self._lengths.items())
+
     def get(self, layer):
         """(keys, values) views of the layer's tokens; None, None when nothing is stored."""
         if layer not in self._keys:

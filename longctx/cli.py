@@ -13,7 +13,7 @@ import sys
 
 from longctx.answer_lines import answer_notes, summary_lines
 from longctx.config import (DefaultsHelpFormatter, add_launcher_arguments, add_request_arguments,
-                            add_run_arguments, config_from_args)
+                            add_run_arguments, add_video_arguments, config_from_args)
 from longctx.errors import LongCtxError
 from longctx.models.hub import resolve_model
 from longctx.eval.tasks import TASKS
@@ -27,8 +27,31 @@ def _add_generate(sub, argv):
     parser = sub.add_parser("generate", help="answer a question about a long document or a video")
     add_run_arguments(parser, argv=argv)
     add_request_arguments(parser)
+    parser.add_argument("--chat", action="store_true",
+                        help="render the prompt with the model's chat template: the document as the system "
+                             "message, the question as the user's")
     add_launcher_arguments(parser, argv)
     parser.set_defaults(func=cmd_generate)
+
+
+def _add_serve(sub, argv):
+    parser = sub.add_parser("serve", help="an OpenAI-compatible server with a distributed document cache")
+    add_run_arguments(parser, argv=argv)
+    add_launcher_arguments(parser, argv)
+    parser.add_argument("--host", default="127.0.0.1", help="address to bind (0.0.0.0: every interface)")
+    parser.add_argument("--port", type=int, default=8000, help="TCP port")
+    parser.add_argument("--api-key", default=None,
+                        help="require 'Authorization: Bearer KEY' on every endpoint but /health")
+    parser.add_argument("--max-queue", type=int, default=16,
+                        help="requests that may wait for the workers; more are refused with 429")
+    parser.add_argument("--cache-gib", type=float, default=None,
+                        help="per-worker budget of cached document K/V (default: half of what each worker "
+                             "has left after its weights; 0: no cache)")
+    parser.add_argument("--max-tokens", type=int, default=64, help="answer tokens when a request sets none")
+    parser.add_argument("--max-body-mb", type=float, default=64, help="largest request body accepted")
+    parser.add_argument("--served-model-name", default=None, help="model name clients use (default: the "
+                                                                    "model directory's name)")
+    parser.set_defaults(func=cmd_serve)
 
 
 def _add_compare(sub, argv):
@@ -42,6 +65,9 @@ def _add_compare(sub, argv):
     parser.add_argument("--max-new-tokens", type=int, default=8,
                         help="greedy tokens compared (dense and the methods stop alike at the end token)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the random token ids")
+    video = add_video_arguments(parser, "compare on this video and --question instead of random token ids "
+                                        "(a video-language model; --length is then the video's)")
+    video.add_argument("--question", default="What happens in this video?", help="the question about --video")
     parser.add_argument("--no-baseline", action="store_true",
                         help="skip timing Hugging Face's SDPA forward of the same tokens (no speed-ups then)")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
@@ -136,7 +162,7 @@ def build_parser(argv=None):
     sub = parser.add_subparsers(dest="command", required=True,
                                 parser_class=functools.partial(argparse.ArgumentParser,
                                                                formatter_class=DefaultsHelpFormatter))
-    for add in (_add_generate, _add_compare, _add_eval, _add_tiny_model, _add_demo, _add_plan, _add_methods):
+    for add in (_add_generate, _add_serve, _add_compare, _add_eval, _add_tiny_model, _add_demo, _add_plan, _add_methods):
         add(sub, argv)
     return parser
 
@@ -153,7 +179,15 @@ def cmd_generate(args):
     session = Session(config, adapt_workers=True)
     if session.note:
         print(f"longctx: {session.note}", file=sys.stderr)
-    request = session.prepare(prompt, args.max_new_tokens)
+    if args.chat:
+        from longctx.chat import encode_chat
+
+        if prompt.video is not None:
+            raise LongCtxError("--chat renders text prompts; a video prompt takes the model family's own layout")
+        messages = [{"role": "system", "content": prompt.document}, {"role": "user", "content": prompt.question}]
+        request = session.prepare_ids(*encode_chat(session.tokenizer, messages), args.max_new_tokens)
+    else:
+        request = session.prepare(prompt, args.max_new_tokens)
     progress = PrefillProgress(len(request.doc_ids), enabled=not args.json and shown(args.quiet))
     progress.starting(session.config.nproc)
     try:
@@ -180,20 +214,38 @@ def cmd_generate(args):
         print(f"longctx: note: {note}", file=sys.stderr)
 
 
+def cmd_serve(args):
+    """`longctx serve`: the OpenAI-compatible server (`longctx.serve`) until SIGTERM or Ctrl-C."""
+    try:
+        from longctx.serve.server import serve
+    except ImportError as exc:
+        raise LongCtxError(f"longctx serve needs the serve extra (pip install -e .[serve]): {exc}") from None
+    if args.max_queue < 1:
+        raise LongCtxError(f"--max-queue must be at least 1 (got {args.max_queue})")
+    serve(config_from_args(args), host=args.host, port=args.port, api_key=args.api_key, cache_gib=args.cache_gib,
+          max_queue=args.max_queue, max_tokens=args.max_tokens, max_body_mb=args.max_body_mb,
+          served_name=args.served_model_name)
+
+
 def cmd_compare(args):
     """`longctx compare`: each method against dense, and its time against HF SDPA."""
     from longctx.compare import compare_methods
+    from longctx.request import Prompt, check_question
 
     config = config_from_args(args)
     methods = [name.strip() for name in args.methods.split(",") if name.strip()]
     if not methods:
         raise LongCtxError("--methods is empty")
+    video = None
+    if args.video is not None:
+        video = Prompt(question=check_question(args.question), video=args.video, num_frames=args.frames,
+                       fps=args.fps, max_pixels=args.max_pixels, max_frames=args.max_frames)
     report = compare_methods(config, methods, args.length, args.query_len, args.max_new_tokens, args.seed,
-                             baseline_repeats=0 if args.no_baseline else 3)
+                             baseline_repeats=0 if args.no_baseline else 3, video=video)
     if args.json:
         print(json.dumps(report))
         return
-    print(f"{args.length} document tokens + {args.query_len} question tokens on {config.nproc} workers; "
+    print(f"{report['length']} document tokens + {report['query_len']} question tokens on {config.nproc} workers; "
           f"dense tokens {report['reference']['tokens']}")
     print(f"{'method':<10} {'hidden rel err':>14} {'logits max err':>14} {'tokens':>7} {'prefill s':>9} "
           f"{'1st token s':>11} {'x HF':>6}")

@@ -311,14 +311,10 @@ def parse_env_pair(text):
 
 def add_request_arguments(parser):
     """Add what one request asks (`longctx generate`, the torchrun entry): --doc or --video (with
-    --frames / --fps), --question, --max-new-tokens, and --json; read by
+    --frames / --fps / --max-pixels / --max-frames), --question, --max-new-tokens, and --json; read by
     `longctx.request.prompt_from_args`."""
     parser.add_argument("--doc", default=None, help="document file ('-' reads standard input)")
-    video = parser.add_argument_group(f"video (a video-language model: {', '.join(video_families())})")
-    video.add_argument("--video", default=None, help="video file (decoded with PyAV), instead of --doc")
-    video.add_argument("--frames", type=int, default=None,
-                       help="sample this many frames, evenly spaced (default: every frame, or --fps)")
-    video.add_argument("--fps", type=float, default=None, help="sample this many frames per second of video")
+    add_video_arguments(parser, "video file (decoded with PyAV), instead of --doc")
     parser.add_argument("--question", default=None,
                         help="question text appended after the document (omitted: the document is continued)")
     parser.add_argument("--max-new-tokens", type=int, default=32,
@@ -327,6 +323,23 @@ def add_request_arguments(parser):
     parser.add_argument("--quiet", action="store_true",
                         help="no progress line on stderr (it is shown only on a terminal, never with --json)")
     return parser
+
+
+def add_video_arguments(parser, video_help):
+    """Add --video (help `video_help`) and its sampling options --frames / --fps / --max-pixels /
+    --max-frames in a group of their own (`generate`, the torchrun entry, `compare`)."""
+    video = parser.add_argument_group(f"video (a video-language model: {', '.join(video_families())})")
+    video.add_argument("--video", default=None, help=video_help)
+    video.add_argument("--frames", type=int, default=None,
+                       help="sample this many frames, evenly spaced (default: every frame, or --fps)")
+    video.add_argument("--fps", type=float, default=None,
+                       help="sample this many frames per second of video (at least the processor's minimum, 4 for "
+                            "Qwen2.5-VL, and at most --max-frames)")
+    video.add_argument("--max-pixels", type=int, default=None,
+                       help="resize each frame to at most this many pixels (default: the model's processor setting)")
+    video.add_argument("--max-frames", type=int, default=None,
+                       help="sample at most this many frames with --fps (default: the model's processor setting)")
+    return video
 
 
 def video_families():

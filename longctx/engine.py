@@ -17,12 +17,14 @@ from enum import Enum
 import torch
 
 from longctx.cache import KVCache
+from longctx.doc_cache import WorkerDocuments
 from longctx.errors import LongCtxError
 from longctx.features import Kernels, with_sinks
 from longctx.models.family import family_for
 from longctx.progress import layer_hooks
 from longctx.registry import get_method
 from longctx.results import EngineResult, RequestStats
+from longctx.sampling import Sampler
 
 
 class Phase(Enum):
@@ -83,7 +85,9 @@ class Request:
     stop) of it per rank, `ModelFamily.split_media`, or None: every worker gets all of it) is set
     by the driver when each worker encodes only its share, and a launcher sends rank r
     `for_rank(r)`, which holds only that; `plan` the driver's plan (`longctx.request.Session`:
-    the workers run it as it is), None to plan on the workers.
+    the workers run it as it is), None to plan on the workers. `sampling` chooses the tokens
+    (`longctx.sampling.Sampling`; None: greedy); `cache` is what the workers do with the
+    document cache (`longctx.doc_cache.CacheStep`; None: nothing is cached).
     """
 
     doc_ids: list
@@ -95,6 +99,8 @@ class Request:
     media: object = None
     plan: object = None
     media_shares: tuple = None
+    sampling: object = None
+    cache: object = None
 
     def for_rank(self, rank):
         """This request as worker `rank` needs it: with `media_shares`, only its share of the
@@ -108,12 +114,14 @@ class Request:
 class Prefilled:
     """A document prefilled on one worker: the context (its KV cache holds this worker's shard),
     the final hidden states of its prefill rows [1, S_local, d], the document's hidden states
-    in global order (rank 0, `return_hidden`; else None) and the prefill seconds."""
+    in global order (rank 0, `return_hidden`; else None) and the prefill seconds. `resumed` is
+    how many of the request's tokens a cached context already held (0: a fresh prefill)."""
 
     ctx: WorkerContext
     hidden: torch.Tensor
     doc_hidden: torch.Tensor
     prefill_s: float
+    resumed: int = 0
 
 
 class Engine:
@@ -125,6 +133,7 @@ class Engine:
         self.config = config
         self.device = device
         self.family = family_for(model.config, config.family)
+        self.documents = WorkerDocuments()
         self._methods = {}
 
     def method(self, name):
@@ -134,15 +143,38 @@ class Engine:
         return self._methods[name]
 
     def run(self, request, on_token=None, on_layer=None):
-        """Prefill, query pass and greedy decoding; returns an EngineResult (complete on rank 0).
+        """Prefill (or resume a cached document, `request.cache`), query pass and decoding;
+        returns an EngineResult (complete on rank 0).
 
         `on_token(token_id)`, called on rank 0 only, receives each generated token as soon as
-        it is decided (before the next decoding step): the streaming hook of the launchers.
-        `on_layer(done, total)` is called after each decoder layer of the prefill
-        (`longctx.progress.layer_hooks`): the progress hook.
+        it is decided (before the next decoding step): the streaming hook of the launchers. When
+        it returns True the request is cancelled: every worker stops before the next token.
+        With a CacheStep the listed entries are evicted first, and afterwards the context is
+        kept as the step says (the question's and answer's K/V rolled back); a request that
+        fails drops its entry. `on_layer(done, total)` is called after each decoder layer of a
+        prefill (`longctx.progress.layer_hooks`): the progress hook.
         """
+        step = request.cache
         with torch.inference_mode():
-            return self.answer(self.prefill(request, on_layer), request, on_token)
+            if step is None:
+                return self.answer(self.prefill(request, on_layer), request, on_token)
+            self.documents.evict(step.evict)
+            prefilled = self.resume(request, step) if step.hit_len else self.prefill(request, on_layer)
+            try:
+                result = self.answer(prefilled, request, on_token)
+            except BaseException:
+                self.documents.evict((step.entry,))
+                raise
+            self.documents.keep(step.entry, prefilled.ctx, step.keep_len)
+            return result
+
+    def resume(self, request, step):
+        """The Prefilled of a cached document: entry `step.entry` cut back to the request's
+        first `step.hit_len` tokens (no forward runs)."""
+        ctx = self.documents.resume(step.entry, step.hit_len)
+        ctx.stats = ctx.method.Stats()
+        ctx.total_len = len(request.doc_ids) + len(request.query_ids) + request.max_new_tokens
+        return Prefilled(ctx, None, None, 0.0, resumed=step.hit_len)
 
     def context(self, request):
         """The WorkerContext of `request` on this worker: its method, plan and kernels."""
@@ -179,15 +211,18 @@ class Engine:
         return Prefilled(ctx, hidden, doc_hidden, seconds)
 
     def answer(self, prefilled, request, on_token=None):
-        """The query pass (or the rows of a fused one, `Method.query_rows`) and greedy decoding
-        after `prefilled`; returns the EngineResult."""
+        """The query pass (or the rows of a fused one, `Method.query_rows`) and decoding after
+        `prefilled`; returns the EngineResult. After a resumed cache entry the query pass runs
+        every token of the request past the cached ones (the rest of the document, then the
+        question)."""
         ctx, method, rank = prefilled.ctx, prefilled.ctx.method, self.comm.rank
         with torch.inference_mode():
             ctx.phase = Phase.DECODE
-            rows = method.query_rows(ctx.plan, rank)
+            rows = None if prefilled.resumed else method.query_rows(ctx.plan, rank)
             if rows is None:
-                query_out, query_s = self._timed(lambda: self._step(ctx, request.query_ids, len(request.doc_ids),
-                                                                    request.return_hidden))
+                start = prefilled.resumed or len(request.doc_ids)
+                new_ids = (list(request.doc_ids) + list(request.query_ids))[start:]
+                query_out, query_s = self._timed(lambda: self._step(ctx, new_ids, start, request.return_hidden))
             else:  # the prefill forward already ran the question (a fused query pass)
                 query_out, query_s = self._timed(lambda: self._project(prefilled.hidden[0, rows],
                                                                        request.return_hidden))
@@ -249,13 +284,21 @@ class Engine:
         return output.logits[0, -1], hidden
 
     def _decode(self, ctx, request, logits, on_token=None):
-        tokens = []
+        """Decode up to `request.max_new_tokens` tokens from the query pass's `logits`: rank 0
+        draws each token (`Sampler`) and broadcasts it with whether the request was cancelled,
+        so every worker runs the same steps."""
+        tokens, cancelled = [], False
         position = len(request.doc_ids) + len(request.query_ids)
+        draw = Sampler(request.sampling) if ctx.rank == 0 else None
         while len(tokens) < request.max_new_tokens:
-            token = self.comm.broadcast_object(int(torch.argmax(logits)), src=0)
+            # other ranks offer their own greedy pick: what a simulated host (which receives its own) decodes
+            mine = (draw(logits), cancelled) if draw else (int(torch.argmax(logits)), False)
+            token, cancelled = self.comm.broadcast_object(mine, src=0)
+            if cancelled:
+                break
             tokens.append(token)
             if on_token is not None and ctx.rank == 0:
-                on_token(token)
+                cancelled = bool(on_token(token))
             if token in request.stop_ids or len(tokens) == request.max_new_tokens:
                 break
             logits, _ = self._step(ctx, [token], position)

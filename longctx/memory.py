@@ -105,3 +105,19 @@ def _worker_count_that_fits(planner, plan, vocab, max_new_tokens, budget, shared
         if needed_bytes(shape, vocab, trial, max_new_tokens, shared) <= budget:
             return world
     return None
+
+
+def kv_token_bytes(shape):
+    """Bytes of one token's K/V over every layer of a model of `shape` (a `ModelShape`)."""
+    return 2 * shape.layers * shape.kv_heads * shape.head_dim * shape.dtype_bytes
+
+
+def default_cache_bytes(shape, vocab, device, workers, share=0.5):
+    """A per-worker budget for the document cache (`longctx.doc_cache`): `share` of what each of
+    `workers` local workers has left after its weights (RAM shared by the workers on the CPU,
+    one GPU each on CUDA); 1 GiB when the memory is unknown."""
+    budget, shared = available_bytes(device)
+    if budget is None:
+        return GIB
+    per_worker = budget / workers if shared else budget
+    return max(0, int(share * (per_worker - weight_bytes(shape, vocab))))

@@ -32,6 +32,9 @@ class Method(ABC):
     """
 
     name = "base"
+    # True when a document's K/V depends on the question (the document cache then hits only on
+    # the same document and question, `longctx.doc_cache`): APB's anchor, Spava's selection.
+    kv_depends_on_question = False
     Options = None
     Planner = planner.Planner
     Stats = RequestStats

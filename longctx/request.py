@@ -73,7 +73,8 @@ def prompt_from_args(args):
     question = check_question(args.question)
     check_new_tokens(args.max_new_tokens)
     document = None if args.doc is None else read_document(args.doc)
-    return Prompt(document, question, args.video, args.frames, args.fps)
+    return Prompt(document, question, args.video, args.frames, args.fps, max_pixels=args.max_pixels,
+                  max_frames=args.max_frames)
 
 
 @dataclass(frozen=True)
@@ -81,7 +82,8 @@ class Prompt:
     """What an entry asks, before anything is encoded: a `document` (text) or a `video` (a file
     path, frames [T, H, W, 3] uint8, a list of frames, or media a family already processed),
     sampled to `num_frames` or `fps` frames per second (`video_fps`: the rate of frames given
-    from Python), and a `question` ("": the document is continued)."""
+    from Python), each frame at most `max_pixels` and at most `max_frames` of them (None: the
+    model's processor settings), and a `question` ("": the document is continued)."""
 
     document: str = None
     question: str = ""
@@ -89,6 +91,8 @@ class Prompt:
     num_frames: int = None
     fps: float = None
     video_fps: float = None
+    max_pixels: int = None
+    max_frames: int = None
 
 
 def stop_ids(tokenizer, model_config):
@@ -217,8 +221,10 @@ class Session:
     def prepare(self, prompt, max_new_tokens=32, method=None, return_hidden=False):
         """The checked Request of `prompt` (a Prompt), encoded by the model family's adapter;
         `method` overrides the config's. LongCtxError names the first problem."""
-        if prompt.video is None and (prompt.num_frames is not None or prompt.fps is not None):
-            raise LongCtxError("frame sampling (--frames / --fps) needs a video (--video FILE)")
+        sampling = (prompt.num_frames, prompt.fps, prompt.max_pixels, prompt.max_frames)
+        if prompt.video is None and any(value is not None for value in sampling):
+            raise LongCtxError("frame sampling (--frames / --fps / --max-pixels / --max-frames) needs a video "
+                               "(--video FILE)")
         if prompt.video is not None and prompt.document:
             raise LongCtxError("give a document or a video, not both")
         self.family.check_modality(prompt.video is not None)

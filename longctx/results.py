@@ -64,7 +64,7 @@ class EngineResult(Timed):
 @dataclass
 class GenerationResult(Timed):
     """What one request produced, as the user sees it: the answer text and tokens, timings
-    (seconds), the plan's summary and the method's counters."""
+    (seconds), the plan's summary, the method's counters and what the document cache did."""
 
     text: str
     tokens: list
@@ -77,13 +77,18 @@ class GenerationResult(Timed):
     decode_s: float
     plan: dict = field(default_factory=dict)
     stats: RequestStats = field(default_factory=RequestStats)
+    cached_tokens: int = 0
+    cache: str = None
 
     @classmethod
-    def of(cls, result, text, doc_tokens, question_tokens):
-        """From an EngineResult, the decoded `text` and the request's token counts."""
+    def of(cls, result, text, doc_tokens, question_tokens, cached_tokens=0, cache=None):
+        """From an EngineResult, the decoded `text`, the request's token counts and what the
+        document cache did (`cached_tokens` reused; `cache`: "hit", a miss reason of
+        `longctx.doc_cache.MISS_REASONS`, or None without a cache)."""
         return cls(text=text, tokens=result.tokens, method=result.method, nproc=result.nproc, doc_tokens=doc_tokens,
                    question_tokens=question_tokens, prefill_s=result.prefill_s, query_s=result.query_s,
-                   decode_s=result.decode_s, plan=result.plan, stats=result.stats)
+                   decode_s=result.decode_s, plan=result.plan, stats=result.stats, cached_tokens=cached_tokens,
+                   cache=cache)
 
     @property
     def prefill_tokens_per_s(self):

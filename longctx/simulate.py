@@ -14,7 +14,9 @@ time with the whole machine, through the unmodified engine and method:
    the values it receives (dense kernels; APB keeps a fixed number of keys), so the timing is
    that of the real host.
 2. Forward hooks time every decoder layer (the device synchronised at each boundary), minus
-   the time spent inside the simulated collectives, which is not compute.
+   the time spent inside the simulated collectives, which is not compute. A request with media
+   (a video) first runs the family's encoder (its share of the frames, or all of them): that is
+   a forward of its own, one "layer" whose transfer is the all-gather of the embeddings.
 
 What is modelled (`critical_path`): a transfer of `messages` messages takes
 `messages * latency + bytes / bandwidth` on a link of `Link.gb_per_s` per host, where the bytes
@@ -31,7 +33,7 @@ checked against a real link shaped with `tc tbf` between two network namespaces
 every layer in which any host communicates (the layer ends when the slowest host's compute
 and exposed communication end); in layers without communication each host runs on its own.
 The critical path of a forward is its slowest host at the end; a request's is the sum of
-its forwards (prefill, then the query pass).
+its forwards (the encoder, the prefill, then the query pass).
 """
 
 import math
@@ -76,7 +78,7 @@ class ForwardTrace:
 @dataclass
 class HostTrace:
     """Everything measured for one host: its owned document tokens and its forwards in order
-    (prefill, query pass)."""
+    (the media encoder if any, prefill, query pass)."""
 
     rank: int
     tokens: int
@@ -125,9 +127,12 @@ class Link:
 
 
 class _Recorder:
-    """The clock and trace of the host being simulated; shared by its comm and layer hooks."""
+    """The clock and trace of the host being simulated; shared by its comm and layer hooks.
+    `clock` is the time source (seconds): wall time, or `time.thread_time` for the CPU time of
+    one thread on a machine others share."""
 
-    def __init__(self, device, rank):
+    def __init__(self, device, rank, clock=time.perf_counter):
+        self.clock = clock
         self.device = device
         self.trace = HostTrace(rank, 0)
         self.comm_s = 0.0  # wall time spent inside simulated collectives (not compute)
@@ -138,10 +143,12 @@ class _Recorder:
         """Compute clock: wall time minus time inside collectives, device synchronised."""
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
-        return time.perf_counter() - self.comm_s
+        return self.clock() - self.comm_s
 
     def receive(self, nbytes, messages, window_s=None, sent=None, kind=None):
         """Record a transfer into the current layer (or the forward's first layer if outside one)."""
+        if not self.trace.forwards:
+            self.trace.forwards.append(ForwardTrace())
         forward = self.trace.forwards[-1]
         index = self.layer if self.layer is not None else 0
         while len(forward.layers) <= index:
@@ -233,9 +240,9 @@ class SimulatedComm:
         self.recorder = recorder
 
     def _timed(self, make):
-        start = time.perf_counter()
+        start = self.recorder.clock()
         value = make()
-        self.recorder.comm_s += time.perf_counter() - start
+        self.recorder.comm_s += self.recorder.clock() - start
         if isinstance(value, _Posted):
             value.posted_at = self.recorder.now()
         return value
@@ -290,31 +297,47 @@ class SimulatedComm:
 
 
 def decoder_layers(model):
-    """The model's list of decoder layers (`model.base_model.layers`); ValueError if absent."""
-    layers = getattr(model.base_model, "layers", None)
+    """The model's list of decoder layers (`model.base_model.layers`, or its language model's);
+    ValueError if absent."""
+    base = model.base_model
+    layers = getattr(base, "layers", None)
+    if layers is None:
+        layers = getattr(getattr(base, "language_model", None), "layers", None)
     if layers is None:
         raise ValueError(f"cannot find the decoder layers of {type(model).__name__} (expected base_model.layers)")
     return layers
 
 
-def simulate_hosts(model, config, doc_ids, query_ids, world, device):
+def simulate_hosts(model, config, doc_ids, query_ids, world, device, media=None, clock=time.perf_counter):
     """Run every host of a `world`-host job alone on this machine; returns [HostTrace] by rank.
 
     `model` is a longctx-loaded model (attention registered), `config` the RunConfig whose
     method is simulated. Each host runs the engine's prefill and query pass (one request, one
-    new token). The caller sets the thread count (the whole machine, for a fair host).
+    new token); with `media` (the family's encoded input, a video's `VideoPatches`) it first
+    encodes what the method gives it (its share of the frames, or all of them without the
+    encoder split), a forward of its own. The caller sets the thread count (the whole machine,
+    for a fair host). `clock` times the work (`_Recorder`): wall time by default.
     """
     traces = []
     for rank in range(world):
-        recorder = _Recorder(device, rank)
-        handles = [model.base_model.register_forward_pre_hook(recorder.forward_begins, with_kwargs=True),
-                   model.base_model.register_forward_hook(recorder.forward_ends, with_kwargs=True)]
+        recorder = _Recorder(device, rank, clock)
+        engine = Engine(model, SimulatedComm(rank, world, recorder), config.replace(nproc=world), device)
+        hooked = [module for module in (engine.family.encoder(model), engine.family.decoder(model)) if module is not None]
+        handles = []
+        for module in hooked:
+            handles += [module.register_forward_pre_hook(recorder.forward_begins, with_kwargs=True),
+                        module.register_forward_hook(recorder.forward_ends, with_kwargs=True)]
         for index, layer in enumerate(decoder_layers(model)):
             handles.append(layer.register_forward_pre_hook(recorder.layer_begins(index)))
             handles.append(layer.register_forward_hook(recorder.layer_ends(index)))
         try:
-            engine = Engine(model, SimulatedComm(rank, world, recorder), config.replace(nproc=world), device)
-            result = engine.run(Request(list(doc_ids), list(query_ids), 1, config.method))
+            request = Request(list(doc_ids), list(query_ids), 1, config.method, media=media)
+            if media is not None:
+                method = engine.method(config.method)
+                shares = engine.family.split_media(media, world, method.encoder_split())
+                request = Request(request.doc_ids, request.query_ids, 1, config.method, media=media,
+                                  media_shares=shares).for_rank(rank)
+            result = engine.run(request)
         finally:
             for handle in handles:
                 handle.remove()

@@ -7,6 +7,7 @@ patch (transformers' Qwen2-VL video sampling rule). A family's processor turns t
 frames into its model's inputs (`longctx.families.qwen2_5_vl.patchify`).
 """
 
+import math
 import os
 
 import numpy as np
@@ -57,16 +58,19 @@ def as_frames(video):
     return video
 
 
-def sample_indices(total, source_fps, num_frames=None, fps=None, temporal=2, max_frames=768):
-    """Indices of the frames kept from `total` frames: `num_frames` (rounded to a multiple of
-    `temporal`), or `fps` per second of a `source_fps` video (floored to a multiple), evenly
-    spaced; all frames when neither is given. LongCtxError when nothing is left."""
+def sample_indices(total, source_fps, num_frames=None, fps=None, temporal=2, max_frames=768, min_frames=4):
+    """Indices of the frames kept from `total` frames, as transformers' Qwen2-VL video processor
+    samples: `num_frames` (rounded to a multiple of `temporal`), or `fps` per second of a
+    `source_fps` video, at least `min_frames` and at most `max_frames` (and the video's),
+    floored to a multiple of `temporal`; evenly spaced; all frames when neither is given.
+    LongCtxError when nothing is left."""
     if num_frames is not None and fps is not None:
         raise LongCtxError("give either a frame count or fps for sampling, not both")
     if num_frames is not None:
         count = round(num_frames / temporal) * temporal
     elif fps is not None:
-        count = min(total / source_fps * fps, max_frames, total)
+        most = math.floor(min(max_frames, total) / temporal) * temporal
+        count = min(max(total / source_fps * fps, min_frames), most, total)
         count = int(count // temporal) * temporal
     else:
         return list(range(total))

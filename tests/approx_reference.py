@@ -245,11 +245,19 @@ def apb_errors(spy, doc_ids, query_ids, head_tokens=16):
     return errors
 
 
-def spava_errors(spy, doc_ids, query_ids, fused_query=True):
+def spava_flags(options):
+    """spava_errors' keywords for a run with spava `options` (as given to RunConfig): the
+    question is in the prefill unless fused_query is off, and cached there unless query_pass."""
+    in_prefill = bool(options.get("fused_query", 1))
+    return {"question_in_prefill": in_prefill, "question_cached": in_prefill and not options.get("query_pass", 0)}
+
+
+def spava_errors(spy, doc_ids, query_ids, question_in_prefill=True, question_cached=True):
     """Rebuild every Spava host's prefill attention (and the first new-token call) independently.
 
-    The document after the anchor (a tokens) is cut into 2W virtual blocks in order; host r
-    runs [anchor ; its two blocks ; question] at positions 0..a-1, the blocks', n... Block v's
+    The document after the anchor (a tokens) is cut into 2W virtual blocks in order (W, one per
+    host, on the contiguous layout); host r runs [anchor ; its blocks ; question] at positions
+    0..a-1, the blocks', n... (no question with `question_in_prefill` False). Block v's
     keys per layer are [P_v ; anchor ; block v], P_v = the rows blocks 0..v-1 passed (per KV
     head), and:
       anchor rows (run with the host's first block) see the anchor causally, nothing else;
@@ -260,17 +268,20 @@ def spava_errors(spy, doc_ids, query_ids, fused_query=True):
     plan = spy.plan
     world, query = plan.world, len(query_ids)
     anchor = plan.hosts[0].anchor_len
+    slots = range(len(plan.hosts[0].virtual))
+    total = world * len(slots)
+    question_ids = list(query_ids) if question_in_prefill else []
     owner_of = {}  # virtual block -> (host, slot)
     for host in plan.hosts:
         assert host.anchor_len == anchor, f"host {host.rank}: anchor {host.anchor_len}"
         for slot, virtual in enumerate(host.virtual):
             owner_of[virtual] = (host, slot)
         positions = list(range(anchor)) + [pos for span in host.blocks for pos in span.positions()]
-        expected_inputs = ([doc_ids[pos] for pos in positions] + list(query_ids),
-                           positions + list(range(plan.doc_len, plan.doc_len + query)))
+        expected_inputs = ([doc_ids[pos] for pos in positions] + question_ids,
+                           positions + list(range(plan.doc_len, plan.doc_len + len(question_ids))))
         assert spy.inputs[host.rank] == expected_inputs, f"host {host.rank}: wrong input ids or positions"
-    assert sorted(owner_of) == list(range(2 * world)), "not 2W virtual blocks"
-    spans = [owner_of[virtual][0].blocks[owner_of[virtual][1]] for virtual in range(2 * world)]
+    assert sorted(owner_of) == list(range(total)), f"not {total} virtual blocks"
+    spans = [owner_of[virtual][0].blocks[owner_of[virtual][1]] for virtual in range(total)]
     assert [span.start for span in spans] == [anchor] + [span.stop for span in spans[:-1]], "blocks not in order"
     assert spans[-1].stop == plan.doc_len and max(map(len, spans)) - min(map(len, spans)) <= 1, "uneven blocks"
     shards = sorted(pos for host in plan.hosts for pos in host.shard.positions())
@@ -281,22 +292,22 @@ def spava_errors(spy, doc_ids, query_ids, fused_query=True):
         block, passed = {}, {}  # virtual block -> its (keys, values); what it passed
         for host in plan.hosts:
             record = records[host.rank]
-            called = [slot for slot in (0, 1) if max(other.sends[slot] for other in plan.hosts)]
+            called = [slot for slot in slots if max(other.sends[slot] for other in plan.hosts)]
             assert len(record["rows"]) == len(called), f"host {host.rank}: {len(record['rows'])} selections"
-            for slot in (0, 1):
+            for slot in slots:
                 local = host.block_rows(slot)
                 block[host.virtual[slot]] = (record["k"][:, :, local], record["v"][:, :, local])
             for slot, rows in zip(called, record["rows"]):
                 virtual, size = host.virtual[slot], len(host.blocks[slot])
-                sends = 0 if virtual == 2 * world - 1 else min(plan.details["passing_len"], size)
+                sends = 0 if virtual == total - 1 else min(plan.details["passing_len"], size)
                 check_rows(rows, sends, 0, size, f"host {host.rank} block v{virtual} layer {layer}")
                 passed[virtual] = tuple(take(part, rows) for part in block[virtual])
         context = [records[0]["k"][:, :, :anchor], records[0]["v"][:, :, :anchor]]
-        for virtual in range(2 * world):
+        for virtual in range(total):
             context = [torch.cat([context[i], block[virtual][i]], dim=2) for i in (0, 1)]
         for host in plan.hosts:
             record, outs = records[host.rank], []
-            for slot in (0, 1):
+            for slot in slots:
                 virtual, local = host.virtual[slot], host.block_rows(slot)
                 before = [passed[index] for index in range(virtual) if index in passed]
                 p_len = sum(part[0].shape[2] for part in before)
@@ -310,19 +321,21 @@ def spava_errors(spy, doc_ids, query_ids, fused_query=True):
                 visible[lead:, p_len + anchor :] = torch.ones(size, size, dtype=torch.bool).tril()
                 rows = slice(local.start - lead, local.stop)
                 outs.append(attend_visible(record["q"][:, :, rows], keys, values, visible, record["scale"]))
-            owner, end = records[plan.append_rank], plan.hosts[plan.append_rank].local_len
-            keys = torch.cat([context[0], owner["k"][:, :, end : end + query]], dim=2)
-            values = torch.cat([context[1], owner["v"][:, :, end : end + query]], dim=2)
-            visible = torch.ones(query, keys.shape[2], dtype=torch.bool)
-            visible[:, -query:] = torch.ones(query, query, dtype=torch.bool).tril()
-            outs.append(attend_visible(record["q"][:, :, host.local_len :], keys, values, visible, record["scale"]))
+            if question_in_prefill:
+                owner, end = records[plan.append_rank], plan.hosts[plan.append_rank].local_len
+                keys = torch.cat([context[0], owner["k"][:, :, end : end + query]], dim=2)
+                values = torch.cat([context[1], owner["v"][:, :, end : end + query]], dim=2)
+                visible = torch.ones(query, keys.shape[2], dtype=torch.bool)
+                visible[:, -query:] = torch.ones(query, query, dtype=torch.bool).tril()
+                outs.append(attend_visible(record["q"][:, :, host.local_len :], keys, values, visible,
+                                           record["scale"]))
             name = f"host {host.rank}"
             errors[name] = max(errors.get(name, 0.0), largest_difference(record["out"], torch.cat(outs, dim=2)))
 
     def cached(rank):
         host = plan.hosts[rank]
         rows = list(host.shard.positions()) + list(range(anchor, host.local_len))
-        if rank == plan.append_rank and fused_query:
+        if rank == plan.append_rank and question_in_prefill and question_cached:
             rows += list(range(host.local_len, host.local_len + query))
         return rows
 

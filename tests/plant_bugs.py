@@ -39,6 +39,18 @@ class Bug:
 
 
 BUGS = {
+    "spava-nz-passing": Bug(
+        "spava --layout contiguous (the reference's nz) passes l_p per block instead of 2 l_p",
+        "spava/layout.py", "sends, received = passing_table(block_sizes, sizes.passing if zigzag else 2 * sizes.passing)",
+        "sends, received = passing_table(block_sizes, sizes.passing)", ("tests/test_spava.py",)),
+    "spava-size-rounding": Bug(
+        "spava's default anchor / l_p rounded to the nearest multiple of 128 instead of up (the reference's ceil)",
+        "spava/layout.py", "    return tile * math.ceil((doc_len // divisor) / tile)",
+        "    return tile * round((doc_len // divisor) / tile)", ("tests/test_spava.py",)),
+    "spava-nf-question": Bug(
+        "spava --no-fused-query (the reference's nf) still feeds the question into the prefill",
+        "spava/method.py", "        if not self.options.question_in_prefill:", "        if False:",
+        ("tests/test_spava.py",)),
     "anchor-rule": Bug(
         "APB's anchor rule dropped: anchor rows see the passing block (prefix_len 0 where APB builds its mask)",
         "apb/method.py", "prefix_len=passing_k.shape[2] if call.anchor_len else 0", "prefix_len=0",

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from apb.heads import RetainingHeads
-from approx_reference import TOLERANCE, Spy, apb_errors, attend_visible, spava_errors
+from approx_reference import TOLERANCE, Spy, apb_errors, attend_visible, spava_errors, spava_flags
 from helpers import run_workers
 from longctx.compare import random_prompt
 from longctx.config import RunConfig
@@ -86,6 +86,7 @@ SPAVA_CASES = [
     (4, {"anchor_len": 16, "passing_len": 8, "anchor_sharding": 0}),
     (2, {"anchor_len": 16, "passing_len": 8, "layout": "contiguous", "overlap": 0}),
     (3, {"anchor_len": 16, "passing_len": 8, "fused_query": 0}),
+    (3, {"anchor_len": 16, "passing_len": 8, "query_pass": 1, "anchor_sharding": 0}),
 ]
 
 
@@ -95,7 +96,7 @@ def test_spava_matches_the_independent_reference(models, world, options):
     path, model = models["llama"]
     spy, doc, question, result = spied_run(model, path, "spava", world, options)
     assert len(spy.prefill) == world * model.config.num_hidden_layers
-    errors = spava_errors(spy, doc, question, fused_query=bool(options.get("fused_query", 1)))
+    errors = spava_errors(spy, doc, question, **spava_flags(options))
     assert max(errors.values()) <= TOLERANCE, errors
     assert len(result.tokens) == NEW_TOKENS
 

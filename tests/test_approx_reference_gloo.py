@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from apb.heads import RetainingHeads
-from approx_reference import TOLERANCE, Spy, apb_errors, gloo_worker, spava_errors
+from approx_reference import TOLERANCE, Spy, apb_errors, gloo_worker, spava_errors, spava_flags
 from longctx.compare import random_prompt
 from longctx.models import check_model_dir
 
@@ -25,6 +25,7 @@ CASES = {  # name -> (method, options)
     "star": ("star", {"anchor_len": 24}),
     "spava": ("spava", {"anchor_len": 16, "passing_len": 8}),
     "spava-unfused": ("spava", {"anchor_len": 16, "passing_len": 8, "fused_query": 0, "overlap": 0}),
+    "spava-nz": ("spava", {"anchor_len": 16, "passing_len": 8, "layout": "contiguous", "query_pass": 1}),
 }
 
 
@@ -68,7 +69,7 @@ def test_real_processes_match_the_independent_reference(gloo_runs, case):
     method, options = CASES[case]
     assert sorted(spy.inputs) == list(range(WORLD))
     if method == "spava":
-        errors = spava_errors(spy, doc, question, fused_query=bool(options.get("fused_query", 1)))
+        errors = spava_errors(spy, doc, question, **spava_flags(options))
     else:
         errors = apb_errors(spy, doc, question)
     assert max(errors.values()) <= TOLERANCE, errors

@@ -1,7 +1,7 @@
 """The import graph between longctx's parts keeps its layering, deferred imports included.
 
 Parts: the core (`longctx` minus the face and the families), the face (`longctx.cli`, `api`,
-`demo`, `compare`, `eval`, and what only they use), the model-family adapters
+`demo`, `compare`, `eval`, `serve`, and what only they use), the model-family adapters
 (`longctx.families`), the method packages (`burst`, `apb`, `spava`) and the launchers
 (`launch`). The core imports no method package, no launcher and no model-family module (all
 three are found by name through `longctx.registry`; the engine, the request code and the
@@ -19,7 +19,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 PACKAGES = ("longctx", "burst", "apb", "spava", "launch")
 FACE = ("longctx.cli", "longctx.api", "longctx.demo", "longctx.compare", "longctx.eval", "longctx.baseline",
-        "longctx.simulate")
+        "longctx.simulate", "longctx.serve")
 FAMILIES = "longctx.families"
 METHOD_PACKAGES = ("burst", "apb", "spava")
 FAMILY_BLIND = ("longctx.engine", "longctx.request", "longctx.models.loading")  # named by the issue; the rule is the core's

@@ -115,6 +115,45 @@ def test_cpu_methods_smoke(tmp_path):
     assert dense["same_first_token_as_hf"]  # the engine's video path agrees with transformers' forward
 
 
+@pytest.mark.slow
+def test_serve_cache_smoke(tmp_path):
+    report, stdout = _run("serve_cache.py", tmp_path / "serve.json")
+    assert report["smoke"] and "shared" in report["shared_machine"] and report["load_average_before"]
+    rows = report["rows"]
+    for length in {row["length"] for row in rows}:
+        at = {(row["mode"], row["request"]): row for row in rows if row["length"] == length}
+        hf_s = at[("measured", "hf-sdpa fresh")]["seconds"]
+        assert set(at) == {("measured", "hf-sdpa fresh"), ("local workers", "fresh"), ("local workers", "follow-up"),
+                           ("simulated", "fresh"), ("simulated", "follow-up")}
+        for row in at.values():
+            assert row["speedup_vs_hf"] == pytest.approx(hf_s / row["seconds"])
+        assert at[("local workers", "follow-up")]["speedup_vs_fresh"] == pytest.approx(
+            at[("local workers", "fresh")]["seconds"] / at[("local workers", "follow-up")]["seconds"])
+    assert "| tokens | HF SDPA fresh |" in stdout and (tmp_path / "serve.png").exists()
+
+
+@pytest.mark.slow
+def test_spava_speed_smoke(tmp_path):
+    """The video workload's table: spava, burst and apb at 2, 4, 8 simulated hosts against HF SDPA
+    timed on the same clock, and the cumulative ablation chain at 8 hosts as the reference defines
+    it (each step keeps the previous ones' options)."""
+    report, stdout = _run("spava_speed.py", tmp_path / "spava.json")
+    hf_s = report["hf_sdpa"]["median_s"]
+    assert {(row["method"], row["hosts"]) for row in report["methods"]} == {
+        (method, hosts) for method in ("spava", "burst", "apb") for hosts in (2, 4, 8)}
+    for row in report["methods"] + report["ablation"]:
+        assert row["speedup_vs_hf"] == pytest.approx(hf_s / row["seconds"])
+        assert len(row["host_compute_s"]) == row["hosts"] and row["forwards"][0] == "vision encoder"
+    steps = report["ablation"]
+    assert [step["options"] for step in steps][-1] == {"overlap": False, "anchor_sharding": False, "fused_query": False,
+                                                       "layout": "contiguous", "frame_parallel": False}
+    assert all(set(a["options"]) <= set(b["options"]) for a, b in zip(steps, steps[1:]))
+    assert [len(step["forwards_s"]) for step in steps] == [2, 2, 2, 3, 3, 3]  # nf adds the query pass
+    assert steps[-1]["host_received_mb"][0] < steps[-2]["host_received_mb"][0]  # nv: no embeddings to gather
+    assert set(report["spava_over_at_8_hosts"]) == {"burst", "apb"} and "ablation chain" in stdout
+    assert (tmp_path / "spava.png").is_file()
+
+
 # Every benchmark script the README names, and the test that runs its --smoke mode (comm_model needs
 # network namespaces, so its smoke test lives with the multi-node ones).
 SMOKE_TESTS = {
@@ -125,6 +164,8 @@ SMOKE_TESTS = {
     "gpu_first_light.py": "test_gpu_first_light_smoke",
     "gpu_suite.py": "test_gpu_suite_smoke",
     "kernel_report.py": "test_kernel_report_smoke",
+    "serve_cache.py": "test_serve_cache_smoke",
+    "spava_speed.py": "test_spava_speed_smoke",
 }
 
 

@@ -119,5 +119,5 @@ def test_the_engine_result_is_typed_with_one_json_form(tiny_model):
     assert list(plain.to_dict()) == ENGINE_KEYS
     generated = GenerationResult.of(result, "text", 55, 2)
     assert list(generated.to_dict()) == ["text", "tokens", "method", "nproc", "doc_tokens", "question_tokens",
-                                         "prefill_s", "query_s", "decode_s", "plan", "stats"]
+                                         "prefill_s", "query_s", "decode_s", "plan", "stats", "cached_tokens", "cache"]
     assert generated.ttft_s == result.ttft_s and generated.prefill_tokens_per_s == pytest.approx(55 / result.prefill_s)

@@ -45,8 +45,9 @@ def test_help_shows_each_methods_own_text_and_default():
     text = " ".join(out.getvalue().split())
     apb_group, spava_group = text.split("options of apb, star:")[1], text.split("options of spava:")[1]
     assert "--anchor-len ANCHOR_LEN apb/star: anchor tokens (default: apb l_b/4" in apb_group
-    assert "--anchor-len ANCHOR_LEN spava: anchor tokens every host runs (default n/64)" in spava_group
-    assert "--overlap, --no-overlap spava: overlap" in spava_group and "(default: on)" in spava_group
+    assert "--anchor-len ANCHOR_LEN spava: anchor tokens every host runs (default n/64 rounded up" in spava_group
+    assert "--no-fused-query (the reference's 'nf') prefills the document alone" in spava_group
+    assert "--overlap, --no-overlap spava: post the passing" in spava_group and "(default: on)" in spava_group
     assert "options of launcher ray: --ray-address ADDR" in text
 
 

@@ -15,27 +15,33 @@ points there too, so nothing outside the test's directory is written.
 ~3 minutes on the 2-core CPU machine (each command 3-30 s).
 """
 
+import json
 import os
 import re
+import signal
 import subprocess
 import sys
 import textwrap
+import time
 
 import pytest
 
 from helpers import REPO
 
 README = os.path.join(REPO, "README.md")
-FENCE = re.compile(r"^( *)```(\w+) readme-test\n(.*?)^\1```", re.M | re.S)
+FENCE = re.compile(r"^( *)```(\w+) (readme-test[\w-]*)\n(.*?)^\1```", re.M | re.S)
 QUESTION_ANSWER = "42"  # the needle of examples/data/haystack.txt (examples/data/question.json)
 TEMP_PATH = re.compile(r"/tmp/[\w.-]+")
 
 
-def readme_blocks(language):
-    """Bodies (dedented) of the README's fenced blocks tagged `<language> readme-test`."""
+def readme_blocks(language, tag="readme-test"):
+    """Bodies (dedented) of the README's fenced blocks tagged `<language> <tag>` (`readme-test`:
+    each command runs to its end; `readme-test-serve`: the "Serving" section's server and its
+    clients, `test_readme_serving_examples_run_as_written`)."""
     with open(README, encoding="utf-8") as handle:
         text = handle.read()
-    return [textwrap.dedent(match.group(3)) for match in FENCE.finditer(text) if match.group(2) == language]
+    return [textwrap.dedent(match.group(4)) for match in FENCE.finditer(text)
+            if match.group(2) == language and match.group(3) == tag]
 
 
 def block_commands(block):
@@ -110,6 +116,35 @@ def test_readme_command_runs_as_written(case, tmp_path):
             assert f"answer: {QUESTION_ANSWER}" in proc.stdout, proc.stdout
         if command.startswith("longctx compare"):
             assert " DIFF " not in proc.stdout, proc.stdout  # exact methods: the same tokens as dense
+
+
+@pytest.mark.slow
+def test_readme_serving_examples_run_as_written(tmp_path):
+    """The "Serving" section's `readme-test-serve` blocks: the `longctx serve` command runs in the
+    background until it answers /health; the curl command and the openai snippet then run as
+    written against it and print the needles' answers; SIGTERM stops the server and its workers."""
+    (server,), (curl,) = [block_commands(block) for block in readme_blocks("bash", "readme-test-serve")]
+    snippet, = readme_blocks("python", "readme-test-serve")
+    port = re.search(r"--port (\d+)", server).group(1)
+    proc = subprocess.Popen(["bash", "-c", f"exec {server}"], cwd=REPO, env=_env(tmp_path), stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    try:
+        health = f"curl -sf http://127.0.0.1:{port}/health"
+        for _ in range(480):
+            if proc.poll() is not None or _run(["bash", "-c", health], tmp_path).returncode == 0:
+                break
+            time.sleep(0.5)
+        assert proc.poll() is None, proc.stdout.read()
+        answer = _run(["bash", "-c", curl], tmp_path)
+        assert json.loads(answer.stdout)["choices"][0]["text"].strip() == "57", answer.stdout
+        script = tmp_path / "client.py"
+        script.write_text(snippet, encoding="utf-8")
+        printed = _run([sys.executable, str(script)], tmp_path)
+        assert printed.stdout.split("\n")[:2] == ["first 42 cached tokens: 0", "follow-up 42 cached tokens: 4073"], \
+            printed.stdout + printed.stderr
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=90)
 
 
 def _snippet_without_guard(snippet):

@@ -116,3 +116,30 @@ def test_dense_on_one_host_is_pure_compute(tiny_model):
     result = critical_path(traces, Link(gb_per_s=10.0))
     assert result["exposed_comm_s"] == [0.0]
     assert result["total_s"] == pytest.approx(traces[0].compute_s())
+
+
+@pytest.mark.parametrize("frame_parallel", [True, False])
+def test_video_hosts_encode_their_frames_in_a_forward_of_their_own(tmp_path, frame_parallel):
+    """With a video each host first encodes what the method gives it: its share of the frames and
+    an all-gather of the embeddings (frame-parallel), or every frame and no transfer; then the
+    prefill (spava's question fused: no query pass)."""
+    import numpy as np
+
+    from longctx.families.qwen2_5_vl import load_video, video_prompt, video_token_count
+    from longctx.models import load_tokenizer
+    from longctx.models.tiny import make_tiny_model
+
+    model_dir = make_tiny_model(str(tmp_path / "vl"), "qwen2_5_vl", seed=1)
+    model = load_model(model_dir, CPU, torch.float32)
+    video = load_video(np.random.default_rng(0).integers(0, 256, (24, 56, 56, 3), dtype=np.uint8), model_dir)
+    doc_ids, query_ids = video_prompt(load_tokenizer(model_dir), video.grid, "what?")
+    config = RunConfig(model=model_dir, method="spava", nproc=3, frame_parallel=frame_parallel)
+    traces = simulate_hosts(model, config, doc_ids, query_ids, 3, CPU, media=video)
+    embedding_bytes = video_token_count(video.grid) // 3 * model.config.text_config.hidden_size * 4
+    for trace in traces:
+        encoder, prefill = trace.forwards
+        assert encoder.other_s > 0 and len(prefill.layers) == model.config.text_config.num_hidden_layers
+        received = sum(t.nbytes for layer in encoder.layers for t in layer.transfers)
+        assert received == (2 * embedding_bytes if frame_parallel else 0)  # the two other hosts' shares
+    result = critical_path(traces, Link(gb_per_s=10.0))
+    assert len(result["forwards_s"]) == 2

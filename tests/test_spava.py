@@ -3,12 +3,15 @@
 Exact cases: one worker; no anchor with every key passed. Approximate runs: the fused query
 pass equals a separate exact query pass over the same caches (same selection, same plan), and
 every ablation switch runs; the fused pass is seen by counting the model's forward passes.
-Planning: the zigzag pairing and its sizes. The independent layer-by-layer reference is in
+Planning: the zigzag pairing, the reference's sizes and its ablations (`--no-overlap`,
+`--no-anchor-sharding`, `--no-fused-query`, `--layout contiguous`) checked on the plan and the
+work the planner counts. The independent layer-by-layer reference is in
 tests/test_approx_reference.py.
 """
 
 from collections import Counter
 from contextlib import contextmanager
+from dataclasses import replace
 
 import pytest
 import torch
@@ -66,6 +69,7 @@ def forward_passes(model):
     (3, {"anchor_len": 0, "passing_len": 10**6}),
     (4, {"anchor_len": 0, "passing_len": 10**6, "anchor_sharding": 0}),
     (2, {"anchor_len": 0, "passing_len": 10**6, "layout": "contiguous", "overlap": 0}),
+    (3, {"anchor_len": 0, "passing_len": 10**6, "fused_query": 0}),
 ])
 def test_exact_cases_equal_dense(llama, world, options):
     path, model = llama
@@ -75,20 +79,23 @@ def test_exact_cases_equal_dense(llama, world, options):
         result = spava(path, model, doc, question, world, **options)
     assert relative_error(result, reference) <= TOLERANCE
     assert result.tokens == reference.tokens
-    # the question ran in the prefill forward: no query pass, one forward per later token
-    assert passes == {rank: NEW_TOKENS for rank in range(world)}
+    # with the question in the prefill forward no query pass runs: one forward per later token;
+    # --no-fused-query prefills without it and adds the query pass
+    query_pass = 0 if options.get("fused_query", 1) else 1
+    assert passes == {rank: NEW_TOKENS + query_pass for rank in range(world)}
 
 
 @pytest.mark.parametrize("world,options", [(2, {}), (3, {"anchor_sharding": 0}), (4, {"layout": "contiguous"})])
 def test_fused_query_pass_equals_separate_exact_pass(llama, world, options):
-    """Same plan and selection; the separate pass recomputes the question over the caches."""
+    """`--query-pass` (ours): same plan and selection; the separate pass recomputes the question
+    over the caches."""
     path, model = llama
     doc, question = prompt(300)
     sizes = {"anchor_len": 16, "passing_len": 8, **options}
     with forward_passes(model) as fused_passes:
         fused = spava(path, model, doc, question, world, **sizes)
     with forward_passes(model) as separate_passes:
-        separate = spava(path, model, doc, question, world, fused_query=0, **sizes)
+        separate = spava(path, model, doc, question, world, query_pass=1, **sizes)
     assert fused_passes == {rank: NEW_TOKENS for rank in range(world)}  # prefill + decoding steps
     assert separate_passes == {rank: NEW_TOKENS + 1 for rank in range(world)}  # + the query pass
     assert fused.plan == separate.plan
@@ -117,18 +124,91 @@ def planner(**options):
 
 def test_plan_pairs_virtual_blocks_and_sizes():
     plan = planner().plan(8192, 20, 4)
-    assert plan.details["anchor_len"] == 128 and plan.details["passing_len"] == 64  # n/64, n/128
+    assert plan.details["anchor_len"] == 128 and plan.details["passing_len"] == 128  # n/64, n/128 up to 128
     sizes = plan.details["virtual_block_sizes"]
     assert len(sizes) == 8 and sum(sizes) == 8192 - 128
     for host in plan.hosts:
         assert host.virtual == (host.rank, 7 - host.rank)
-        assert host.passing == (64 * host.rank, 64 * (7 - host.rank))
+        assert host.passing == (128 * host.rank, 128 * (7 - host.rank))
         assert len(host.shard) == 32
     estimates = plan.estimates()
     assert max(estimates) / min(estimates) < 1.05  # the pairing balances the passing work
-    contiguous = planner(layout="contiguous").plan(8192, 20, 4)
-    assert [host.virtual for host in contiguous.hosts] == [(0, 1), (2, 3), (4, 5), (6, 7)]
-    assert contiguous.critical_ms > plan.critical_ms
+
+
+@pytest.mark.parametrize("doc_len,anchor,passing", [(20_000, 384, 256), (131_072, 2048, 1024), (8_191, 128, 128),
+                                                    (127, 127 - 8, 0), (63, 0, 0)])
+def test_default_sizes_round_up_to_128_as_the_reference_does(doc_len, anchor, passing):
+    """The reference (`modeling_qwen2_5_vl_apbvz.py`): anchor = 128 * ceil((n // 64) / 128),
+    passing = 128 * ceil((n // 128) / 128); a document too short for that anchor keeps 2
+    tokens per worker after it."""
+    plan = planner().build(doc_len, 5, 4)
+    assert (plan.details["anchor_len"], plan.details["passing_len"]) == (anchor, passing)
+    assert planner(size_tile=64).build(20_000, 5, 4).details["anchor_len"] == 320
+
+
+def work(**options):
+    """{rank: HostWork} of an 8-host plan of 16,384 tokens and a 40-token question."""
+    plan_of = planner(**options)
+    plan = plan_of.plan(16384, 40, 8)
+    return plan, {host.rank: plan_of.host_work(plan, host) for host in plan.hosts}
+
+
+def test_no_overlap_only_stops_the_overlap():
+    """The reference's `no`: the same transfers, each waited for at once."""
+    (plan, spava), (plain, no) = work(), work(overlap=False)
+    assert [host.spans for host in plan.hosts] == [host.spans for host in plain.hosts]
+    assert plain.critical_ms > plan.critical_ms  # the transfers are exposed
+    for rank in spava:
+        assert spava[rank].overlapped and not no[rank].overlapped
+        assert replace(no[rank], overlapped=True) == spava[rank]
+
+
+def test_no_anchor_sharding_moves_the_anchor_to_host_0():
+    """The reference's `na`: host 0 caches (and the question attends) the whole anchor, the others
+    none of it; nothing else changes."""
+    (plan, sharded), (whole, single) = work(overlap=False), work(overlap=False, anchor_sharding=False)
+    anchor, heads = plan.details["anchor_len"], planner().cost_model().shape.heads
+    assert [len(host.shard) for host in plan.hosts] == [anchor // 8] * 8
+    assert [len(host.shard) for host in whole.hosts] == [anchor] + [0] * 7
+    for rank in sharded:
+        moved = (anchor - anchor // 8) if rank == 0 else -(anchor // 8)
+        assert single[rank].head_pairs - sharded[rank].head_pairs == moved * 40 * heads  # question rows x query heads
+        assert single[rank].rows == sharded[rank].rows and single[rank].recv_bytes == sharded[rank].recv_bytes
+
+
+def test_no_fused_query_prefills_without_the_question():
+    """The reference's `nf`: no question rows in the prefill, no question call, no (out, lse)
+    all-gather (the query pass runs after); the same keys are scored and passed."""
+    (plan, fused), (_, unfused) = work(anchor_sharding=False), work(anchor_sharding=False, fused_query=False)
+    shape = planner().cost_model().shape
+    for rank in fused:
+        assert fused[rank].rows - unfused[rank].rows == 40
+        assert fused[rank].recv_bytes - unfused[rank].recv_bytes == 7 * 40 * shape.heads * (shape.head_dim + 1) * 4
+        assert fused[rank].messages - unfused[rank].messages == 7
+        assert fused[rank].scored_keys == unfused[rank].scored_keys
+    unfused_method = SpavaAttention(RunConfig(method="spava", fused_query=False))
+    ids, positions = unfused_method.local_inputs(plan, 3, list(range(16384)), [7] * 40)
+    assert len(ids) == plan.hosts[3].local_len and max(positions) < 16384
+    assert unfused_method.query_rows(plan, 3) is None
+    end = plan.hosts[3].local_len
+    assert SpavaAttention(RunConfig(method="spava")).query_rows(plan, 3) == slice(end, end + 40)
+
+
+def test_contiguous_layout_is_one_block_per_host_with_twice_the_passing():
+    """The reference's `nz`: W blocks of (n - a) / W, host r holding block r, each passing 2 l_p
+    (so a host passes as many keys as with its two zigzag blocks), in one all-gather per layer."""
+    (zig, zig_work), (plan, flat) = work(fused_query=False), work(fused_query=False, layout="contiguous")
+    anchor, passing = zig.details["anchor_len"], zig.details["passing_len"]
+    assert plan.details["anchor_len"] == anchor and plan.details["passing_len"] == 2 * passing
+    assert [host.virtual for host in plan.hosts] == [(rank,) for rank in range(8)]
+    assert plan.details["virtual_block_sizes"] == [(16384 - anchor) // 8] * 8
+    assert plan.details["passing_tokens"] == [2 * passing] * 7 + [0]
+    assert [host.passing for host in plan.hosts] == [(2 * passing * rank,) for rank in range(8)]
+    assert [len(block_calls(host)) for host in plan.hosts] == [1] * 8
+    for rank in flat:
+        assert zig_work[rank].messages == 2 * 7 and flat[rank].messages == 7
+        assert flat[rank].recv_bytes == zig_work[rank].recv_bytes  # the same keys, in one gather
+    assert max(plan.estimates()) > max(zig.estimates())  # host 7 sees all passed keys: imbalanced
 
 
 def test_block_calls_follow_the_layout():

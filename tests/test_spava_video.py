@@ -64,13 +64,54 @@ def test_temporal_patches_follow_the_video_processor_layout(tiny_vl):
 
 
 def test_sampling_rules():
+    """As transformers' Qwen2VLVideoProcessor.sample_frames: a frame count rounded to frame pairs;
+    fps sampling at least min_frames (4) and at most max_frames, floored to frame pairs."""
     assert sample_indices(12, 6.0, num_frames=4) == [0, 3, 6, 9]
     assert sample_indices(12, 6.0, fps=2) == [0, 3, 6, 9]  # 2 s at 2 fps
     assert sample_indices(5, 1.0) == [0, 1, 2, 3, 4]
-    with pytest.raises(LongCtxError, match="sampling leaves no frames"):
-        sample_indices(12, 6.0, fps=0.1)
+    assert sample_indices(12, 6.0, fps=0.1) == [0, 3, 6, 9]  # 0.2 frames asked, the minimum of 4 kept
+    assert len(sample_indices(600, 30.0, fps=30, max_frames=11)) == 10  # at most 11, in frame pairs
+    assert len(sample_indices(3, 1.0, fps=1)) == 2  # the video's own 3 frames, in frame pairs
     with pytest.raises(LongCtxError, match="sampling leaves no frames"):
         sample_indices(12, 6.0, num_frames=0)
+
+
+def test_processor_settings_are_looked_up_where_transformers_looks(tmp_path):
+    """processor_config.json's "video_processor" section, then video_preprocessor_config.json,
+    then preprocessor_config.json (`size` edges read as pixel bounds)."""
+    import json
+
+    def write(name, content):
+        with open(tmp_path / name, "w") as handle:
+            json.dump(content, handle)
+
+    write("preprocessor_config.json", {"max_pixels": 1000, "min_frames": 6})
+    assert processor_settings(str(tmp_path))["max_pixels"] == 1000
+    assert processor_settings(str(tmp_path))["min_frames"] == 6
+    write("video_preprocessor_config.json", {"size": {"shortest_edge": 100, "longest_edge": 2000}})
+    assert (processor_settings(str(tmp_path))["min_pixels"], processor_settings(str(tmp_path))["max_pixels"]) == (100, 2000)
+    write("processor_config.json", {"image_processor": {"max_pixels": 5}})  # no video section: not this file
+    assert processor_settings(str(tmp_path))["max_pixels"] == 2000
+    write("processor_config.json", {"video_processor": {"max_pixels": 3000, "max_frames": 64}})
+    settings = processor_settings(str(tmp_path))
+    assert (settings["max_pixels"], settings["max_frames"], settings["min_frames"]) == (3000, 64, 4)
+    (tmp_path / "processor_config.json").write_text("{not json")
+    with pytest.raises(LongCtxError, match="cannot read the processor settings"):
+        processor_settings(str(tmp_path))
+
+
+def test_per_request_bounds_and_the_default_rate_of_python_frames(tiny_vl):
+    """--max-pixels shrinks the frames, --max-frames caps fps sampling, and frames given from
+    Python without a rate are taken at 2 fps (qwen-vl-utils' default): a frame pair spans 1 s."""
+    frames = np.random.default_rng(0).integers(0, 255, (40, 56, 56, 3), dtype=np.uint8)
+    plain = load_video(frames, tiny_vl[0])
+    assert plain.seconds_per_patch == pytest.approx(1.0) and plain.grid == (20, 4, 4)
+    small = load_video(frames, tiny_vl[0], max_pixels=28 * 28)
+    assert small.grid == (20, 2, 2)
+    capped = load_video(frames, tiny_vl[0], fps=2, max_frames=8)
+    assert capped.grid[0] == 4 and capped.seconds_per_patch == pytest.approx(40 / 8)
+    with pytest.raises(LongCtxError, match="--max-frames must be at least 1"):
+        load_video(frames, tiny_vl[0], fps=2, max_frames=0)
 
 
 def write_video(path, frames, rate=6):
@@ -270,6 +311,7 @@ def test_cli_answers_a_video_with_spava_on_local_workers(tiny_vl, clip, nproc):
     ("workers", "8 temporal patches (frame pairs) after sampling, fewer than the 9 workers"),
     ("text_model", "a video needs a video-language model (qwen2_5_vl)"),
     ("no_video", "this is a video-language model (Qwen2.5-VL): give a video"),
+    ("pixels_without_video", "frame sampling (--frames / --fps / --max-pixels / --max-frames) needs a video"),
     ("unsupported", "a multimodal family longctx does not support; the supported multimodal families are qwen2_5_vl"),
 ])
 def test_bad_video_input_is_one_error_line(tiny_vl, tiny_model, clip, tmp_path, capsys, case, needle):
@@ -289,7 +331,7 @@ def test_bad_video_input_is_one_error_line(tiny_vl, tiny_model, clip, tmp_path, 
     elif case == "missing":
         video = str(tmp_path / "nope.mp4")
     elif case == "no_frames":
-        extra = ("--fps", "0.1")
+        extra = ("--frames", "0")
     elif case == "workers":
         extra = ("--nproc", "9", "--anchor-len", "0")
     elif case == "text_model":
@@ -298,7 +340,9 @@ def test_bad_video_input_is_one_error_line(tiny_vl, tiny_model, clip, tmp_path, 
         model = str(tmp_path)
         with open(os.path.join(model, "config.json"), "w") as handle:
             json.dump({"model_type": "llava"}, handle)
-    if case == "no_video":
+    elif case == "pixels_without_video":
+        extra = ("--max-pixels", "1000")
+    if case in ("no_video", "pixels_without_video"):
         doc = tmp_path / "doc.txt"
         doc.write_text("a document")
         source = ("--doc", str(doc))

@@ -30,10 +30,11 @@ from longctx.baseline import HFSDPABaseline, speedup
 from longctx.config import RunConfig, method_owner
 from longctx.errors import LongCtxError
 from longctx.eval.tasks import is_correct, make_samples
+from longctx.eval.video_needles import VideoSample
 from longctx.eval.variants import parse_specs, parse_task_specs
 from longctx.models.family import encode_prompt
 from longctx.options import resolve
-from longctx.request import Session
+from longctx.request import Prompt, Session
 
 
 def build_samples(tasks, length, count, seed, tokenizer):
@@ -52,6 +53,19 @@ def build_samples(tasks, length, count, seed, tokenizer):
 def prompt_ids(tokenizer, sample):
     """(doc_ids, query_ids) of `sample.prompt` (document, newline, question)."""
     return encode_prompt(tokenizer, sample.document, "\n" + sample.question)
+
+
+def sample_inputs(session, sample):
+    """(doc_ids, query_ids, media) of one sample: a text sample's `prompt_ids` (media None), or
+    a video sample's clip and question through the model family's adapter (the clip's frames
+    are then dropped from the sample: its processed video is what the requests keep)."""
+    if not isinstance(sample, VideoSample):
+        return (*prompt_ids(session.tokenizer, sample), None)
+    session.family.check_modality(True)
+    prompt = Prompt(question=sample.question, video=sample.frames, video_fps=sample.fps)
+    doc_ids, query_ids, media = session.family.encode(session.tokenizer, session.config.model, prompt)
+    sample.frames = None
+    return doc_ids, query_ids, media
 
 
 def default_max_new_tokens(tokenizer, samples):
@@ -234,7 +248,7 @@ def evaluate(model_dir, tasks, length, nproc, methods, samples, seed=0, max_new_
     workers = {label: session.workers_for(spec.method) for label, spec in specs.items()}
     tokenizer = session.tokenizer
     task_samples = build_samples(task_specs, length, samples, seed, tokenizer)
-    ids = {task: [prompt_ids(tokenizer, sample) for sample in task_samples[task]] for task in tasks}
+    ids = {task: [sample_inputs(session, sample) for sample in task_samples[task]] for task in tasks}
     if max_new_tokens is None:
         max_new_tokens = default_max_new_tokens(tokenizer, task_samples)
     pools, requests = {}, {}  # every request is checked once, here, before any worker starts
@@ -243,8 +257,8 @@ def evaluate(model_dir, tasks, length, nproc, methods, samples, seed=0, max_new_
         if key not in pools:
             own = resolve(spec.options, [method_owner(spec.method)])
             pools[key] = Session(base.replace(method=spec.method, nproc=workers[label], options=own))
-        requests[label] = {task: [pools[key].prepare_ids(doc_ids, query_ids, max_new_tokens, spec.method)
-                                  for doc_ids, query_ids in ids[task]] for task in tasks}
+        requests[label] = {task: [pools[key].prepare_ids(doc_ids, query_ids, max_new_tokens, spec.method, media=media)
+                                  for doc_ids, query_ids, media in ids[task]] for task in tasks}
     columns = {label: MethodColumn(label, spec.options, workers[label]) for label, spec in specs.items()}
     started = time.perf_counter()
     bar = _progress_bar((len(specs) + bool(baseline)) * len(tasks) * samples, progress)
@@ -266,7 +280,7 @@ def evaluate(model_dir, tasks, length, nproc, methods, samples, seed=0, max_new_
     return EvalReport(model=model_dir, tasks=tasks, length=length, nproc=nproc, samples=samples, seed=seed,
                       max_new_tokens=max_new_tokens, columns=list(columns.values()),
                       expected={task: [sample.answer for sample in task_samples[task]] for task in tasks},
-                      prompt_tokens={task: [len(d) + len(q) for d, q in ids[task]] for task in tasks},
+                      prompt_tokens={task: [len(d) + len(q) for d, q, _ in ids[task]] for task in tasks},
                       options=_shown_options(base, run_options),
                       hf_sdpa=hf, wall_s=time.perf_counter() - started)
 
@@ -292,15 +306,15 @@ def disagreements(correct, methods, reference):
 
 
 def _hf_baseline(model_dir, config, ids, bar):
-    """HFTimes of HF SDPA on every sample of `ids` ({task: [(doc_ids, query_ids)]}): one untimed
-    warm-up, then one timed forward each."""
+    """HFTimes of HF SDPA on every sample of `ids` ({task: [(doc_ids, query_ids, media)]}): one
+    untimed warm-up, then one timed forward each (a video's encoder inside it)."""
     bar.set_description("HF SDPA")
     seconds, argmax = {}, {}
     with HFSDPABaseline(model_dir, config.device, config.dtype, config.rope_scaling) as hf:
         for task, pairs in ids.items():
             seconds[task], argmax[task] = [], []
-            for doc_ids, query_ids in pairs:
-                timing = hf.time(doc_ids, query_ids, repeats=1)
+            for doc_ids, query_ids, media in pairs:
+                timing = hf.time(doc_ids, query_ids, repeats=1, media=media)
                 seconds[task].append(timing.median_s)
                 argmax[task].append(timing.argmax)
                 bar.update(1)

@@ -37,6 +37,10 @@ fraction of the haystack; the other needles are spread at random. Values are num
 continuation of ``sample.prompt`` is the answer: one number, or for the multi-answer tasks
 the numbers in document order separated by commas.
 
+Three more are video tasks (`media` "video"), VNBench-style: ``video_retrieval``,
+``video_ordering`` and ``video_counting`` (`longctx.eval.video_needles`: a synthetic clip with
+needles drawn on it and a question about them, for a video-language model).
+
 Each task is a `Task` registered in `TASKS` by name (or named as a plug-in,
 "package.module:ClassName"); its `Settings` dataclass declares the generator settings a variant
 may set, so a setting the task does not take is refused.
@@ -46,7 +50,7 @@ import random
 import re
 from dataclasses import dataclass, field, fields, replace
 
-from longctx.eval import vocab
+from longctx.eval import video_needles, vocab
 from longctx.options import option
 from longctx.registry import load
 
@@ -236,6 +240,7 @@ class Task:
 
     name = ""
     Settings = NoSettings
+    media = None  # "video": its samples are clips (`make` instead of `generate`)
 
     def generate(self, rng: random.Random, length: int, counter: _Counter, settings) -> Sample:
         """One sample of about `length` prompt tokens counted by `counter` (its `length`, seed and
@@ -386,6 +391,26 @@ class VariableTracking(Task):
                       answers=[values[0]], length=0, depth=first_depth)
 
 
+@dataclass(frozen=True)
+class VideoSettings:
+    num_needles: int = option(None, "needles in the clip (ordering and counting; default 2-4 / 1-5 at random)")
+
+
+class VideoNeedleTask(Task):
+    """A VNBench-style video task (`longctx.eval.video_needles`); its samples are VideoSamples."""
+
+    Settings = VideoSettings
+    media = "video"
+
+    def __init__(self, name):
+        self.name = name
+
+    def make(self, length, seed, index, tokenizer, settings):
+        """The seeded VideoSample of about `length` prompt tokens."""
+        return video_needles.make_video_sample(self.name, length, seed, index, tokenizer,
+                                               num_needles=settings.num_needles)
+
+
 def _single_key(keys, answering):
     return vocab.Q_SINGLE.format(key=keys[0])
 
@@ -400,6 +425,7 @@ TASKS = {task.name: task for task in (
                lambda keys, answering: vocab.Q_MULTIQUERY.format(keys=_key_list([k for k, _ in answering]))),
     KVRetrieval(),
     VariableTracking(),
+    *(VideoNeedleTask(name) for name in video_needles.VIDEO_TASKS),
 )}
 
 
@@ -438,6 +464,8 @@ def make_sample(task: str, length_tokens: int, seed: int, index: int = 0, tokeni
     """
     spec = task_named(task)
     values = task_settings(spec, settings)
+    if spec.media == "video":
+        return spec.make(length_tokens, seed, index, tokenizer, values)
     rng = random.Random(f"{task}/{length_tokens}/{seed}/{index}/{settings.get('depth')}")
     counter = _Counter(tokenizer)
     s = spec.generate(rng, length_tokens, counter, values)
@@ -467,9 +495,12 @@ def is_correct(prediction: str, sample: Sample) -> bool:
     The prediction is the model's continuation of ``sample.prompt``. It is cut at the first
     newline, lower-cased and split into words (punctuation dropped). A one-answer task is
     right when those words are exactly the answer's words; a multi-answer task when every
-    answer value is among them (any order).
+    answer value is among them (any order); a video task when the first word is the answer
+    (its answers are single words of a closed vocabulary, `video_needles.answer_words`).
     """
     words = _norm_words(prediction.split("\n", 1)[0]) if prediction.strip() else []
+    if isinstance(sample, video_needles.VideoSample):  # one word of a closed vocabulary: the first word
+        return words[:1] == _norm_words(sample.answer)
     if len(sample.answers) <= 1:
         return words == _norm_words(sample.answer)
     return all(a.lower() in words for a in sample.answers)

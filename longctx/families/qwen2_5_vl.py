@@ -42,7 +42,17 @@ VISION_TOKENS = ("<|vision_start|>", "<|vision_end|>", "<|image_pad|>", "<|video
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 DEFAULTS = {"patch_size": 14, "merge_size": 2, "temporal_patch_size": 2, "min_pixels": 128 * 28 * 28,
-            "max_pixels": 768 * 28 * 28, "image_mean": CLIP_MEAN, "image_std": CLIP_STD}
+            "max_pixels": 768 * 28 * 28, "image_mean": CLIP_MEAN, "image_std": CLIP_STD, "min_frames": 4,
+            "max_frames": 768}
+# Where the processor's settings live, in the order transformers' video processor looks
+# (`BaseVideoProcessor.get_video_processor_dict`): the "video_processor" section of the v5
+# processor_config.json, then video_preprocessor_config.json, then preprocessor_config.json.
+PROCESSOR_FILES = (("processor_config.json", "video_processor"), ("video_preprocessor_config.json", None),
+                   ("preprocessor_config.json", None))
+# The frame rate of frames handed in from Python without one: qwen-vl-utils' `fetch_video`
+# returns 2.0 for a list of frames (the reference's speed test feeds videos through its
+# `process_vision_info`), and Qwen2.5-VL's processor assumed 2 fps when none was given.
+PYTHON_FRAMES_FPS = 2.0
 
 
 class Qwen25VLFamily(ModelFamily):
@@ -63,7 +73,8 @@ class Qwen25VLFamily(ModelFamily):
         """(doc_ids, query_ids, VideoPatches) of `prompt.video` (a file path, frames [T, H, W, 3],
         a list of frames, or VideoPatches already loaded) sampled by `prompt.num_frames` or
         `prompt.fps` under `model_dir`'s processor settings."""
-        patches = load_video(prompt.video, model_dir, prompt.num_frames, prompt.fps, prompt.video_fps)
+        patches = load_video(prompt.video, model_dir, prompt.num_frames, prompt.fps, prompt.video_fps,
+                             max_pixels=prompt.max_pixels, max_frames=prompt.max_frames)
         merge = processor_settings(model_dir)["merge_size"]
         return (*video_prompt(tokenizer, patches.grid, prompt.question, merge), patches)
 
@@ -76,6 +87,19 @@ class Qwen25VLFamily(ModelFamily):
         from transformers import Qwen2_5_VLForConditionalGeneration
 
         return Qwen2_5_VLForConditionalGeneration
+
+    def hf_inputs(self, model, input_ids, media):
+        """transformers' own video inputs of `media` (a whole video's VideoPatches): its patches,
+        grid, seconds per temporal patch and the token types that mark the video's rows."""
+        device = input_ids.device
+        return {"pixel_values_videos": torch.from_numpy(media.pixels).to(device),
+                "video_grid_thw": torch.tensor([media.grid], device=device),
+                "second_per_grid_ts": torch.tensor([media.seconds_per_patch], device=device),
+                "mm_token_type_ids": 2 * (input_ids == model.config.video_token_id).int()}
+
+    def encoder(self, model):
+        """The vision tower (`model.model.visual`)."""
+        return model.model.visual
 
     def attention_implementation(self, name):
         """longctx attention for the language model, SDPA for the vision encoder (it runs outside
@@ -148,18 +172,35 @@ class VideoPatches:
 
 
 def processor_settings(model_dir):
-    """Patch sizes, pixel bounds and normalisation from `model_dir`'s preprocessor_config.json
-    (DEFAULTS for what it does not say; a missing file means the defaults)."""
+    """Patch sizes, pixel and frame bounds and normalisation of `model_dir`'s video processor:
+    the first of PROCESSOR_FILES that holds them (DEFAULTS for what it does not say; none: the
+    defaults). `size`'s shortest / longest edge are the pixel bounds, as transformers reads them."""
     settings = dict(DEFAULTS)
-    path = os.path.join(model_dir, "preprocessor_config.json") if model_dir else ""
-    if path and os.path.isfile(path):
-        with open(path) as handle:
-            saved = json.load(handle)
+    saved = _saved_processor(model_dir) if model_dir else None
+    if saved is not None:
         size = saved.get("size") or {}
         saved.setdefault("min_pixels", size.get("shortest_edge"))
         saved.setdefault("max_pixels", size.get("longest_edge"))
         settings.update({key: saved[key] for key in DEFAULTS if saved.get(key) is not None})
     return settings
+
+
+def _saved_processor(model_dir):
+    """The video processor's saved dict under `model_dir` (PROCESSOR_FILES' order), or None."""
+    for name, section in PROCESSOR_FILES:
+        path = os.path.join(model_dir, name)
+        if not os.path.isfile(path):
+            continue
+        try:
+            with open(path) as handle:
+                saved = json.load(handle)
+        except (OSError, ValueError) as exc:
+            raise LongCtxError(f"cannot read the processor settings {path}: {exc}") from None
+        if section is None:
+            return saved
+        if isinstance(saved.get(section), dict):
+            return saved[section]
+    return None
 
 
 def resize_frames(frames, settings):
@@ -206,20 +247,29 @@ def patchify(frames, settings):
     return patches_of(resized, settings), grid_of(resized, settings)
 
 
-def load_video(video, model_dir=None, num_frames=None, fps=None, source_fps=None):
+def load_video(video, model_dir=None, num_frames=None, fps=None, source_fps=None, max_pixels=None, max_frames=None):
     """VideoPatches of `video` (a file path, an array or a list of frames) under `model_dir`'s
     processor settings, sampled by `num_frames` or `fps` (`source_fps`: the frame rate of
-    frames given from Python, default 1); VideoPatches already made are returned as they are.
-    LongCtxError (one line) on bad input."""
+    frames given from Python, default PYTHON_FRAMES_FPS) as transformers' Qwen2-VL video
+    processor samples (with `fps`, at least its `min_frames` and at most `max_frames`);
+    `max_pixels` / `max_frames` override the processor's for this request. VideoPatches already
+    made are returned as they are. LongCtxError (one line) on bad input."""
     if isinstance(video, VideoPatches):
         return video
     settings = processor_settings(model_dir)
+    for name, value in (("max_pixels", max_pixels), ("max_frames", max_frames)):
+        if value is not None:
+            if value < 1:
+                raise LongCtxError(f"--{name.replace('_', '-')} must be at least 1 (got {value})")
+            settings[name] = value
+    settings["min_pixels"] = min(settings["min_pixels"], settings["max_pixels"])
     if isinstance(video, (str, os.PathLike)):
         frames, rate = read_frames(os.fspath(video))
     else:
-        frames, rate = as_frames(video), float(source_fps or 1.0)
+        frames, rate = as_frames(video), float(source_fps or PYTHON_FRAMES_FPS)
     total = len(frames)
-    frames = frames[sample_indices(total, rate, num_frames, fps, settings["temporal_patch_size"])]
+    frames = frames[sample_indices(total, rate, num_frames, fps, settings["temporal_patch_size"],
+                                   settings["max_frames"], settings["min_frames"])]
     resized = resize_frames(frames, settings)
     sampled_fps = len(frames) * rate / total  # kept frames over the video's duration
     return VideoPatches(resized, grid_of(resized, settings), settings["temporal_patch_size"] / sampled_fps, settings)

@@ -113,11 +113,20 @@ class ModelFamily:
         """The `set_attn_implementation` argument that gives the language model attention `name`."""
         return name
 
+    def hf_inputs(self, model, input_ids, media):
+        """Keywords beside `input_ids` [1, S] that give the model's own forward `media` (the
+        Hugging Face baseline of a request with media); default: none."""
+        return {}
+
     # -- the workers (the engine)
 
     def decoder(self, model):
         """The decoder stack the prefill runs (returns `last_hidden_state`)."""
         return model.base_model
+
+    def encoder(self, model):
+        """The media encoder a prefill runs before the decoder (a vision tower), or None (text)."""
+        return None
 
     def prefill_inputs(self, model, ctx, request):
         """Model keywords of this worker's prefill rows (`ctx.method.local_inputs` decides which
