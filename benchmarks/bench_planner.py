@@ -1,6 +1,7 @@
 """APB prefill with equal blocks vs the planner's balanced blocks, measured in one run.
 
     python benchmarks/bench_planner.py --nproc 4 --length 4096 --repeats 5 --out /tmp/planner_apb.json
+    python benchmarks/bench_planner.py --smoke --out /tmp/planner_smoke.json   # seconds: 2 workers, 1,024 tokens (CI)
 
 `--out` is required: the committed results (benchmarks/results/planner_apb.json) are replaced
 only when named there on purpose.
@@ -36,7 +37,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from dataclasses import dataclass  # noqa: E402
+from dataclasses import dataclass, fields  # noqa: E402
 
 from apb.compress import CompressorState  # noqa: E402
 from apb.method import APBAttention  # noqa: E402
@@ -70,8 +71,9 @@ class TimedAPB(APBAttention):
         super().__init__(config.replace(balance=self.balance))
 
     def new_state(self, plan, rank):
-        """APB's state with room for the clock."""
-        return TimedState()
+        """APB's state (whatever it holds) with room for the clock."""
+        state = super().new_state(plan, rank)
+        return TimedState(**{item.name: getattr(state, item.name) for item in fields(state)})
 
     def prefill_hooks(self, ctx, model):
         """Start the clock (and remember the layer count)."""
@@ -117,10 +119,15 @@ def parse_args(argv=None):
     parser.add_argument("--calibrate-sizes", type=int, nargs="+", default=[1024, 2048, 4096])
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--max-new-tokens", type=int, default=3)
+    parser.add_argument("--smoke", action="store_true",
+                        help="CI: 2 workers, 1,024 tokens, one repetition, a short calibration (its figures mean nothing)")
     parser.add_argument("--out", required=True, metavar="FILE.json",
                         help="where to write the results (also FILE.png, and FILE_costs.json unless --costs); "
                              "the committed ones are benchmarks/results/planner_apb.json: name it to replace them")
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if args.smoke:
+        args.nproc, args.length, args.repeats, args.calibrate_sizes = 2, 1024, 1, [128, 256]
+    return args
 
 
 def calibrate_costs(model_dir, threads, sizes, path):
@@ -194,13 +201,13 @@ def main(argv=None):
                 served[balance] = raw.plan
                 text = tokenizer.decode(raw.tokens, skip_special_tokens=True)
                 if repeat == 0:
-                    print(f"warm-up {balance}: {raw['prefill_s']:.2f} s", flush=True)
+                    print(f"warm-up {balance}: {raw.prefill_s:.2f} s", flush=True)
                     continue
                 runs[balance].append(raw.prefill_s)
                 host_cpu[balance].append(raw.stats.host_cpu_s)
                 answers[balance].append(text)
-                print(f"run {repeat} {balance:>5}: prefill {raw['prefill_s']:.2f} s, host CPU s "
-                      f"{[round(value, 2) for value in raw['stats']['host_cpu_s']]}, answer {text!r}", flush=True)
+                print(f"run {repeat} {balance:>5}: prefill {raw.prefill_s:.2f} s, host CPU s "
+                      f"{[round(value, 2) for value in raw.stats.host_cpu_s]}, answer {text!r}", flush=True)
     wall = time.perf_counter() - started
     medians = {balance: statistics.median(values) for balance, values in runs.items()}
     measured = medians["equal"] / medians["auto"]
@@ -219,6 +226,7 @@ def main(argv=None):
     print(f"critical path of host compute (slowest host's CPU s): equal / balanced = {compute_ratio:.3f}")
     report = {
         "benchmark": "APB prefill, equal vs balanced blocks, one worker pool, alternating repetitions",
+        "smoke": args.smoke,
         "model": os.path.relpath(args.model, REPO) if args.model.startswith(str(REPO)) else args.model,
         "nproc": args.nproc, "threads_per_worker": threads, "cpu_count": cores, "platform": platform.platform(),
         "load_average_before": load_before, "load_average_after": os.getloadavg(),

@@ -98,11 +98,13 @@ def _exit_with_driver():
 def _serve(rank, world, port, config, conn):
     """Worker process body: start up, then answer ("run", request, stream) messages until ("stop",).
 
-    With `stream`, rank 0 sends ("token", id) for each generated token before its ("ok", result),
-    and a ("cancel",) from the driver cancels the request before its next token (`_streamer`); a
-    cancel that arrives after its request ended is ignored.
+    With `stream`, rank 0 sends ("layer", (done, total)) after each prefill layer and ("token",
+    id) for each generated token before its ("ok", result), and a ("cancel",) from the driver
+    cancels the request before its next token (`_streamer`); a cancel that arrives after its
+    request ended is ignored.
     """
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the driver's to handle
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the driver's to handle; then let it through
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})  # (blocked since the spawn: `_spawning`)
     _exit_with_driver()
     os.environ.update(config.worker_env)
     try:
@@ -118,7 +120,8 @@ def _serve(rank, world, port, config, conn):
                 continue
             _, request, stream = message
             on_token = _streamer(conn) if stream and rank == 0 else None
-            result = engine.run(request, on_token=on_token)
+            on_layer = (lambda done, total: conn.send(("layer", (done, total)))) if stream and rank == 0 else None
+            result = engine.run(request, on_token=on_token, on_layer=on_layer)
             conn.send(("ok", result if rank == 0 else None))
         shutdown_worker()
     except LongCtxError as exc:
@@ -180,20 +183,38 @@ def _spawning():
     re-import the driver's script (they need nothing from it: the worker body, its config and
     the pipe come from importable modules; a script without an `if __name__ == "__main__":`
     guard would otherwise start a pool again inside every worker); and, in the main thread,
-    ignore SIGINT, a disposition the workers inherit, so a Ctrl-C while they import torch
-    reaches only the driver. Pools started from several threads at once take turns (`_SPAWN_LOCK`),
-    so none restores another's stand-in `__main__`."""
+    hold Ctrl-C back without losing it: SIGINT is blocked (a mask the workers inherit, so a
+    Ctrl-C while they import torch never reaches them; each unblocks it once it ignores it)
+    and a SIGINT that reaches the driver meanwhile is remembered and raised as
+    KeyboardInterrupt on the way out, after the stand-in `__main__` is gone. Pools started from
+    several threads at once take turns (`_SPAWN_LOCK`), so none restores another's `__main__`."""
     with _SPAWN_LOCK:
         main = sys.modules.get("__main__")
         sys.modules["__main__"] = types.ModuleType("__main__")
         in_main_thread = threading.current_thread() is threading.main_thread()
-        previous = signal.signal(signal.SIGINT, signal.SIG_IGN) if in_main_thread else None
+        held = []
+        if in_main_thread:
+            previous = signal.signal(signal.SIGINT, lambda signum, frame: held.append(signum))
+            mask = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
         try:
             yield
         finally:
             sys.modules["__main__"] = main
             if in_main_thread:
+                signal.pthread_sigmask(signal.SIG_SETMASK, mask)  # a pending SIGINT arrives now, into `held`
                 signal.signal(signal.SIGINT, previous)
+        if held:
+            _deliver_sigint(previous)
+
+
+def _deliver_sigint(handler):
+    """Act on a SIGINT held back during the spawn as `handler` (the driver's SIGINT disposition)
+    would have: call it (Python's default raises KeyboardInterrupt), or end the process for the
+    default action; nothing when it was ignored."""
+    if callable(handler):
+        handler(signal.SIGINT, None)
+    elif handler == signal.SIG_DFL:
+        signal.raise_signal(signal.SIGINT)
 
 
 def _messages(request, stream, world):
@@ -214,6 +235,7 @@ class LocalLauncher:
     name = "local"
     runs_here = True
     Options = None
+    on_layer = None  # the driver's progress hook: on_layer(done, total) for each prefill layer of a stream
 
     @classmethod
     def worker_config(cls, config):
@@ -230,14 +252,18 @@ class LocalLauncher:
         self._store = _host_store(self.world, config.timeout_s)
         port = None if self._store is None else self._store.port
         self._conns, self._procs = [], []
-        with _spawning():
-            for rank in range(self.world):
-                parent, child = context.Pipe()
-                proc = context.Process(target=_serve, args=(rank, self.world, port, config, child), daemon=True)
-                proc.start()
-                child.close()
-                self._conns.append(parent)
-                self._procs.append(proc)
+        try:
+            with _spawning():
+                for rank in range(self.world):
+                    parent, child = context.Pipe()
+                    proc = context.Process(target=_serve, args=(rank, self.world, port, config, child), daemon=True)
+                    proc.start()
+                    child.close()
+                    self._conns.append(parent)
+                    self._procs.append(proc)
+        except BaseException:  # Ctrl-C held back during the spawn, or a failed start: no worker stays
+            self.abort()
+            raise
         run_to_end(self._collect("ready"))
 
     def run(self, request):
@@ -278,6 +304,10 @@ class LocalLauncher:
                             kind, payload = conn.recv()
                         except EOFError:
                             kind, payload = "died", describe_exit(proc)
+                        if kind == "layer":
+                            if stream and self.on_layer is not None:
+                                self.on_layer(*payload)
+                            continue
                         if kind == "token":
                             if stream:
                                 try:

@@ -41,6 +41,7 @@ class SPMDLongContextLM:
         self.comm, device = init_worker(self.config, rank, world, local_rank=local_rank, local_world=local_world)
         self.rank = rank
         self.engine = build_engine(self.config, self.comm, device)
+        self.last_request = None  # the Request of the latest `generate` (its media describe the prompt)
 
     def generate(self, document=None, question="", max_new_tokens=32, method=None, video=None, num_frames=None,
                  fps=None, video_fps=None, max_pixels=None, max_frames=None):
@@ -48,6 +49,7 @@ class SPMDLongContextLM:
         arguments are read)."""
         prompt = Prompt(document, question, video, num_frames, fps, video_fps, max_pixels, max_frames)
         request = self._from_rank0(lambda: self.session.prepare(prompt, max_new_tokens, method))
+        self.last_request = request
         result = self.engine.run(request)
         return GenerationResult.of(result, self.tokenizer.decode(result.tokens, skip_special_tokens=True),
                                    len(request.doc_ids), len(request.query_ids))

@@ -5,7 +5,8 @@
 The world size is torchrun's (`--nproc_per_node` times its nodes): this entry has no --nproc,
 and none of its options is one torchrun's parser would take for its own; the others are
 `longctx generate`'s, and a request is checked as `generate` checks it (`longctx.request`).
-Rank 0 prints the answer (or one JSON object with --json). A failing rank makes torchrun stop the others, and
+Rank 0 prints the answer and the lines `longctx generate` prints after it (or one JSON object
+with --json). A failing rank makes torchrun stop the others, and
 collective timeouts bound every wait. An error is one line naming the rank, its machine and
 address, and the cause (bad input: exit status 2; anything else, a collective that timed out
 included: 1); an error every rank of a machine shares (bad input, a collective broken by a peer
@@ -21,6 +22,7 @@ import sys
 from launch.interfaces import interface_address, source_address
 from launch.local import describe_exception
 from launch.spmd import SPMDLongContextLM
+from longctx.answer_lines import answer_notes, summary_lines
 from longctx.config import DefaultsHelpFormatter, add_request_arguments, add_run_arguments, config_from_args
 from longctx.errors import CollectiveError, LongCtxError
 from longctx.request import prompt_from_args
@@ -67,8 +69,9 @@ def main(argv=None):
             print(json.dumps(payload))
         else:
             print(f"answer: {result.text}")
-            print(f"method {result.method} on {result.nproc} workers: prefill {result.prefill_s:.3f} s, "
-                  f"decode {result.decode_s:.3f} s")
+            print("\n".join(summary_lines(result, lm.last_request.media)), flush=True)
+            for note in answer_notes(result, lm.last_request, lm.tokenizer, lm.session.stop_ids):
+                print(f"longctx: note: {note}", file=sys.stderr)
     return 0
 
 

@@ -67,7 +67,7 @@ def build_engine(config, comm, device):
     must have its model within the collective timeout, so one that hangs while loading fails
     the job (the others' barrier times out; on NCCL the watchdog ends them) instead of leaving
     the driver waiting forever."""
-    model = load_model(config.model, device, resolve_dtype(config.dtype, device), config.family)
+    model = load_model(config.model, device, resolve_dtype(config.dtype, device), config.family, config.rope_scaling)
     comm.barrier()
     return Engine(model, comm, config, device)
 

@@ -94,7 +94,9 @@ def _generation(result, tokenizer, request, lookup=None):
 class LongContextLM:
     """A pool of workers serving one model; use as a context manager or call `close()`.
 
-    `model` is a local Hugging Face causal-LM directory; `method` the default method;
+    `model` is a local Hugging Face causal-LM directory or a Hub id (`revision=` picks a branch,
+    tag or commit; `longctx.models.hub`); `rope_scaling=` / `max_model_len=` extend and bound its
+    positions (`longctx.models.positions`); `method` the default method;
     `launcher` how workers come to exist (`longctx.registry.LAUNCHERS`: "local" processes,
     "ray" actors on a Ray cluster, or a plug-in); other keyword arguments are RunConfig fields
     (device, dtype, layout, timeout_s, ...) and the method's and launcher's own options
@@ -165,9 +167,13 @@ class LongContextLM:
         result, lookup = self._run(request)
         return _generation(result, self.tokenizer, request, lookup)
 
-    def stream_prepared(self, request):
-        """The TokenStream of a Request made by this pool's session."""
+    def stream_prepared(self, request, on_layer=None):
+        """The TokenStream of a Request made by this pool's session. `on_layer(done, total)` is
+        called after each prefill layer of rank 0 (the progress hook, `longctx.progress`; only
+        launchers that forward it, the local one, call it)."""
         self._claim()
+        if hasattr(self._launcher, "on_layer"):
+            self._launcher.on_layer = on_layer
         try:
             sent, lookup = self._cached(request)
             events = self._finished(lookup, request, lambda: self._launcher.stream(sent))

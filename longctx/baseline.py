@@ -23,7 +23,7 @@ from dataclasses import asdict, dataclass
 import torch
 
 from longctx.errors import LongCtxError
-from longctx.models import check_model_dir, resolve_device, resolve_dtype
+from longctx.models import model_family, resolve_device, resolve_dtype
 from longctx.models.family import family_for
 from longctx.models.loading import quiet_libraries
 
@@ -55,19 +55,18 @@ class HFSDPABaseline:
     """The model at `model_dir` loaded once with Hugging Face's SDPA attention, reusable for
     many token lists. `device` / `dtype` follow `longctx.models.loading` ("auto": bfloat16 on
     CUDA, float32 on CPU). A bad model directory raises one-line LongCtxError. Use as a
-    context manager or call `close()` to free the weights."""
+    context manager or call `close()` to free the weights. `rope_scaling` (a rope dict,
+    `longctx.models.positions`) is applied to the config as the workers apply it."""
 
-    def __init__(self, model_dir, device="auto", dtype="auto"):
-        from transformers import AutoConfig
+    def __init__(self, model_dir, device="auto", dtype="auto", rope_scaling=None):
 
-        check_model_dir(model_dir)
+        family, config = model_family(model_dir, rope_scaling=rope_scaling)
         self.device = resolve_device(device)
         self.dtype = resolve_dtype(dtype, self.device)
         quiet_libraries()
         try:
-            family = family_for(AutoConfig.from_pretrained(model_dir, local_files_only=True))
-            model = family.model_class().from_pretrained(model_dir, dtype=self.dtype, attn_implementation="sdpa",
-                                                         local_files_only=True)
+            model = family.model_class().from_pretrained(model_dir, config=config, dtype=self.dtype,
+                                                         attn_implementation="sdpa", local_files_only=True)
         except (ValueError, OSError, KeyError, RuntimeError) as exc:
             lines = str(exc).strip().splitlines()
             raise LongCtxError(f"cannot load the model in {model_dir!r} with HF SDPA: "

@@ -11,11 +11,15 @@ import functools
 import json
 import sys
 
+from longctx.answer_lines import answer_notes, summary_lines
 from longctx.config import (DefaultsHelpFormatter, add_launcher_arguments, add_request_arguments,
                             add_run_arguments, add_video_arguments, config_from_args)
 from longctx.errors import LongCtxError
+from longctx.models.hub import resolve_model
 from longctx.eval.tasks import TASKS
 from longctx.models.tiny import tiny_families
+from longctx.progress import PrefillProgress, shown
+from longctx.options import declarations
 from longctx.registry import method_names
 
 
@@ -147,6 +151,8 @@ def _add_plan(sub, argv):
 
 def _add_methods(sub, argv):
     parser = sub.add_parser("methods", help="list the registered methods")
+    parser.add_argument("--json", action="store_true",
+                        help="print one JSON object: each method's name, class, summary and options")
     parser.set_defaults(func=cmd_methods)
 
 
@@ -182,24 +188,30 @@ def cmd_generate(args):
         request = session.prepare_ids(*encode_chat(session.tokenizer, messages), args.max_new_tokens)
     else:
         request = session.prepare(prompt, args.max_new_tokens)
-    with LongContextLM.from_session(session) as lm:
-        if args.json:
-            payload = lm.generate_prepared(request).to_dict()
-            payload["answer"] = payload.pop("text")
-            print(json.dumps(payload))
-            return
-        stream = lm.stream_prepared(request)
-        print("answer: ", end="", flush=True)
-        for piece in stream:
-            print(piece, end="", flush=True)
-        print()
-    result = stream.result
-    media = request.media
-    print(f"method {result.method} on {result.nproc} worker{'s' if result.nproc != 1 else ''}: "
-          f"{'document' if media is None else media.describe() + ','} "
-          f"{result.doc_tokens} tokens, question {result.question_tokens} tokens")
-    print(f"prefill {result.prefill_s:.3f} s ({result.prefill_tokens_per_s:,.0f} tok/s), "
-          f"query {result.query_s:.3f} s, decode {result.decode_s:.3f} s for {len(result.tokens)} tokens")
+    progress = PrefillProgress(len(request.doc_ids), enabled=not args.json and shown(args.quiet))
+    progress.starting(session.config.nproc)
+    try:
+        with LongContextLM.from_session(session) as lm:
+            if args.json:
+                payload = lm.generate_prepared(request).to_dict()
+                payload["answer"] = payload.pop("text")
+                print(json.dumps(payload))
+                return
+            stream = lm.stream_prepared(request, on_layer=progress.layer)
+            started = False
+            for piece in stream:
+                if not started:  # the first token is decided: the answer begins
+                    progress.close()
+                    print("answer: ", end="", flush=True)
+                    started = True
+                print(piece, end="", flush=True)
+            progress.close()
+            print("" if started else "answer:")
+    finally:
+        progress.close()
+    print("\n".join(summary_lines(stream.result, request.media)), flush=True)
+    for note in answer_notes(stream.result, request, session.tokenizer, session.stop_ids):
+        print(f"longctx: note: {note}", file=sys.stderr)
 
 
 def cmd_serve(args):
@@ -280,7 +292,8 @@ def cmd_demo(args):
 
     if args.repeats < 1:
         raise LongCtxError(f"--repeats must be at least 1 (got {args.repeats})")
-    report = run_demo(nproc=args.nproc, model=args.model, method=args.method, repeats=args.repeats)
+    report = run_demo(nproc=args.nproc, model=args.model and resolve_model(args.model), method=args.method,
+                      repeats=args.repeats)
     print(json.dumps(report) if args.json else report["text"])
 
 
@@ -343,16 +356,27 @@ def _calibrate(args, device, shape):
 
 
 def cmd_methods(args):
-    """`longctx methods`: list the registered names."""
-    from longctx.registry import method_names
+    """`longctx methods`: the registered method names, one per line, or with --json one object
+    {"methods": [{"name", "class", "summary" (its docstring's first line), "options" (flags)}]}."""
+    from longctx.registry import method_class
 
-    print("\n".join(method_names()))
+    rows = []
+    for name in method_names():
+        cls = method_class(name)
+        options = [] if cls.Options is None else [declared.flag for declared in declarations(cls.Options)]
+        rows.append({"name": name, "class": f"{cls.__module__}:{cls.__qualname__}",
+                     "summary": (cls.__doc__ or "").strip().splitlines()[0] if cls.__doc__ else "",
+                     "options": options})
+    if args.json:
+        print(json.dumps({"methods": rows}))
+        return
+    print("\n".join(row["name"] for row in rows))
 
 
 def main(argv=None):
     """Entry point of the `longctx` console script; returns the exit status."""
-    args = build_parser(argv).parse_args(argv)
     try:
+        args = build_parser(argv).parse_args(argv)
         args.func(args)
     except LongCtxError as exc:
         print(f"longctx: error: {exc}", file=sys.stderr)

@@ -34,7 +34,7 @@ def dense_reference(config, doc_ids, query_ids, max_new_tokens, stop=(), media=N
     (`LongContextLM.stop_ids`) so that the reference stops where they do; `media` the family's
     extra input (a video), None for text."""
     device = resolve_device(config.device)
-    model = load_model(config.model, device, resolve_dtype(config.dtype, device))
+    model = load_model(config.model, device, resolve_dtype(config.dtype, device), config.family, config.rope_scaling)
     engine = Engine(model, ProcessGroupComm(), config.replace(method="dense", nproc=1), device)
     return engine.run(Request(doc_ids, query_ids, max_new_tokens, "dense", True, tuple(stop), media))
 
@@ -60,6 +60,7 @@ def compare_methods(config, methods, length, query_len=8, max_new_tokens=8, seed
     """
     if lm is not None and baseline_repeats:
         raise ValueError("compare_methods: time the HF baseline before starting `lm` (baseline_repeats=0)")
+    config.resolve_model()
     session = lm.session if lm is not None else Session(config.replace(method=methods[0]))
     model_config, stop = session.model_config, session.stop_ids  # what the methods stop at
     media = None
@@ -73,7 +74,7 @@ def compare_methods(config, methods, length, query_len=8, max_new_tokens=8, seed
     ref_hidden = torch.cat([reference.doc_hidden, reference.query_hidden])
     baseline = None
     if baseline_repeats:
-        with HFSDPABaseline(config.model, config.device, config.dtype) as hf:
+        with HFSDPABaseline(config.model, config.device, config.dtype, config.rope_scaling) as hf:
             baseline = hf.time(doc_ids, query_ids, baseline_repeats, media=media)
     hf_s = baseline.median_s if baseline else None
     owns_lm = lm is None

@@ -12,6 +12,8 @@ from dataclasses import dataclass, field, fields
 
 from longctx.errors import LongCtxError
 from longctx.kernels import BACKENDS
+from longctx.models.hub import resolve_model
+from longctx.models.positions import parse_rope_scaling
 from longctx.options import Owner, add_option_arguments, build, options_from_args, resolve
 from longctx.registry import (LAUNCHERS, METHODS, family_class, family_names, launcher_class, launcher_names,
                               method_class)
@@ -60,7 +62,10 @@ class RunConfig:
     or a plug-in path); `worker_env` holds (NAME, VALUE) pairs set in every worker's
     environment (a dict is accepted): the only driver-side variables a Ray worker gets besides
     the job's runtime_env; `family` the model-family adapter (`longctx.models.family`; None: the
-    one the model's config asks for).
+    one the model's config asks for). `model` is a local directory or a Hugging Face Hub id,
+    which `resolve_model` resolves to its cached snapshot at `revision` (`longctx.models.hub`);
+    `rope_scaling` (transformers' rope dict) and `max_model_len` extend and bound the model's
+    positions (`longctx.models.positions`).
 
     `options` holds the methods' and the launcher's own options, resolved to their
     declarations (`longctx.options`); an owner reads its own with `options_for`. Keywords that
@@ -85,6 +90,9 @@ class RunConfig:
     launcher: str = "local"
     worker_env: tuple = ()
     family: str = None
+    revision: str = None
+    rope_scaling: dict = None
+    max_model_len: int = None
     options: dict = field(default_factory=dict)
 
     def __init__(self, **values):
@@ -127,6 +135,11 @@ class RunConfig:
         """Raise LongCtxError naming the first bad setting; returns self."""
         if self.nproc < 1:
             raise LongCtxError(f"--nproc must be at least 1 (got {self.nproc})")
+        if self.rope_scaling is not None and not isinstance(self.rope_scaling, dict):
+            raise LongCtxError(f"rope_scaling must be a dict such as {{'rope_type': 'yarn', 'factor': 4.0}} "
+                               f"(got {self.rope_scaling!r})")
+        if self.max_model_len is not None and self.max_model_len < 1:
+            raise LongCtxError(f"--max-model-len must be at least 1 (got {self.max_model_len})")
         for name, allowed in (("device", DEVICES), ("dtype", DTYPES), ("dist_backend", DIST_BACKENDS)):
             if getattr(self, name) not in allowed:
                 raise LongCtxError(f"--{name.replace('_', '-')} must be one of {', '.join(allowed)}")
@@ -144,6 +157,15 @@ class RunConfig:
                 raise LongCtxError(f"--host-speeds must be positive numbers (got {','.join(map(str, speeds))})")
         for owner in self.owners():
             self.options_for(owner.cls)
+        return self
+
+    def resolve_model(self):
+        """Resolve a Hub id in `model` to the directory of its cached snapshot at `revision`
+        (`longctx.models.hub`: downloaded first unless offline); returns self. Called where the
+        model is first opened (`longctx.request.Session`, compare, eval), after the run's other
+        checks, so that a bad option is reported before any look-up."""
+        if self.model:
+            self.model, self.revision = resolve_model(self.model, self.revision), None
         return self
 
     def pool_options(self):
@@ -168,8 +190,10 @@ def add_run_arguments(parser, *, with_method=True, model_required=True, defaults
     torchrun entry, whose world size is torchrun's)."""
     defaults = {"method": "burst", "nproc": 2, "balance": BALANCE_DEFAULT, **(defaults or {})}
     parser.add_argument("--model", required=model_required, default=None,
-                        help="local Hugging Face causal-LM directory" if model_required else
-                        "model directory (only its config is read; no weights)")
+                        help="Hugging Face causal-LM: a local directory or a Hub id (org/name, from the cache "
+                             "under HF_HOME, downloaded unless HF_HUB_OFFLINE=1; safetensors only, no code)"
+                        if model_required else "model directory or Hub id (only its config is read; no weights)")
+    add_model_arguments(parser)
     if with_method:
         parser.add_argument("--method", default=defaults["method"], help="prefill method (see `longctx methods`)")
     if with_nproc:
@@ -195,16 +219,31 @@ def add_run_arguments(parser, *, with_method=True, model_required=True, defaults
     return parser
 
 
+def add_model_arguments(parser):
+    """Add --revision, --rope-scaling and --max-model-len (what a run makes of the model)."""
+    parser.add_argument("--revision", default=None,
+                        help="with a Hub id: the branch, tag or commit to use (default: main)")
+    parser.add_argument("--rope-scaling", type=parse_rope_scaling, default=None, metavar="JSON",
+                        help="RoPE scaling applied to the model's config, transformers' rope dict, e.g. "
+                             "'{\"rope_type\": \"yarn\", \"factor\": 4.0, \"original_max_position_embeddings\": 32768}' "
+                             "(its positions times the factor become the limit)")
+    parser.add_argument("--max-model-len", type=int, default=None, metavar="TOKENS",
+                        help="longest request (document + question + new tokens); default: the model's positions, "
+                             "times the --rope-scaling factor")
+    return parser
+
+
 def _owners(make, table, names):
     """Owners (made by `make`) of everything registered in `table` and of the plug-ins among
-    `names` that import (a name that does not is reported where it is used)."""
+    `names`. A plug-in that does not import is a LongCtxError here, before argument parsing
+    could blame its options ("unrecognized arguments: --uneven-seed")."""
     owners = []
-    for name in dict.fromkeys([*table, *(name for name in names if ":" in name)]):
+    for name in table:
         try:
             owners.append(make(name))
-        except LongCtxError:
+        except LongCtxError:  # reported where it is used
             continue
-    return owners
+    return owners + [make(name) for name in dict.fromkeys(names) if ":" in name and name not in table]
 
 
 def named(argv, flags):
@@ -281,6 +320,8 @@ def add_request_arguments(parser):
     parser.add_argument("--max-new-tokens", type=int, default=32,
                         help="at most this many answer tokens (greedy; stops early at the model's end token)")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
+    parser.add_argument("--quiet", action="store_true",
+                        help="no progress line on stderr (it is shown only on a terminal, never with --json)")
     return parser
 
 

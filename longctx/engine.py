@@ -21,6 +21,7 @@ from longctx.doc_cache import WorkerDocuments
 from longctx.errors import LongCtxError
 from longctx.features import Kernels, with_sinks
 from longctx.models.family import family_for
+from longctx.progress import layer_hooks
 from longctx.registry import get_method
 from longctx.results import EngineResult, RequestStats
 from longctx.sampling import Sampler
@@ -141,7 +142,7 @@ class Engine:
             self._methods[name] = get_method(name, self.config)
         return self._methods[name]
 
-    def run(self, request, on_token=None):
+    def run(self, request, on_token=None, on_layer=None):
         """Prefill (or resume a cached document, `request.cache`), query pass and decoding;
         returns an EngineResult (complete on rank 0).
 
@@ -150,14 +151,15 @@ class Engine:
         it returns True the request is cancelled: every worker stops before the next token.
         With a CacheStep the listed entries are evicted first, and afterwards the context is
         kept as the step says (the question's and answer's K/V rolled back); a request that
-        fails drops its entry.
+        fails drops its entry. `on_layer(done, total)` is called after each decoder layer of a
+        prefill (`longctx.progress.layer_hooks`): the progress hook.
         """
         step = request.cache
         with torch.inference_mode():
             if step is None:
-                return self.answer(self.prefill(request), request, on_token)
+                return self.answer(self.prefill(request, on_layer), request, on_token)
             self.documents.evict(step.evict)
-            prefilled = self.resume(request, step) if step.hit_len else self.prefill(request)
+            prefilled = self.resume(request, step) if step.hit_len else self.prefill(request, on_layer)
             try:
                 result = self.answer(prefilled, request, on_token)
             except BaseException:
@@ -200,10 +202,11 @@ class Engine:
         plan = method.planner.plan(len(request.doc_ids), len(request.query_ids), self.comm.world)
         return self.comm.broadcast_object(plan, src=0)
 
-    def prefill(self, request):
-        """The prefill forward of `request` on this worker; returns its Prefilled."""
+    def prefill(self, request, on_layer=None):
+        """The prefill forward of `request` on this worker; returns its Prefilled. `on_layer`:
+        see `run`."""
         ctx = self.context(request)
-        with torch.inference_mode():
+        with torch.inference_mode(), layer_hooks(self.family.decoder(self.model), on_layer):
             (hidden, doc_hidden), seconds = self._timed(lambda: self._prefill(ctx, request))
         return Prefilled(ctx, hidden, doc_hidden, seconds)
 

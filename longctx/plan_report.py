@@ -106,7 +106,9 @@ def shape_from_args(args, dtype_bytes):
     if args.model:
         from longctx.models import check_model_dir
 
-        model_config = check_model_dir(args.model, args.family)
+        from longctx.models.hub import resolve_model
+
+        model_config = check_model_dir(resolve_model(args.model, args.revision), args.family, args.rope_scaling)
         return ModelShape.from_config(model_config, dtype_bytes).validate(), model_config
     shape = ModelShape(layers=args.layers, hidden=args.hidden, heads=args.heads, kv_heads=args.kv_heads,
                        head_dim=args.head_dim, intermediate=args.intermediate, dtype_bytes=dtype_bytes).validate()

@@ -10,6 +10,7 @@ its own options (`Options`, see `longctx.options`); a method brings its planning
 """
 
 import importlib
+import os
 
 from longctx.errors import LongCtxError
 
@@ -48,12 +49,22 @@ def load(kind, name, table):
         module = importlib.import_module(module_name)
     except ImportError as exc:
         missing = getattr(exc, "name", None)
-        why = (f"no module named {missing!r} on the Python path (is its folder on PYTHONPATH, or the package "
-               f"installed?)" if missing and module_name.startswith(missing) else f"{type(exc).__name__}: {exc}")
+        why = (_not_on_path(missing) if missing and module_name.startswith(missing)
+               else f"{type(exc).__name__}: {exc}")
         raise LongCtxError(f"cannot import {kind} {target!r}: {why}") from None
     if not hasattr(module, class_name):
         raise LongCtxError(f"cannot import {kind} {target!r}: module {module_name!r} has no {class_name!r}")
     return getattr(module, class_name)
+
+
+def _not_on_path(missing):
+    """Why module `missing` (a prefix of the module asked for) did not import, and what to do."""
+    top = missing.split(".")[0]
+    if os.path.isdir(top) or os.path.isfile(top + ".py"):
+        return (f"no module named {missing!r} on the Python path; {top!r} is here in {os.getcwd()!r}, but the "
+                "`longctx` command does not look in the current directory: run it as `PYTHONPATH=. longctx ...` "
+                "(or install the package)")
+    return f"no module named {missing!r} on the Python path (is its folder on PYTHONPATH, or the package installed?)"
 
 
 def method_names():
@@ -62,8 +73,13 @@ def method_names():
 
 
 def method_class(name):
-    """The `longctx.method.Method` subclass of method `name` (registered, or a plug-in path)."""
-    return load("method", name, METHODS)
+    """The `longctx.method.Method` subclass of method `name` (registered, or a plug-in path). A
+    plug-in that does not set a `name` of its own is named by its path (not by the method it
+    extends), so results, plans and errors say which method ran."""
+    cls = load("method", name, METHODS)
+    if name not in METHODS and "name" not in vars(cls):
+        cls.name = name
+    return cls
 
 
 def get_method(name, config):

@@ -27,6 +27,7 @@ from longctx.engine import Request
 from longctx.errors import LongCtxError
 from longctx.memory import check_memory
 from longctx.models import check_weights, load_tokenizer, model_family
+from longctx.models.positions import position_limit
 from longctx.registry import get_method, launcher_class
 
 
@@ -138,16 +139,23 @@ def check_machine(config):
             raise LongCtxError("--kernel-backend flash-attn needs CUDA tensors, and the workers here run on the CPU")
 
 
-def check_lengths(model_config, doc_len, query_len, max_new_tokens):
-    """LongCtxError when document + question + `max_new_tokens` is more tokens than the
-    model has positions (`max_position_embeddings`), or `max_new_tokens` is negative."""
+def check_lengths(limit, doc_len, query_len, max_new_tokens):
+    """LongCtxError when document + question + `max_new_tokens` is more tokens than `limit`
+    (`longctx.models.positions.position_limit`; None: no limit), or `max_new_tokens` is
+    negative. The refusal says how to go further (--rope-scaling, --max-model-len)."""
     if max_new_tokens < 0:
         raise LongCtxError(f"max_new_tokens must be >= 0 (got {max_new_tokens})")
-    limit = getattr(model_config, "max_position_embeddings", None)
     total = doc_len + query_len + max_new_tokens
     if limit and total > limit:
         raise LongCtxError(f"document ({doc_len} tokens) + question ({query_len}) + max new tokens "
-                           f"({max_new_tokens}) = {total} tokens, more than the model's {limit} positions")
+                           f"({max_new_tokens}) = {total} tokens, more than the model's {limit} positions; extend "
+                           f"them with --rope-scaling (e.g. '{{\"rope_type\": \"yarn\", \"factor\": "
+                           f"{_factor_for(total, limit)}}}') and --max-model-len {total}, or shorten the document")
+
+
+def _factor_for(total, limit):
+    """The smallest whole RoPE scaling factor that takes `limit` positions to `total`."""
+    return float(-(-total // limit))
 
 
 class Session:
@@ -169,8 +177,10 @@ class Session:
         self.local_workers = (config.nproc if launcher.runs_here else 0) if local_workers is None else local_workers
         if self.local_workers:
             check_machine(config)
-        self.family, whole_config = model_family(config.model, config.family)
+        config.resolve_model()  # a Hub id: its cached snapshot's directory from here on
+        self.family, whole_config = model_family(config.model, config.family, config.rope_scaling)
         self.model_config = self.family.language_config(whole_config)
+        self.position_limit = position_limit(self.model_config, config.rope_scaling, config.max_model_len)
         check_weights(config.model)
         self.tokenizer = load_tokenizer(config.model)
         self.stop_ids = stop_ids(self.tokenizer, self.model_config)
@@ -225,7 +235,7 @@ class Session:
         """The checked Request of token ids (`media`: the family's extra input, from its
         `encode`); the one check a request gets. LongCtxError names the first problem."""
         self.family.check_modality(media is not None)
-        check_lengths(self.model_config, len(doc_ids), len(query_ids), max_new_tokens)
+        check_lengths(self.position_limit, len(doc_ids), len(query_ids), max_new_tokens)
         runner = self.method(method)
         plan = runner.planner.plan(len(doc_ids), len(query_ids), self.config.nproc)
         if self.local_workers:

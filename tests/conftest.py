@@ -4,6 +4,7 @@ the seed of the run's property-based tests.
 Hypothesis draws every test's examples from one seed per run: `--hypothesis-seed N` when given,
 else 0 when the `CI` environment variable is set (so CI fuzzes the same cases every time), else
 a fresh one. The seed is printed at the end of the run with the option that replays it.
+Every test runs with HF_HUB_OFFLINE=1.
 """
 
 import os
@@ -12,6 +13,9 @@ import random
 # Triton kernels run on the CPU only under its interpreter, and the flag must be set before
 # any module imports triton (transformers and the kernel module may, in any test order).
 os.environ.setdefault("TRITON_INTERPRET", "1")
+# No test reaches the Hugging Face Hub: a model name that is no local directory is looked up in the
+# cache only (huggingface_hub reads this when first imported; subprocesses inherit it).
+os.environ["HF_HUB_OFFLINE"] = "1"
 
 import pytest  # noqa: E402
 import torch  # noqa: E402

@@ -98,6 +98,14 @@ BUGS = {
         "check_memory(runner.planner, plan, self.model_config.vocab_size, max_new_tokens,\n"
         "                         resolve_device_type(self.worker_config.device), local_workers=self.local_workers)",
         "None", ("tests/test_memory.py",)),
+    "rope-scaling-dropped": Bug(
+        "workers build the model from its saved config: --rope-scaling reaches the checks, not the rotary embedding",
+        "longctx/models/loading.py", "from_pretrained(path, config=config, dtype=dtype,", "from_pretrained(path, dtype=dtype,",
+        ("tests/test_rope_scaling.py",)),
+    "sigint-ignored": Bug(
+        "the local launcher ignores SIGINT while it spawns (the old way): a Ctrl-C then is lost",
+        "launch/local.py", "previous = signal.signal(signal.SIGINT, lambda signum, frame: held.append(signum))",
+        "previous = signal.signal(signal.SIGINT, signal.SIG_IGN)", ("tests/test_interrupt_startup.py",)),
     "sinks-dropped": Bug(
         "the model's attention sinks (gpt-oss) dropped: the method's output returned as if it had none",
         "longctx/engine.py", "        if call.sinks is None:\n            return out", "        return out",
@@ -113,7 +121,7 @@ BUGS = {
         "return self.name", ("tests/test_options.py",)),
     "length-check": Bug(
         "the request path no longer checks the length against the model's positions",
-        "longctx/request.py", "check_lengths(self.model_config, len(doc_ids), len(query_ids), max_new_tokens)",
+        "longctx/request.py", "check_lengths(self.position_limit, len(doc_ids), len(query_ids), max_new_tokens)",
         "None", ("tests/test_hostile_input.py",)),
 }
 

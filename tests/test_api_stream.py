@@ -29,10 +29,14 @@ def test_stream_yields_text_and_ends_with_generates_result(tiny_model):
     document = "Numbers: " + " ".join(str(i) for i in range(80))
     with LongContextLM(tiny_model("llama"), method="burst", nproc=2) as lm:
         expected = lm.generate(document, "Next?", max_new_tokens=6)
-        stream = lm.stream(document, "Next?", max_new_tokens=6)
+        layers = []
+        stream = lm.stream_prepared(lm.prepare(document, "Next?", max_new_tokens=6),
+                                    on_layer=lambda done, total: layers.append((done, total)))
         pieces = list(stream)
+        assert layers == [(1, 2), (2, 2)]  # rank 0's prefill layers, forwarded as they finish
         assert "".join(pieces) == expected.text == stream.result.text
         assert stream.result.tokens == expected.tokens
         for _ in lm.stream(document, "Next?", max_new_tokens=6):
             break  # a reader that stops early leaves the pool usable
         assert lm.generate(document, "Next?", max_new_tokens=6).tokens == expected.tokens
+

@@ -152,3 +152,48 @@ def test_spava_speed_smoke(tmp_path):
     assert steps[-1]["host_received_mb"][0] < steps[-2]["host_received_mb"][0]  # nv: no embeddings to gather
     assert set(report["spava_over_at_8_hosts"]) == {"burst", "apb"} and "ablation chain" in stdout
     assert (tmp_path / "spava.png").is_file()
+
+
+# Every benchmark script the README names, and the test that runs its --smoke mode (comm_model needs
+# network namespaces, so its smoke test lives with the multi-node ones).
+SMOKE_TESTS = {
+    "apb_ablation.py": "tests/test_apb_ablation.py",  # 8 samples at 4,096 tokens, more than --smoke
+    "bench_planner.py": "test_bench_planner_smoke",
+    "comm_model.py": "tests/multinode/test_comm_model.py",
+    "cpu_methods.py": "test_cpu_methods_smoke",
+    "gpu_first_light.py": "test_gpu_first_light_smoke",
+    "gpu_suite.py": "test_gpu_suite_smoke",
+    "kernel_report.py": "test_kernel_report_smoke",
+    "serve_cache.py": "test_serve_cache_smoke",
+    "spava_speed.py": "test_spava_speed_smoke",
+}
+
+
+def test_every_benchmark_the_readme_names_has_a_smoke_test():
+    """A script the README tells users to run is run by `make test` in its --smoke mode (the
+    planner benchmark once crashed with no test noticing)."""
+    import re
+
+    named = set(re.findall(r"benchmarks/(\w+\.py)", (REPO / "README.md").read_text()))
+    assert named <= set(SMOKE_TESTS), f"README names benchmarks with no smoke test: {sorted(named - set(SMOKE_TESTS))}"
+    for script, test in SMOKE_TESTS.items():
+        assert "--smoke" in (REPO / "benchmarks" / script).read_text(), script
+        where = REPO / test if test.startswith("tests/") else pathlib.Path(__file__)
+        assert script in where.read_text() and (test.startswith("tests/") or f"def {test}(" in where.read_text())
+
+
+def test_bench_planner_smoke(tmp_path):
+    """The planner benchmark end to end: both plans served by one pool, each host's CPU seconds
+    gathered, the answer right on both plans."""
+    report, stdout = _run("bench_planner.py", tmp_path / "planner.json")
+    assert report["smoke"] and set(report["plans"]) == {"equal", "auto"}
+    assert all(len(hosts) == report["nproc"] for runs in report["host_cpu_s"].values() for hosts in runs)
+    assert report["correct"] == {"equal": [True], "auto": [True]}
+    assert report["predicted_ratio_equal_over_balanced"] > 0 and "measured ratio" in stdout
+
+
+def test_kernel_report_smoke(tmp_path):
+    """The kernel report's compile path on one case per arch (the full matrix is the committed report)."""
+    report, stdout = _run("kernel_report.py", tmp_path / "kernels.json")
+    assert report["smoke"] and {record["case"]["arch"] for record in report["records"]} == {80, 90}
+    assert not report["full_matrix"]["problems"] and "compilations of 2 cases" in stdout

@@ -52,7 +52,21 @@ def test_methods_lists_exact_methods():
     assert {"dense", "ring", "burst", "ulysses", "allgather"} <= set(proc.stdout.split())
 
 
+def _summary_shape(stdout):
+    """The lines after the answer with every number masked: what `generate` and the torchrun
+    entry both print (method and workers, sizes, each worker's share, timings)."""
+    import re
+
+    return [re.sub(r"\d+(?:[,.]\d+)*", "N", line) for line in stdout.rstrip("\n").splitlines()[-3:]]
+
+
+SUMMARY_SHAPE = ["method burst on N workers: document N tokens, question N tokens",
+                 "split (zigzag layout): N / N document tokens per worker",
+                 "prefill N s (N tok/s), query N s, decode N s for N tokens"]
+
+
 def test_torchrun_entry_matches_dense(tiny_model, tmp_path):
+    """Rank 0 prints dense's answer, then the very lines `generate` prints after it."""
     torchrun = shutil.which("torchrun", path=os.path.dirname(sys.executable))
     assert torchrun, "torchrun is installed with torch"
     model_dir = tiny_model("llama")
@@ -61,13 +75,14 @@ def test_torchrun_entry_matches_dense(tiny_model, tmp_path):
     env = dict(os.environ, PYTHONPATH=REPO)
     proc = subprocess.run([torchrun, "--standalone", "--nproc_per_node", "2", "-m", "launch.torchrun",
                            "--model", model_dir, "--method", "burst", "--doc", str(doc), "--question", "Next?",
-                           "--max-new-tokens", "5", "--json"],
+                           "--max-new-tokens", "5"],
                           capture_output=True, text=True, timeout=300, env=env, cwd=REPO)
     assert proc.returncode == 0, proc.stderr[-2000:]
-    payload = json.loads(proc.stdout.strip().splitlines()[-1])
-    doc_ids, query_ids = encode_prompt(AutoTokenizer.from_pretrained(model_dir), doc.read_text(), "Next?")
-    assert payload["tokens"] == dense_result(model_dir, doc_ids, query_ids, max_new_tokens=5).tokens
-    assert payload["nproc"] == 2
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    doc_ids, query_ids = encode_prompt(tokenizer, doc.read_text(), "Next?")
+    tokens = dense_result(model_dir, doc_ids, query_ids, max_new_tokens=5).tokens
+    assert proc.stdout.startswith("answer: " + tokenizer.decode(tokens, skip_special_tokens=True) + "\n")
+    assert _summary_shape(proc.stdout) == SUMMARY_SHAPE
 
 
 @pytest.mark.slow
@@ -127,8 +142,23 @@ def test_plugin_method_declares_its_own_option_through_the_cli(tiny_model, tmp_p
     tokens = runs["dense"]["plan"]["doc_len"]
     assert [host["tokens"] for host in runs["plugin"]["plan"]["hosts"]] == random_sizes(tokens, 2, 5)
     assert runs["plugin"]["tokens"] == runs["dense"]["tokens"]
+    assert runs["plugin"]["method"] == runs["plugin"]["plan"]["method"] == method  # its own name, not "ulysses"
     bad = run_cli("plan", "--method", method, "--uneven-seed", "-1", "--length", "100", "--nproc", "2")
     assert bad.returncode == 2 and "--uneven-seed must be >= 0" in bad.stderr
+
+
+def test_a_plugin_that_does_not_import_is_reported_before_its_options(tmp_path):
+    """`--method tests.plugins.uneven:UnevenRing --uneven-seed 3` from a folder where `tests` is
+    not importable: the import failure, with what to do, not "unrecognized arguments"."""
+    env = {name: value for name, value in os.environ.items() if name != "PYTHONPATH"}  # longctx installed, tests/ not
+    for where, hint in ((REPO, "PYTHONPATH=. longctx"), (str(tmp_path), "is its folder on PYTHONPATH")):
+        proc = subprocess.run([sys.executable, "-m", "longctx.cli", "generate", "--model", "m", "--doc", "d",
+                               "--method", "tests.plugins.uneven:UnevenRing", "--uneven-seed", "3"],
+                              capture_output=True, text=True, timeout=120, cwd=where,
+                              env={**env, "PYTHONSAFEPATH": "1"})
+        assert proc.returncode == 2 and proc.stderr.count("\n") == 1, proc.stderr
+        assert proc.stderr.startswith("longctx: error: cannot import method 'tests.plugins.uneven:UnevenRing': no "
+                                      "module named 'tests'") and hint in proc.stderr, proc.stderr
 
 
 SHIPPED = os.path.join(REPO, "examples", "models", "needle-llama")
@@ -166,6 +196,16 @@ def test_generate_text_output_streams_the_answer(tiny_model, tmp_path):
     text, as_json = run_cli(*common), run_cli(*common, "--json")
     assert text.returncode == 0 and as_json.returncode == 0, text.stderr + as_json.stderr
     assert text.stdout.splitlines()[0] == "answer: " + json.loads(as_json.stdout)["answer"]
+    assert _summary_shape(text.stdout) == SUMMARY_SHAPE  # what the torchrun entry prints too
+
+
+def test_methods_json_describes_every_registered_method():
+    proc = run_cli("methods", "--json")
+    assert proc.returncode == 0, proc.stderr
+    rows = {row["name"]: row for row in json.loads(proc.stdout)["methods"]}
+    assert list(rows) == run_cli("methods").stdout.split()
+    assert rows["apb"]["class"] == "apb.method:APBAttention" and "--anchor-len" in rows["apb"]["options"]
+    assert rows["ring"]["options"] == ["--intra-size"] and rows["dense"]["summary"]
 
 
 def test_help_shows_defaults_and_task_names():

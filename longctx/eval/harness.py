@@ -244,6 +244,7 @@ def evaluate(model_dir, tasks, length, nproc, methods, samples, seed=0, max_new_
     base = RunConfig.for_methods([spec.method for spec in specs.values()], model=model_dir, nproc=nproc,
                                  **run_options).validate()
     session = Session(base)  # the machine, the model and its tokenizer, once
+    model_dir = base.model  # a Hub id resolved to its snapshot by the session
     workers = {label: session.workers_for(spec.method) for label, spec in specs.items()}
     tokenizer = session.tokenizer
     task_samples = build_samples(task_specs, length, samples, seed, tokenizer)
@@ -309,7 +310,7 @@ def _hf_baseline(model_dir, config, ids, bar):
     untimed warm-up, then one timed forward each (a video's encoder inside it)."""
     bar.set_description("HF SDPA")
     seconds, argmax = {}, {}
-    with HFSDPABaseline(model_dir, config.device, config.dtype) as hf:
+    with HFSDPABaseline(model_dir, config.device, config.dtype, config.rope_scaling) as hf:
         for task, pairs in ids.items():
             seconds[task], argmax[task] = [], []
             for doc_ids, query_ids, media in pairs:

@@ -12,27 +12,30 @@ import torch
 from longctx.errors import LongCtxError
 from longctx.models.attention import probe_attention, register_attention
 from longctx.models.family import family_for
+from longctx.models.positions import apply_rope_scaling
 
 DTYPE_NAMES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
-def check_model_dir(path, family=None):
+def check_model_dir(path, family=None, rope_scaling=None):
     """Raise LongCtxError unless `path` is a local Hugging Face model directory (config.json, no
     code of its own) whose model family can run it (`ModelFamily.check_config`: the default
     text adapter takes decoder-only causal LMs and refuses encoders, encoder-decoders and
     multimodal families without an adapter); returns its language model's config (the shape
     planners read). `family` names the adapter (None: the one the config's model type asks for).
     """
-    adapter, config = model_family(path, family)
+    adapter, config = model_family(path, family, rope_scaling)
     return adapter.language_config(config)
 
 
-def model_family(path, family=None):
+def model_family(path, family=None, rope_scaling=None):
     """(ModelFamily adapter, whole config) of the model directory `path`, after the checks of
-    `check_model_dir`."""
+    `check_model_dir`, with `rope_scaling` (a rope dict, `longctx.models.positions`) applied to
+    its language model's config."""
     config = read_model_config(path)
     adapter = family_for(config, family)
     adapter.check_config(config, path)
+    apply_rope_scaling(adapter.language_config(config), rope_scaling)
     return adapter, config
 
 
@@ -122,20 +125,21 @@ def quiet_libraries():
     transformers.utils.logging.disable_progress_bar()
 
 
-def load_model(path, device, dtype, family=None):
+def load_model(path, device, dtype, family=None, rope_scaling=None):
     """Load the model at `path` on `device` in `dtype`, in eval mode, using longctx attention.
 
     The family's adapter (`family`: its name, None: by the config) gives the loading class and
     which sub-models use longctx attention (a video-language model's vision encoder keeps
-    SDPA). The model is refused here, in one line, when its attention asks for a feature
-    longctx does not implement (`probe_attention`).
+    SDPA). `rope_scaling` (a rope dict) is applied to its config before it is built. The model
+    is refused here, in one line, when its attention asks for a feature longctx does not
+    implement (`probe_attention`).
     """
-    adapter, _ = model_family(path, family)
+    adapter, config = model_family(path, family, rope_scaling)
     check_weights(path)
     quiet_libraries()
     try:
-        model = adapter.model_class().from_pretrained(path, dtype=dtype, local_files_only=True, use_safetensors=True,
-                                                      trust_remote_code=False)
+        model = adapter.model_class().from_pretrained(path, config=config, dtype=dtype, local_files_only=True,
+                                                      use_safetensors=True, trust_remote_code=False)
     except (ValueError, OSError, KeyError, RuntimeError) as exc:
         raise LongCtxError(f"cannot load the model in {path!r}: {_first_line(exc)}") from None
     model.set_attn_implementation(adapter.attention_implementation(register_attention()))

@@ -42,7 +42,8 @@ class ThreadLauncher:
         self.world = config.nproc
         timeout = config.options_for(ThreadLauncher).barrier_timeout
         device = torch.device("cpu")
-        model = load_model(config.model, device, resolve_dtype(config.dtype, device), config.family)
+        model = load_model(config.model, device, resolve_dtype(config.dtype, device), config.family,
+                           config.rope_scaling)
         self._hub = {"world": self.world, "barrier": threading.Barrier(self.world, timeout=timeout),
                      "slots": [None] * self.world}
         self._engines = [Engine(copy.deepcopy(model), ThreadComm(rank, self._hub), config, device)

@@ -38,12 +38,12 @@ def _install(kind, phase, rank):
 
     load_model = loading.load_model
 
-    def faulty_load(path, device, dtype, family=None):
+    def faulty_load(path, device, dtype, family=None, rope_scaling=None):
         import torch.distributed as dist
 
         if phase == "load" and dist.is_initialized() and dist.get_rank() == rank:
             _fail(kind)
-        return load_model(path, device, dtype, family)
+        return load_model(path, device, dtype, family, rope_scaling)
 
     loading.load_model = models.load_model = faulty_load
     attend = engine.WorkerContext.attend
