@@ -1,7 +1,7 @@
 """Spava's speed table on simulated hosts: the video workload (vision encoder included).
 
-    python benchmarks/spava_speed.py                 # the README's table (about 15 min on 2 CPU cores)
-    python benchmarks/spava_speed.py --smoke         # a small version (tests/test_benchmarks.py)
+    python benchmarks/spava_speed.py --out benchmarks/results/spava_speed.json   # the README's table (about 15 min on 2 CPU cores)
+    python benchmarks/spava_speed.py --smoke --out /tmp/spava_smoke.json          # a small version (tests/test_benchmarks.py)
 
 The paper (arXiv 2601.21444, 8 GPUs, Qwen2.5-VL) reports Spava 12.72x over FlashAttention,
 1.70x over a ZigZag ring and 1.18x over APB, and a cumulative ablation (no overlap, anchor on
@@ -54,7 +54,8 @@ ABLATIONS = (
 def parse_args(argv=None):
     """Options; the defaults are the README's run."""
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--out", default="benchmarks/results/spava_speed.json")
+    p.add_argument("--out", required=True,
+                   help="JSON file to write, the PNG beside it (required, so no run overwrites the committed results by accident)")
     p.add_argument("--frames", type=int, default=4096, help="video frames (2 fps)")
     p.add_argument("--side", type=int, default=56, help="frames are SIDE x SIDE pixels (56: 4 tokens a frame pair)")
     p.add_argument("--layers", type=int, default=4)
