@@ -41,10 +41,9 @@ import json
 import os
 import sys
 
-from longctx.eval.harness import evaluate
-from longctx.config import split_specs
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from eval_rows import ROOT, run_rows, table  # noqa: E402
 ROWS = {
     "dense": "dense",
     "apb (query)": "apb[compressor=query]",
@@ -89,45 +88,11 @@ def row_specs(args):
             if args.retaining_heads is not None or row != "apb (retaining-heads)"}
 
 
-def eval_command(args, specs, length):
-    """The `longctx eval` command line that computes the same report for one length."""
-    return (f"longctx eval --model {os.path.relpath(args.model, ROOT)} --tasks '{args.tasks}' --length {length} "
-            f"--nproc {args.hosts} --methods '{','.join(specs.values())}' --balance equal "
-            f"--samples {args.samples} --seed {args.seed} --no-baseline --json")
-
-
 def ablation(args):
-    """The results dict: settings, then per length the rows' accuracy and per-sample answers,
-    each length one `evaluate` call (what its `eval_command` runs), every row on the same samples."""
-    specs = row_specs(args)
-    results = {"model": os.path.relpath(args.model, ROOT), "tasks": split_specs(args.tasks, "--tasks"), "hosts": args.hosts,
-               "samples": args.samples, "seed": args.seed, "balance": "equal", "rows": specs,
-               "retaining_heads": args.retaining_heads, "lengths": {}}
-    for length in args.lengths:
-        print(f"{length} tokens: {eval_command(args, specs, length)}", file=sys.stderr, flush=True)
-        report = evaluate(args.model, args.tasks, length, args.hosts, list(specs.values()), args.samples,
-                          seed=args.seed, baseline=False, balance="equal").to_dict()
-        per_row = {row: {"method": spec, "workers": report["workers"][spec],
-                         "accuracy": {task: report["accuracy"][task][spec] for task in report["tasks"]},
-                         "correct": {task: report["correct"][task][spec] for task in report["tasks"]},
-                         "predictions": {task: report["predictions"][task][spec] for task in report["tasks"]}}
-                   for row, spec in specs.items()}
-        results["lengths"][str(length)] = {"command": eval_command(args, specs, length),
-                                           "expected": report["expected"], "rows": per_row}
+    """The results dict of `eval_rows.run_rows` for the rows asked for, plus the heads file."""
+    results = run_rows(args.model, args.tasks, args.lengths, args.hosts, row_specs(args), args.samples, args.seed)
+    results["retaining_heads"] = args.retaining_heads
     return results
-
-
-def table(results):
-    """Markdown table: one line per row, one column per (task, length), accuracy in %."""
-    lengths, tasks = list(results["lengths"]), results["tasks"]
-    rows = list(results["rows"])
-    head = "| row | " + " | ".join(f"{task} {int(length):,}" for length in lengths for task in tasks) + " |"
-    lines = [head, "|---" * (1 + len(lengths) * len(tasks)) + "|"]
-    for row in rows:
-        cells = [f"{100 * results['lengths'][length]['rows'][row]['accuracy'][task]:.0f} %"
-                 for length in lengths for task in tasks]
-        lines.append(f"| {row} | " + " | ".join(cells) + " |")
-    return "\n".join(lines)
 
 
 def main(argv=None):

@@ -13,9 +13,10 @@
 # plan          "Planner": the 128K / 8-host estimate                   seconds
 # ablation      "When passing matters": APB's ablation on vt-llama      ~15 min
 # spava-speed   "Spava, measured": the speed table and the ablation     ~25 min (loaded machine)
+# spava-accuracy "Spava, measured": the video needle accuracy table     ~20 min
 set -euo pipefail
 cd "$(dirname "$0")/.."
-NAME=${1:?usage: benchmarks/reproduce_readme.sh demo|dense|eval|speed|planner|plan|ablation|spava-speed [OUT]}
+NAME=${1:?usage: benchmarks/reproduce_readme.sh demo|dense|eval|speed|planner|plan|ablation|spava-speed|spava-accuracy [OUT]}
 OUT=${2:-/tmp/longctx-readme}
 mkdir -p "$OUT"
 BIN=${VENV:-.venv}/bin
@@ -35,6 +36,7 @@ case "$NAME" in
   ablation) "$BIN/python" benchmarks/apb_ablation.py --retaining-heads benchmarks/results/vt_llama_heads.safetensors \
              --out "$OUT/apb_ablation_vt_llama.json" ;;
   spava-speed) "$BIN/python" benchmarks/spava_speed.py --out "$OUT/spava_speed.json" ;;
-  *)       echo "unknown figure '$NAME'; choose demo, dense, eval, speed, planner, plan, ablation or spava-speed" >&2; exit 2 ;;
+  spava-accuracy) "$BIN/python" benchmarks/spava_accuracy.py --out "$OUT/spava_accuracy_vn_qwen_vl.json" ;;
+  *)       echo "unknown figure '$NAME'; choose demo, dense, eval, speed, planner, plan, ablation, spava-speed or spava-accuracy" >&2; exit 2 ;;
 esac
 echo "results in $OUT"

@@ -165,6 +165,7 @@ SMOKE_TESTS = {
     "gpu_suite.py": "test_gpu_suite_smoke",
     "kernel_report.py": "test_kernel_report_smoke",
     "serve_cache.py": "test_serve_cache_smoke",
+    "spava_accuracy.py": "tests/test_spava_accuracy.py",  # 4 samples at 2,048 tokens, more than --smoke
     "spava_speed.py": "test_spava_speed_smoke",
 }
 
