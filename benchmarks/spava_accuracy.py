@@ -83,7 +83,7 @@ def plot(results, path):
     columns = [(length, task) for length in results["lengths"] for task in results["tasks"]]
     rows = list(results["rows"])
     width = 0.8 / len(rows)
-    fig, axis = plt.subplots(figsize=(10, 3.6))
+    fig, axis = plt.subplots(figsize=(10, 4.0))
     for index, row in enumerate(rows):
         values = [100 * results["lengths"][length]["rows"][row]["accuracy"][task] for length, task in columns]
         axis.bar([column + (index - (len(rows) - 1) / 2) * width for column in range(len(columns))], values,
@@ -93,7 +93,7 @@ def plot(results, path):
     axis.set_ylabel("accuracy (%)")
     axis.set_ylim(0, 105)
     axis.set_title(f"{results['model']}, {results['hosts']} hosts, {results['samples']} samples per task", fontsize=9)
-    axis.legend(fontsize=7, ncol=len(rows), loc="lower center")
+    axis.legend(fontsize=7, ncol=len(rows), loc="upper center", bbox_to_anchor=(0.5, -0.2))
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

@@ -83,6 +83,10 @@ BUGS = {
         "Spava's anchor rows see the passed keys of the first block",
         "spava/method.py", "prefix_len=call.passing if call.anchor_len else 0, scale=scale", "prefix_len=0, scale=scale",
         ("tests/test_approx_reference.py",)),
+    "spava-select-lowest": Bug(
+        "Spava's blocks pass the keys the question scores lowest instead of highest",
+        "spava/select.py", "    return select_by_question(question_q, keys, sends)",
+        "    return select_by_question(-question_q, keys, sends)", ("tests/test_spava_accuracy.py",)),
     "query-position": Bug(
         "the query pass and decoding run one position late (shared by dense and every method)",
         "longctx/engine.py", "positions = list(range(first_position, first_position + len(ids)))",

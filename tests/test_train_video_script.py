@@ -167,3 +167,24 @@ def test_vision_pairs_are_labelled_by_what_they_show():
         vivid.append(bool((saturation > 0.6).any()))
     assert vivid == (labels[:, 0] == 1).tolist()
     assert 10 < int(labels[:, 0].sum()) < 54 and (labels[labels[:, 0] == 0, 1:] == -1).all()
+
+
+def test_counting_reading_of_an_even_head(built):
+    """examples/inspect_video_counting.py: a layer-1 head 1 with q = 0 reads every row evenly, so
+    its BOS share is 1 / (2 n + 1) of BOS and needles together and the implied count is n."""
+    import copy
+
+    sys.path.insert(0, EXAMPLES)
+    from inspect_video_counting import counting_reading
+
+    tok, model, _ = built
+    model = copy.deepcopy(model)
+    head_dim = model.config.text_config.hidden_size // model.config.text_config.num_attention_heads
+    with torch.no_grad():
+        for param in model.model.language_model.layers[1].self_attn.q_proj.parameters():
+            param[head_dim:2 * head_dim] = 0
+    sample = make_video_sample("video_counting", 200, seed=5, index=0, num_needles=3)
+    reading = counting_reading(model, tok, sample)
+    assert reading["implied"] == pytest.approx(3.0, abs=1e-4)
+    assert reading["bos"] == pytest.approx(1 / sample.length, rel=1e-4)
+    assert reading["elsewhere"] == pytest.approx(1 - 7 / sample.length, rel=1e-4)
