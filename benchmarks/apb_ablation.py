@@ -43,7 +43,7 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from eval_rows import ROOT, run_rows, table  # noqa: E402
+from eval_rows import ROOT, chosen_rows, print_saved_table, run_rows, table  # noqa: E402
 ROWS = {
     "dense": "dense",
     "apb (query)": "apb[compressor=query]",
@@ -80,11 +80,7 @@ def parse_args(argv=None):
 
 def row_specs(args):
     """{row: `longctx eval` method spec} of the rows asked for (retaining heads only with a file)."""
-    rows = [row.strip() for row in args.rows.split(",") if row.strip()]
-    unknown = [row for row in rows if row not in ROWS]
-    if unknown:
-        raise SystemExit(f"unknown row {unknown[0]!r}; rows: {', '.join(ROWS)}")
-    return {row: ROWS[row].format(heads=args.retaining_heads) for row in rows
+    return {row: ROWS[row].format(heads=args.retaining_heads) for row in chosen_rows(args.rows, ROWS)
             if args.retaining_heads is not None or row != "apb (retaining-heads)"}
 
 
@@ -99,8 +95,7 @@ def main(argv=None):
     """Run the ablation (or with --table print a saved one); prints the Markdown table."""
     args = parse_args(argv)
     if args.table:
-        with open(args.table) as handle:
-            print(table(json.load(handle)))
+        print_saved_table(args.table)
         return 0
     results = ablation(args)
     if args.out:

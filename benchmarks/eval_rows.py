@@ -6,6 +6,7 @@ results record it per length), with equal contiguous blocks for every row (`--ba
 equal`) and no HF baseline, so rows differ only in what their method computes.
 """
 
+import json
 import os
 import sys
 
@@ -52,3 +53,19 @@ def table(results):
                  for length in lengths for task in tasks]
         lines.append(f"| {row} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+def chosen_rows(names, known):
+    """The row names of a comma-separated list, in its order; SystemExit naming the first one
+    not in `known` (the script's rows)."""
+    rows = [row.strip() for row in names.split(",") if row.strip()]
+    unknown = [row for row in rows if row not in known]
+    if unknown:
+        raise SystemExit(f"unknown row {unknown[0]!r}; rows: {', '.join(known)}")
+    return rows
+
+
+def print_saved_table(path):
+    """Print the Markdown `table` of a results file written by a script that uses `run_rows`."""
+    with open(path) as handle:
+        print(table(json.load(handle)))

@@ -28,7 +28,7 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from eval_rows import ROOT, run_rows, table  # noqa: E402
+from eval_rows import ROOT, chosen_rows, print_saved_table, run_rows, table  # noqa: E402
 
 ROWS = {
     "dense": "dense",
@@ -64,11 +64,7 @@ def parse_args(argv=None):
 
 def row_specs(rows):
     """{row: `longctx eval` method spec} of a comma-separated list of row names."""
-    names = [row.strip() for row in rows.split(",") if row.strip()]
-    unknown = [row for row in names if row not in ROWS]
-    if unknown:
-        raise SystemExit(f"unknown row {unknown[0]!r}; rows: {', '.join(ROWS)}")
-    return {row: ROWS[row] for row in names}
+    return {row: ROWS[row] for row in chosen_rows(rows, ROWS)}
 
 
 def plot(results, path):
@@ -104,8 +100,7 @@ def main(argv=None):
     """Run the table (or with --table print a saved one); prints the Markdown table."""
     args = parse_args(argv)
     if args.table:
-        with open(args.table) as handle:
-            print(table(json.load(handle)))
+        print_saved_table(args.table)
         return 0
     results = run_rows(args.model, args.tasks, args.lengths, args.hosts, row_specs(args.rows), args.samples,
                        args.seed)
