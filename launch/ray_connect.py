@@ -14,17 +14,24 @@
 3. A TCP connection to it must open (Ray itself retries an address for minutes, also one whose
    cluster died without `ray stop`), then `ray.init` runs in a helper thread and must finish
    within `timeout_s`: the driver's main thread waits, so Ctrl-C ends it at once.
+4. A Ray client address (ray://) whose server answers "Initialization failure from server" is
+   tried again, up to CLIENT_TRIES times within the same `timeout_s`: Ray's client proxy forks
+   a server process per client, and that fork dies now and then (ray-project/ray#63202, a few
+   per cent of connections; seen here on a loaded machine), which a second try gets past.
 """
 
 import logging
 import os
 import socket
 import threading
+import time
 from pathlib import Path
 
 from longctx.errors import LongCtxError
 
 CONNECT_S = 10.0  # at most this long for the TCP check of an address (less when --timeout is shorter)
+CLIENT_TRIES = 3  # tries of a ray:// address whose client server failed to start (step 4 above)
+CLIENT_START_FAILED = "Initialization failure from server"
 
 
 def split_address(address):
@@ -111,6 +118,24 @@ def connect(ray, address, timeout_s):
     target, source = resolve_address(address)
     if target is not None:
         check_reachable(target, source, min(CONNECT_S, timeout_s))
+    shown = target or source
+    deadline = time.monotonic() + timeout_s
+    tries = CLIENT_TRIES if (target or "").startswith("ray://") else 1
+    for attempt in range(1, tries + 1):
+        error = _init_within(ray, target, shown, timeout_s, deadline - time.monotonic())
+        if error is None:
+            return
+        first = next((line.strip() for line in str(error).splitlines() if line.strip()), type(error).__name__)
+        if CLIENT_START_FAILED not in first or attempt == tries or deadline - time.monotonic() <= 0:
+            tried = f" ({attempt} tries)" if attempt > 1 else ""
+            raise LongCtxError(f"cannot connect to the Ray cluster at {shown}{tried}: {first[:300]}") from None
+        if ray.is_initialized():
+            ray.shutdown()
+
+
+def _init_within(ray, target, shown, timeout_s, left_s):
+    """Run `ray.init(address=target)` in a helper thread for at most `left_s` seconds; returns
+    the exception it raised (None when it connected); LongCtxError when it did not finish."""
     outcome = {}
 
     def init():
@@ -124,17 +149,13 @@ def connect(ray, address, timeout_s):
     worker = threading.Thread(target=init, name="longctx-ray-connect", daemon=True)
     worker.start()
     try:
-        worker.join(timeout_s)
+        worker.join(max(left_s, 0.0))
     finally:
         logging.getLogger("ray._private.worker").removeFilter(quiet)
-    shown = target or source
     if worker.is_alive():
         raise LongCtxError(f"could not join the Ray cluster at {shown} within {timeout_s:g} s (--timeout); "
                            "is it a Ray cluster, and does it need an authentication token (RAY_AUTH_MODE=token)?")
-    error = outcome.get("error")
-    if error is not None:
-        first = next((line.strip() for line in str(error).splitlines() if line.strip()), type(error).__name__)
-        raise LongCtxError(f"cannot connect to the Ray cluster at {shown}: {first[:300]}") from None
+    return outcome.get("error")
 
 
 def _reload_ray_config(ray):

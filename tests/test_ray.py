@@ -218,6 +218,59 @@ def test_an_address_that_never_answers_fails_within_the_timeout_and_ctrl_c_ends_
     print(f"silent address: Ctrl-C ended the wait {stopped - 1.0:.2f} s after it came")
 
 
+class _FlakyClientRay:
+    """A stand-in for the `ray` module whose client server fails to start `failures` times
+    (Ray's "Initialization failure from server", ray-project/ray#63202), then connects."""
+
+    def __init__(self, failures):
+        self.failures, self.inits, self.shutdowns, self.connected = failures, 0, 0, False
+
+    def is_initialized(self):
+        return self.connected
+
+    def init(self, **kwargs):
+        self.inits += 1
+        if self.inits <= self.failures:
+            raise ConnectionAbortedError("Initialization failure from server:\n")
+        self.connected = True
+
+    def shutdown(self):
+        self.shutdowns += 1
+
+
+@pytest.mark.parametrize("failures", [1, 2, 3])
+def test_a_client_server_that_fails_to_start_is_tried_again(monkeypatch, failures):
+    """A ray:// address is tried up to three times when Ray's client server dies at start;
+    the third failure is one error line saying how often it was tried."""
+    monkeypatch.setenv("RAY_AUTH_MODE", "disabled")
+    with socket.socket() as server:  # the TCP check only needs the port open
+        server.bind(("127.0.0.1", 0))
+        server.listen()
+        address = f"ray://127.0.0.1:{server.getsockname()[1]}"
+        fake = _FlakyClientRay(failures)
+        if failures < 3:
+            connect(fake, address, timeout_s=30)
+            assert fake.connected and fake.inits == failures + 1
+        else:
+            with pytest.raises(LongCtxError, match=rf"^cannot connect to the Ray cluster at {address} \(3 tries\): "
+                                                   "Initialization failure from server:$"):
+                connect(fake, address, timeout_s=30)
+            assert fake.inits == 3
+
+
+def test_a_plain_address_is_tried_once(monkeypatch):
+    """Only Ray client addresses are tried again: a HOST:PORT driver's failure is reported at once."""
+    monkeypatch.setenv("RAY_AUTH_MODE", "disabled")
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen()
+        address = f"127.0.0.1:{server.getsockname()[1]}"
+        fake = _FlakyClientRay(1)
+        with pytest.raises(LongCtxError, match=rf"^cannot connect to the Ray cluster at {address}: Initialization"):
+            connect(fake, address, timeout_s=30)
+        assert fake.inits == 1
+
+
 def _python(code, timeout=120):
     env = dict(os.environ, PYTHONPATH=REPO)
     return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=timeout, env=env)
